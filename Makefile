@@ -1,0 +1,45 @@
+# Edgeway: `make lab` runs the embedded lab demo, `make test` runs the test suite.
+# Both create .venv when missing and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEB_TEST_PEERS := sip-tester
+DEB_TEST_BINS := sipp
+
+.PHONY: lab lab-up test venv debdeps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian test peers (SIPp, ...): installed with apt-get when running as root and missing.
+debdeps:
+	@missing=""; for b in $(DEB_TEST_BINS); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian test peers: $(DEB_TEST_PEERS)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_TEST_PEERS) >/dev/null; \
+	  else echo "warning: missing$$missing and not root; interop tests will be skipped"; fi; \
+	fi
+
+lab: $(STAMP)
+	$(BIN)/edgeway lab
+
+lab-up: $(STAMP)
+	$(BIN)/edgeway lab up
+
+test: $(STAMP) debdeps
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/relay_bench.py
+	$(BIN)/python bench/calls_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

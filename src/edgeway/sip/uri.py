@@ -1,0 +1,356 @@
+"""SIP, SIPS and tel URIs and name-addr / addr-spec values (RFC 3261 §19.1, §25.1; RFC 3966).
+
+Sans-IO: every function takes and returns ``str``; nothing here touches a socket.
+Parsing keeps enough of the original text that ``str(parse_uri(s)) == s`` for any
+URI this module accepts, so a proxy forwards what it received byte for byte unless it
+changes something on purpose.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "UriError",
+    "Uri",
+    "NameAddr",
+    "parse_uri",
+    "parse_name_addr",
+    "parse_params",
+    "format_params",
+    "split_header_list",
+    "unescape",
+]
+
+
+class UriError(ValueError):
+    """A URI or name-addr is malformed; ``str(exc)`` says what rule it broke."""
+
+
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
+_TOKEN_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?)*\.?$")
+_IPV4_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+_IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")
+# Characters that may never appear unescaped inside a SIP URI (RFC 3261 §25.1).
+_FORBIDDEN = set(" \t\r\n<>\"{}|\\^")
+_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def is_token(text: str) -> bool:
+    """True when ``text`` is a non-empty RFC 3261 §25.1 token."""
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
+def unescape(text: str) -> str:
+    """Decode %HH escapes (RFC 3261 §19.1.4); invalid escapes are left as they are."""
+    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def valid_host(host: str) -> bool:
+    """True for a hostname, an IPv4 address or a bracketed IPv6 reference."""
+    if _IPV4_RE.match(host):
+        return all(int(p) < 256 for p in host.split("."))
+    if host.startswith("["):
+        return bool(_IPV6_RE.match(host))
+    return bool(_HOSTNAME_RE.match(host))
+
+
+def parse_params(text: str, *, where: str) -> dict[str, str | None]:
+    """Parse ``;name[=value]`` parameters (the leading ``;`` already removed).
+
+    LWS around ``;`` and ``=`` is allowed (RFC 3261 §7.3.1); names keep their case,
+    values may be quoted strings (kept with their quotes). An empty name raises
+    :class:`UriError` naming ``where``.
+    """
+    params: dict[str, str | None] = {}
+    if not text.strip():
+        raise UriError(f"empty parameter in {where}")
+    for part in _split_outside_quotes(text, ";"):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not is_token(name):
+            raise UriError(f"malformed parameter {part.strip()!r} in {where}")
+        if eq:
+            value = value.strip()
+            if not value:
+                raise UriError(f"parameter {name!r} has '=' but no value in {where}")
+            if value.startswith('"'):
+                end = _quoted_end(value, 0)
+                if end != len(value):
+                    raise UriError(f"unbalanced quotes in parameter {name!r} of {where}")
+            elif any(c in " \t\"" for c in value):
+                raise UriError(f"malformed value for parameter {name!r} in {where}")
+            params[name] = value
+        else:
+            params[name] = None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    """Serialise parameters as ``;a=b;c`` (empty string for none)."""
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def _quoted_end(text: str, start: int) -> int:
+    """Index just after the quoted string starting at ``start``; -1 when unterminated."""
+    i = start + 1
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return i + 1
+        i += 1
+    return -1
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    out, buf, i, n = [], [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            end = _quoted_end(text, i)
+            if end < 0:
+                raise UriError("unbalanced quotes")
+            buf.append(text[i:end])
+            i = end
+            continue
+        if c == sep:
+            out.append("".join(buf))
+            buf = []
+        else:
+            buf.append(c)
+        i += 1
+    out.append("".join(buf))
+    return out
+
+
+def split_header_list(value: str) -> list[str]:
+    """Split a comma-joined header value (Via, Route, Contact…) into its elements.
+
+    Commas inside quoted strings and inside ``<...>`` do not split (RFC 3261 §7.3.1).
+    Raises :class:`UriError` on an unterminated quoted string.
+    """
+    out, buf, i, n, depth = [], [], 0, len(value), 0
+    while i < n:
+        c = value[i]
+        if c == '"':
+            end = _quoted_end(value, i)
+            if end < 0:
+                raise UriError("unbalanced quotes")
+            buf.append(value[i:end])
+            i = end
+            continue
+        if c == "<":
+            depth += 1
+        elif c == ">":
+            depth = max(0, depth - 1)
+        if c == "," and depth == 0:
+            out.append("".join(buf).strip())
+            buf = []
+        else:
+            buf.append(c)
+        i += 1
+    out.append("".join(buf).strip())
+    return out
+
+
+@dataclass
+class Uri:
+    """A parsed URI.
+
+    ``scheme`` is lower-cased ("sip", "sips", "tel", or anything else for opaque URIs).
+    For sip/sips: ``user`` (may be None), ``password``, ``host`` (str, IPv6 with
+    brackets), ``port`` (int or None), ``params`` (ordered dict, values None for
+    flags) and ``headers`` (the raw text after ``?``, or None). For tel: ``user`` is the
+    number and ``params`` its parameters. Other schemes keep ``opaque``.
+    """
+
+    scheme: str
+    user: str | None = None
+    password: str | None = None
+    host: str = ""
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: str | None = None
+    opaque: str | None = None
+
+    @property
+    def is_sip(self) -> bool:
+        return self.scheme in ("sip", "sips")
+
+    @property
+    def transport(self) -> str | None:
+        t = self.params.get("transport")
+        return t.lower() if t else None
+
+    @property
+    def hostport(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def alias(self) -> str:
+        """The routing alias: the URI without scheme, parameters or headers (``user@host``)."""
+        if self.scheme == "tel":
+            return self.user or ""
+        if not self.is_sip:
+            return self.opaque or ""
+        return f"{self.user}@{self.hostport}" if self.user is not None else self.hostport
+
+    def copy(self, **changes) -> "Uri":
+        d = dict(self.__dict__)
+        d["params"] = dict(self.params)
+        d.update(changes)
+        return Uri(**d)
+
+    def __str__(self) -> str:
+        if self.is_sip:
+            s = self.scheme + ":"
+            if self.user is not None:
+                s += self.user
+                if self.password is not None:
+                    s += ":" + self.password
+                s += "@"
+            s += self.hostport + format_params(self.params)
+            if self.headers is not None:
+                s += "?" + self.headers
+            return s
+        if self.scheme == "tel":
+            return f"tel:{self.user}{format_params(self.params)}"
+        return f"{self.scheme}:{self.opaque}"
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse a URI string (no surrounding angle brackets or whitespace).
+
+    Raises :class:`UriError` when the text is not a URI: bad scheme, whitespace or
+    ``<>`` inside, empty or malformed host, bad port, empty parameter.
+    """
+    if not text or any(c in _FORBIDDEN for c in text):
+        raise UriError(f"URI {text!r} contains whitespace, quotes or angle brackets")
+    scheme, colon, rest = text.partition(":")
+    if not colon or not _SCHEME_RE.match(scheme):
+        raise UriError(f"URI {text!r} has no valid scheme")
+    scheme = scheme.lower()
+    if scheme in ("sip", "sips"):
+        return _parse_sip(scheme, rest, text)
+    if scheme == "tel":
+        number, _, ptext = rest.partition(";")
+        if not number:
+            raise UriError(f"tel URI {text!r} has no number")
+        return Uri(scheme="tel", user=number, params=parse_params(ptext, where=text) if ptext else {})
+    if not rest:
+        raise UriError(f"URI {text!r} is empty after the scheme")
+    return Uri(scheme=scheme, opaque=rest)
+
+
+def _parse_sip(scheme: str, rest: str, text: str) -> Uri:
+    user = password = None
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        if not userinfo:
+            raise UriError(f"URI {text!r} has an empty user part")
+        user, colon, pw = userinfo.partition(":")
+        password = pw if colon else None
+    headers = None
+    q = rest.find("?")
+    if q >= 0:
+        rest, headers = rest[:q], rest[q + 1 :]
+    hostport, semi, ptext = rest.partition(";")
+    params = parse_params(ptext, where=text) if semi else {}
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        if close < 0:
+            raise UriError(f"URI {text!r} has an unterminated IPv6 reference")
+        host, portpart = hostport[: close + 1], hostport[close + 1 :]
+        if portpart and not portpart.startswith(":"):
+            raise UriError(f"URI {text!r} has junk after the IPv6 reference")
+        port_s = portpart[1:] if portpart else None
+    else:
+        host, colon, port_s = hostport.partition(":")
+        port_s = port_s if colon else None
+    if not valid_host(host):
+        raise UriError(f"URI {text!r} has an invalid host {host!r}")
+    port = None
+    if port_s is not None:
+        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise UriError(f"URI {text!r} has an invalid port {port_s!r}")
+        port = int(port_s)
+    return Uri(scheme=scheme, user=user, password=password, host=host, port=port, params=params, headers=headers)
+
+
+@dataclass
+class NameAddr:
+    """A From/To/Contact/Route/Record-Route value: ``display <uri>;params`` or ``uri;params``.
+
+    ``display`` keeps its quotes when it was quoted; ``uri`` is the parsed :class:`Uri`;
+    ``params`` are the header parameters (``tag``, ``expires``, ``lr`` belongs to the URI).
+    ``star`` is True for the Contact value ``*``.
+    """
+
+    uri: Uri | None
+    display: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    star: bool = False
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def __str__(self) -> str:
+        if self.star:
+            return "*"
+        s = f"{self.display} <{self.uri}>" if self.display else f"<{self.uri}>"
+        return s + format_params(self.params)
+
+
+def parse_name_addr(value: str, *, allow_star: bool = False) -> NameAddr:
+    """Parse a name-addr or addr-spec header value (RFC 3261 §20.10, §25.1).
+
+    Raises :class:`UriError` for: unbalanced quotes, a display name that is not tokens
+    or a quoted string, whitespace just inside ``<``/``>``, an addr-spec form URI that
+    holds ``?`` or ``,`` (those require angle brackets), empty or malformed parameters.
+    """
+    v = value.strip()
+    if allow_star and v == "*":
+        return NameAddr(uri=None, star=True)
+    display: str | None = None
+    if v.startswith('"'):
+        end = _quoted_end(v, 0)
+        if end < 0:
+            raise UriError("unbalanced quotes in display name")
+        display = v[:end]
+        v = v[end:].lstrip()
+        if not v.startswith("<"):
+            raise UriError("quoted display name not followed by <URI>")
+    lt = v.find("<")
+    if lt >= 0:
+        if display is None:
+            words = v[:lt].split()
+            for w in words:
+                if not is_token(w):
+                    raise UriError(f"display name {v[:lt].strip()!r} must be tokens or a quoted string")
+            display = " ".join(words) or None
+        gt = v.find(">", lt)
+        if gt < 0:
+            raise UriError("missing '>' after URI")
+        inner = v[lt + 1 : gt]
+        if inner != inner.strip():
+            raise UriError("whitespace inside <...> around the URI")
+        uri = parse_uri(inner)
+        after = v[gt + 1 :].strip()
+        if after and not after.startswith(";"):
+            raise UriError(f"unexpected text {after!r} after '>'")
+        params = parse_params(after[1:], where="header parameters") if after else {}
+        return NameAddr(uri=uri, display=display, params=params)
+    uritext, semi, ptext = v.partition(";")
+    uritext = uritext.strip()
+    if "?" in uritext or "," in uritext:
+        raise UriError("a URI with '?' or ',' must be enclosed in <...> (RFC 3261 §20)")
+    uri = parse_uri(uritext)
+    params = parse_params(ptext, where="header parameters") if semi else {}
+    return NameAddr(uri=uri, params=params)
