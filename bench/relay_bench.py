@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""Benchmark of the Edgeway RTP relay hot path (loopback only; not a test).
+
+Layout (three processes, pinned to different CPUs when there are at least 2):
+
+* relay process: one event loop (uvloop by default) running a
+  :class:`edgeway.media.MediaRelay` with ``--sessions`` sessions, side A on
+  127.0.0.101 and side B on 127.0.0.102;
+* sender process: blasts ``--packets`` datagrams of 172 bytes (a G.711 20 ms
+  RTP packet: 12-byte RTP header + 160 bytes of payload) round-robin over the
+  sessions' A-side RTP ports, from 127.0.0.103, as fast as it can (or paced at
+  ``--rate`` packets/s);
+* this process: controls the runs and polls the relay's counters.  The B-side
+  sinks (127.0.0.104) are not read during timed runs (the relay's ``sendto``
+  still performs the full loopback delivery); a short sanity phase checks that
+  paced packets are actually delivered.
+
+For each of ``--runs`` runs it reports the relay throughput (packets forwarded
+per second of wall time, from the start of the blast to the last forwarded
+packet) and the relay process's CPU time per forwarded packet
+(``time.process_time()`` delta / packets forwarded), then the median and the
+min/max.  With an unpaced sender the relay is saturated, so throughput is its
+capacity on one core, and packets it could not take are dropped by the kernel
+at its sockets ("offered" vs "forwarded").
+
+Bounded: each run stops after ``--max-run-s`` seconds and the whole benchmark
+after ``--budget-s`` seconds (default 20).
+
+    .venv/bin/python bench/relay_bench.py [--sessions 20] [--packets 200000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from edgeway.media import MediaRelay, PortAllocator  # noqa: E402
+
+RELAY_A, RELAY_B, SENDER_IP, SINK_IP = "127.0.0.101", "127.0.0.102", "127.0.0.103", "127.0.0.104"
+PACKET_SIZE = 172  # G.711 20 ms: 12-byte RTP header + 160 samples
+
+
+def _pin(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------- relay process
+
+
+def relay_main(conn, n_sessions: int, loop_kind: str, cpu: int | None) -> None:
+    _pin(cpu)
+    if loop_kind == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    relay = MediaRelay(loop, inactivity_timeout_s=600.0)
+    a_alloc = PortAllocator(RELAY_A, 36000, 59999)
+    b_alloc = PortAllocator(RELAY_B, 36000, 59999)
+    sessions = [
+        relay.open_session(a_alloc, b_alloc, label=f"bench-{i}") for i in range(n_sessions)
+    ]
+    conn.send([tuple(s.local("a")) for s in sessions])
+    sinks = conn.recv()  # [(ip, rtp_port, rtcp_port)] per session
+    for s, (ip, rtp, rtcp) in zip(sessions, sinks):
+        s.set_remote("b", ip, rtp, rtcp)
+    done = loop.create_future()
+
+    def on_cmd() -> None:
+        try:
+            cmd = conn.recv()
+        except EOFError:
+            cmd = "quit"
+        if cmd == "snap":
+            st = relay.stats()
+            conn.send((time.monotonic(), time.process_time(), st["packets"], st["dropped"]))
+        elif cmd == "quit":
+            loop.remove_reader(conn.fileno())
+            if not done.done():
+                done.set_result(None)
+
+    loop.add_reader(conn.fileno(), on_cmd)
+    conn.send("ready")
+    loop.run_until_complete(done)
+    relay.close()
+    loop.close()
+    conn.send("bye")
+
+
+# --------------------------------------------------------------------------- sender process
+
+
+def sender_main(conn, targets, n_packets: int, rate: float, max_s: float, cpu: int | None) -> None:
+    _pin(cpu)
+    socks = []
+    for ip, port, _ in targets:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((SENDER_IP, 0))
+        s.connect((ip, port))
+        s.setblocking(False)
+        socks.append(s)
+    sends = [s.send for s in socks]
+    n = len(sends)
+    payload = bytes([0x80, 0x00]) + bytes(PACKET_SIZE - 2)
+    conn.send("ready")
+    while True:
+        cmd = conn.recv()
+        if cmd == "quit":
+            break
+        count = n_packets if cmd == "go" else int(cmd[1])
+        pace = rate if cmd == "go" else float(cmd[2])
+        t0 = time.monotonic()
+        deadline = t0 + max_s
+        sent = errors = 0
+        if pace <= 0:
+            i = 0
+            while i < count:
+                chunk = min(count, i + 4096)
+                while i < chunk:
+                    try:
+                        sends[i % n](payload)
+                        sent += 1
+                    except OSError:  # full buffer / ICMP refusal
+                        errors += 1
+                    i += 1
+                if time.monotonic() > deadline:
+                    break
+        else:
+            tick = 0.001
+            per_tick = pace * tick
+            budget = 0.0
+            i = 0
+            next_t = t0
+            while i < count and next_t < deadline:
+                budget += per_tick
+                while budget >= 1.0 and i < count:
+                    try:
+                        sends[i % n](payload)
+                        sent += 1
+                    except OSError:
+                        errors += 1
+                    i += 1
+                    budget -= 1.0
+                next_t += tick
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        conn.send((t0, time.monotonic(), sent, errors))
+    for s in socks:
+        s.close()
+
+
+# ------------------------------------------------------------------------------ controller
+
+
+def snap(conn):
+    conn.send("snap")
+    return conn.recv()
+
+
+def one_run(relay_conn, sender_conn, cmd, max_run_s: float, poll_s: float) -> dict:
+    t_mono0, cpu0, fwd0, drop0 = snap(relay_conn)
+    sender_conn.send(cmd)
+    sender_done = None
+    last = snap(relay_conn)
+    last_change_prev_t = last[0]  # poll time just before the value last changed
+    stable = 0
+    deadline = time.monotonic() + max_run_s
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        if sender_done is None and sender_conn.poll():
+            sender_done = sender_conn.recv()
+        cur = snap(relay_conn)
+        if cur[2] != last[2]:
+            last_change_prev_t = last[0]
+            last = cur
+            stable = 0
+        else:
+            stable += 1
+            if sender_done is not None and stable * poll_s >= 0.05:
+                break
+    if sender_done is None:
+        sender_done = sender_conn.recv()
+    t_start, t_sent_end, sent, send_errors = sender_done
+    # The last forwarded packet happened between the two polls around the change.
+    t_end = (last_change_prev_t + last[0]) / 2
+    fwd = last[2] - fwd0
+    cpu = last[1] - cpu0
+    wall = max(t_end - t_start, 1e-9)
+    return {
+        "offered": sent,
+        "sender_pps": sent / max(t_sent_end - t_start, 1e-9),
+        "forwarded": fwd,
+        "dropped_in_relay": last[3] - drop0,
+        "kernel_drops": sent - fwd - (last[3] - drop0),
+        "wall_s": wall,
+        "pps": fwd / wall,
+        "cpu_us_per_pkt": (cpu / fwd * 1e6) if fwd else float("nan"),
+        "relay_cpu_s": cpu,
+    }
+
+
+def sanity_check(relay_conn, sender_conn, sinks, n_sessions: int) -> int:
+    """Send a few paced packets per session; count what reaches the sinks."""
+    for s in sinks:
+        while True:
+            try:
+                s.recv(2048)
+            except BlockingIOError:
+                break
+    count = 10 * n_sessions
+    sender_conn.send(("paced", count, 2000.0))
+    sender_conn.recv()
+    time.sleep(0.1)
+    got = 0
+    for s in sinks:
+        while True:
+            try:
+                if len(s.recv(2048)) == PACKET_SIZE:
+                    got += 1
+            except BlockingIOError:
+                break
+    return got
+
+
+def summarize(name: str, values: list[float], fmt: str) -> str:
+    med = statistics.median(values)
+    return f"{name:>22}: median {med:{fmt}}  min {min(values):{fmt}}  max {max(values):{fmt}}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--packets", type=int, default=200_000, help="packets per run")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="pace the sender at this many packets/s (0 = as fast as possible)")
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    ap.add_argument("--max-run-s", type=float, default=3.0)
+    ap.add_argument("--budget-s", type=float, default=20.0)
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args()
+    t_begin = time.monotonic()
+
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = not args.no_pin and ncpu >= 2
+    relay_cpu = cpus[0] if pin else None
+    other_cpu = cpus[1] if pin else None
+
+    ctx = mp.get_context("fork")
+    sinks = []
+    for _ in range(args.sessions):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((SINK_IP, 0))
+        s.setblocking(False)
+        sinks.append(s)
+    sink_addrs = [(SINK_IP, s.getsockname()[1], s.getsockname()[1] + 1) for s in sinks]
+
+    relay_conn, relay_child = ctx.Pipe()
+    relay_proc = ctx.Process(
+        target=relay_main, args=(relay_child, args.sessions, args.loop, relay_cpu), daemon=True
+    )
+    relay_proc.start()
+    targets = relay_conn.recv()
+    relay_conn.send(sink_addrs)
+    assert relay_conn.recv() == "ready"
+
+    sender_conn, sender_child = ctx.Pipe()
+    sender_proc = ctx.Process(
+        target=sender_main,
+        args=(sender_child, targets, args.packets, args.rate, args.max_run_s, other_cpu),
+        daemon=True,
+    )
+    sender_proc.start()
+    assert sender_conn.recv() == "ready"
+    _pin(other_cpu)
+
+    results = []
+    try:
+        delivered = sanity_check(relay_conn, sender_conn, sinks, args.sessions)
+        expected = 10 * args.sessions
+        for r in range(args.runs):
+            if time.monotonic() - t_begin > args.budget_s - args.max_run_s - 1:
+                print(f"# budget reached, stopping after {r} runs", file=sys.stderr)
+                break
+            # Each poll costs the relay ~tens of us: poll rarely when the load is light.
+            poll_s = 0.01 if args.rate <= 0 else 0.1
+            results.append(one_run(relay_conn, sender_conn, "go", args.max_run_s, poll_s))
+            time.sleep(0.05)
+    finally:
+        sender_conn.send("quit")
+        relay_conn.send("quit")
+        sender_proc.join(5)
+        relay_proc.join(5)
+        for p in (sender_proc, relay_proc):
+            if p.is_alive():
+                p.terminate()
+                p.join(1)
+        for s in sinks:
+            s.close()
+
+    if args.json:
+        print(json.dumps({"args": vars(args), "sanity_delivered": delivered,
+                          "sanity_expected": expected, "runs": results}, indent=2))
+        return 0
+    mode = f"paced at {args.rate:.0f} pkt/s" if args.rate > 0 else "unpaced (relay saturated)"
+    print(f"edgeway relay bench: {args.sessions} sessions, {args.packets} x {PACKET_SIZE}-byte "
+          f"packets/run, {mode}, loop={args.loop}, pinned={pin}, python {sys.version.split()[0]}")
+    print(f"sanity: {delivered}/{expected} paced packets delivered end to end")
+    print(f"{'run':>3} {'offered':>8} {'sender pps':>11} {'forwarded':>9} {'krn drop':>8} "
+          f"{'wall s':>7} {'relay pps':>10} {'cpu us/pkt':>10}")
+    for i, r in enumerate(results, 1):
+        print(f"{i:>3} {r['offered']:>8} {r['sender_pps']:>11.0f} {r['forwarded']:>9} "
+              f"{r['kernel_drops']:>8} {r['wall_s']:>7.3f} {r['pps']:>10.0f} "
+              f"{r['cpu_us_per_pkt']:>10.2f}")
+    if results:
+        print(summarize("relay packets/s", [r["pps"] for r in results], ",.0f"))
+        print(summarize("relay CPU us/packet", [r["cpu_us_per_pkt"] for r in results], ".2f"))
+    print(f"total time {time.monotonic() - t_begin:.1f} s")
+    return 0 if delivered == expected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""Configuration models: one TOML file per node (DESIGN §2; seed 003 §5–§6).
+
+Pydantic v2 models, strict types (TOML values are typed), unknown keys are
+errors. Validation problems carry the key path, the value and the rule; see
+:func:`edgeway.config.load.parse_config` for how they are reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from edgeway.routing.transforms import check_pattern
+
+__all__ = [
+    "BUILTIN_ZONES", "MISSING",
+    "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig",
+    "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
+    "Transform", "SearchRule", "ConfigProblems", "zone_token", "split_hostport",
+]
+
+#: Sentinel value in a problem tuple: the key is absent (printed without "= value").
+MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
+
+#: Built-in zones that always exist and cannot be configured (seed 003 §5).
+BUILTIN_ZONES = ("LocalZone", "DefaultZone")
+
+
+class ConfigProblems(ValueError):
+    """Raised inside model validators for cross-field problems.
+
+    ``problems`` is a list of ``(key_path, value, rule)`` with ``key_path``
+    relative to the model that raised (e.g. ``"search_rules[1].target_zone"``)
+    and ``value`` :data:`MISSING` for an absent key.
+    """
+
+    def __init__(self, problems: list[tuple[str, Any, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{k}: {r}" if v is MISSING else f"{k} = {v!r}: {r}" for k, v, r in problems))
+
+
+def zone_token(name: str) -> str:
+    """Zone name with all whitespace removed, as used in Via ``ingress-zone=``
+    / ``egress-zone=`` (seed 003 §5, §7.1): ``"Hybrid Call Services DNS"`` →
+    ``"HybridCallServicesDNS"``."""
+    return "".join(name.split())
+
+
+def split_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """Parse ``"host"``, ``"host:port"``, a bare IPv6 address or
+    ``"[v6]:port"`` into ``(host, port)``. Raises ``ValueError`` on bad
+    syntax or a port outside 1..65535."""
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1:] if end > 0 else "x"
+        if rest and not rest.startswith(":"):
+            raise ValueError("must be 'host', 'host:port' or '[ipv6]:port'")
+        host, port = text[1:end], rest[1:] or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("must be 'host', 'host:port' or '[ipv6]:port' with a non-empty host")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("port must be between 1 and 65535")
+    return host, int(port)
+
+
+# ---- constrained field types with readable rules ---------------------------------------------
+
+def _rule(pred: Callable[[Any], bool], text: str) -> AfterValidator:
+    def check(v: Any) -> Any:
+        if not pred(v):
+            raise ValueError(text)
+        return v
+    return AfterValidator(check)
+
+
+def _between(lo: int, hi: int, note: str = "") -> AfterValidator:
+    return _rule(lambda v: lo <= v <= hi, f"must be between {lo} and {hi}{note}")
+
+
+def _ip(v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+    return v
+
+
+def _hostport(v: str) -> str:
+    split_hostport(v, 1)
+    return v
+
+
+def _log_level(v: str) -> str:
+    if v.upper() not in logging.getLevelNamesMapping():
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return v.upper()
+
+
+Port = Annotated[int, _between(1, 65535)]
+PortOrOff = Annotated[int, _between(0, 65535, " (0 = disabled)")]
+PosFloat = Annotated[float, _rule(lambda v: v > 0, "must be greater than 0")]
+PosInt = Annotated[int, _rule(lambda v: v > 0, "must be greater than 0")]
+Text = Annotated[str, _rule(lambda v: v.strip() != "", "must not be empty")]
+IpAddr = Annotated[str, AfterValidator(_ip)]
+HostPort = Annotated[str, AfterValidator(_hostport)]
+Priority = Annotated[int, _between(1, 65534)]
+PatternType = Literal["exact", "prefix", "suffix", "regex"]
+Behaviour = Literal["leave", "strip", "replace"]
+Transport = Literal["udp", "tcp", "tls"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# ---- node-wide sections -----------------------------------------------------------------------
+
+class SipConfig(_Model):
+    """SIP listener. Ports are TCP/UDP port numbers; 0 disables that transport."""
+
+    listen_ip: IpAddr
+    advertise_ip: IpAddr | None = None
+    """Address put in Via/Record-Route/Contact (NAT'd edge); defaults to ``listen_ip``."""
+    udp_port: PortOrOff = 5060
+    tcp_port: PortOrOff = 5060
+    tls_port: PortOrOff = 5061
+    domains: list[Text] = []
+    """Local SIP domains; they make up ``%localdomains%``."""
+    max_forwards_out: Annotated[int, _between(1, 255)] = 70
+
+    @property
+    def public_ip(self) -> str:
+        """Advertised address: ``advertise_ip`` or ``listen_ip``."""
+        return self.advertise_ip or self.listen_ip
+
+
+class TimerConfig(_Model):
+    """RFC 3261 timers: T1/T2/T4 in milliseconds, Timer C in seconds."""
+
+    t1_ms: PosInt = 500
+    t2_ms: PosInt = 4000
+    t4_ms: PosInt = 5000
+    timer_c_s: PosInt = 180
+
+    @model_validator(mode="after")
+    def _t2_ge_t1(self) -> TimerConfig:
+        if self.t2_ms < self.t1_ms:
+            raise ConfigProblems([("t2_ms", self.t2_ms, f"must be >= t1_ms ({self.t1_ms})")])
+        return self
+
+
+class TlsConfig(_Model):
+    """TLS material (PEM file paths) and the lowest accepted protocol version."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            other = "cert_file" if missing == "key_file" else "key_file"
+            raise ConfigProblems([(missing, MISSING, f"must be set when tls.{other} is set")])
+        return self
+
+
+class MediaConfig(_Model):
+    """Media relay: bind/advertised IP, UDP port range (inclusive; RTP on the
+    even port, RTCP on the next odd one) and the idle timeout in seconds.
+    When ``ip`` is not set, NodeConfig fills ``ip`` from ``sip.listen_ip`` and
+    ``advertise_ip`` from ``sip.advertise_ip``."""
+
+    ip: IpAddr | None = None
+    advertise_ip: IpAddr | None = None
+    port_min: Annotated[int, _between(1024, 65535), _rule(lambda v: v % 2 == 0, "must be even")] = 36000
+    port_max: Annotated[int, _between(1024, 65535)] = 59999
+    inactivity_timeout_s: PosFloat = 60.0
+
+    @model_validator(mode="after")
+    def _range(self) -> MediaConfig:
+        if self.port_min >= self.port_max:
+            raise ConfigProblems([("port_max", self.port_max, f"must be greater than port_min ({self.port_min})")])
+        return self
+
+    @property
+    def public_ip(self) -> str | None:
+        """Address written into SDP: ``advertise_ip`` or ``ip``."""
+        return self.advertise_ip or self.ip
+
+
+def _dns_server(v: str) -> str:
+    host, _ = split_hostport(v, 53)
+    _ip(host)
+    return v
+
+
+class DnsConfig(_Model):
+    """Resolvers (``"ip"``, ``"ip:port"`` or ``"[v6]:port"``; empty = system
+    resolvers) and the per-query timeout in seconds."""
+
+    servers: list[Annotated[str, AfterValidator(_dns_server)]] = []
+    timeout_s: PosFloat = 2.0
+
+    @property
+    def nameservers(self) -> list[tuple[str, int]]:
+        """``servers`` parsed to ``(ip, port)``; port defaults to 53."""
+        return [split_hostport(s, 53) for s in self.servers]
+
+
+class LogConfig(_Model):
+    """Log destination (``None`` = stderr) and level name (normalised to upper case)."""
+
+    file: str | None = None
+    level: Annotated[str, AfterValidator(_log_level)] = "INFO"
+
+
+class Credential(_Model):
+    """One entry of the edge's local credential store (traversal auth)."""
+
+    username: Text
+    password: str
+
+
+# ---- zones (seed 003 §5) -----------------------------------------------------------------------
+
+class _ZoneBase(_Model):
+    name: Text
+
+
+class NeighbourZone(_ZoneBase):
+    """Static SIP peer (e.g. Unified CM ``CUCM11`` at 192.168.1.21:5065).
+    ``match_source``: inbound requests from ``host`` (IP, or TLS peer name)
+    are classified into this zone."""
+
+    type: Literal["neighbour"] = "neighbour"
+    host: Text
+    port: Port = 5060
+    transport: Transport = "tcp"
+    match_source: bool = True
+
+
+class TraversalServerZone(_ZoneBase):
+    """Edge side of the traversal pair: listens on ``port`` (TLS) for the core's
+    traversal client, authenticated as ``username``, whose certificate must
+    carry ``tls_verify_subject_name``. Keepalive/probe intervals in seconds."""
+
+    type: Literal["traversal_server"] = "traversal_server"
+    port: Port = 7001
+    username: Text
+    tls_verify_subject_name: Text
+    keepalive_interval_s: PosFloat = 20.0
+    probe_retry_count: PosInt = 5
+    probe_retry_interval_s: PosFloat = 2.0
+
+
+class TraversalClientZone(_ZoneBase):
+    """Core side of the traversal pair: connects out to 1–6 edge ``peers``
+    (``"host"`` or ``"host:port"``, default port ``port``). Intervals in
+    seconds; ``retry_interval_s`` is the wait before reconnecting."""
+
+    type: Literal["traversal_client"] = "traversal_client"
+    peers: Annotated[list[HostPort], Field(min_length=1, max_length=6)]
+    port: Port = 7001
+    username: Text
+    password: str
+    keepalive_interval_s: PosFloat = 20.0
+    probe_retry_count: PosInt = 5
+    probe_retry_interval_s: PosFloat = 2.0
+    retry_interval_s: PosFloat = 120.0
+
+    @property
+    def peer_addresses(self) -> list[tuple[str, int]]:
+        """``peers`` parsed to ``(host, port)`` in configured order."""
+        return [split_hostport(p, self.port) for p in self.peers]
+
+
+class DnsZone(_ZoneBase):
+    """Route by RFC 3263 DNS lookup of the Request-URI's domain."""
+
+    type: Literal["dns"] = "dns"
+    default_transport: Transport = "tcp"
+
+
+ZoneConfig = Annotated[
+    Union[NeighbourZone, TraversalServerZone, TraversalClientZone, DnsZone], Field(discriminator="type")
+]
+
+
+# ---- transforms and search rules (seed 003 §6) ------------------------------------------------
+
+class _PatternRules(_Model):
+    """Validators shared by Transform and SearchRule (fields declared in the
+    subclasses, ``pattern_type`` before ``pattern`` before ``replace``)."""
+
+    @field_validator("pattern", check_fields=False)
+    @classmethod
+    def _pattern_ok(cls, v: str, info: ValidationInfo) -> str:
+        if "pattern_type" in info.data:
+            check_pattern(info.data["pattern_type"], v)
+        return v
+
+    @field_validator("replace", check_fields=False)
+    @classmethod
+    def _replace_ok(cls, v: str, info: ValidationInfo) -> str:
+        d = info.data
+        if "pattern" in d and "behaviour" in d and d.get("pattern_type") == "regex":
+            check_pattern("regex", d["pattern"], d["behaviour"], v)
+        return v
+
+
+class Transform(_PatternRules):
+    """Alias transform, applied before call policy and search rules; the
+    first matching enabled one (lowest ``priority``) wins."""
+
+    priority: Priority
+    pattern_type: PatternType
+    pattern: str
+    behaviour: Behaviour = "leave"
+    replace: str = ""
+    enabled: bool = True
+
+
+class SearchRule(_PatternRules):
+    """Search rule (seed 003 §6.2). Lowest ``priority`` first; ``any_alias``
+    matches every alias; ``source_zone`` (None = any) filters by the
+    request's classified zone; ``progress`` stop ends the search after a match."""
+
+    name: Text
+    priority: Priority
+    mode: Literal["any_alias", "alias_pattern_match"] = "alias_pattern_match"
+    pattern_type: PatternType = "regex"
+    pattern: str = ""
+    behaviour: Behaviour = "leave"
+    replace: str = ""
+    progress: Literal["stop", "continue"] = "stop"
+    source_zone: str | None = None
+    target_zone: Text
+    enabled: bool = True
+
+
+# ---- the node ----------------------------------------------------------------------------------
+
+class NodeConfig(_Model):
+    """Whole configuration of one node (``role`` edge = DMZ, core = inside).
+    ``name`` appears in Warning/Server headers."""
+
+    role: Literal["edge", "core"]
+    name: Text
+    sip: SipConfig
+    timers: TimerConfig = Field(default_factory=TimerConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    credentials: list[Credential] = []
+    zones: list[ZoneConfig] = []
+    transforms: list[Transform] = []
+    search_rules: list[SearchRule] = []
+
+    @property
+    def local_domains(self) -> list[str]:
+        """The local SIP domains (``sip.domains``)."""
+        return list(self.sip.domains)
+
+    @property
+    def zone_names(self) -> list[str]:
+        """Configured zone names followed by the built-ins."""
+        return [z.name for z in self.zones] + list(BUILTIN_ZONES)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> NodeConfig:
+        problems: list[tuple[str, Any, str]] = []
+        tokens: dict[str, str] = {}
+        forbidden = {"edge": "traversal_client", "core": "traversal_server"}[self.role]
+        for i, z in enumerate(self.zones):
+            tok = zone_token(z.name)
+            if tok in {zone_token(b) for b in BUILTIN_ZONES}:
+                problems.append((f"zones[{i}].name", z.name, "is reserved for a built-in zone"))
+            elif tok in tokens:
+                problems.append((f"zones[{i}].name", z.name,
+                                 f"must be unique (clashes with zone {tokens[tok]!r}, spaces ignored)"))
+            tokens.setdefault(tok, z.name)
+            if z.type == forbidden:
+                problems.append((f"zones[{i}].type", z.type, f"is not allowed when role = {self.role!r}"))
+        known = set(self.zone_names)
+        for i, r in enumerate(self.search_rules):
+            for key in ("source_zone", "target_zone"):
+                val = getattr(r, key)
+                if val is not None and val not in known:
+                    problems.append((f"search_rules[{i}].{key}", val,
+                                     "must name a configured zone or LocalZone/DefaultZone"))
+        if problems:
+            raise ConfigProblems(problems)
+        if self.media.ip is None:
+            self.media.ip = self.sip.listen_ip
+            self.media.advertise_ip = self.media.advertise_ip or self.sip.advertise_ip
+        return self

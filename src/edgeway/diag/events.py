@@ -1,0 +1,71 @@
+"""Structured event log: one JSON line per event (DESIGN.md §3 ``diag/``).
+
+Every failure path emits one event that names its cause. Lines look like::
+
+    {"ts": 1763700000.123, "node": "edge", "event": "call attempted", "call_id": "...", ...}
+
+``ts`` is seconds since the epoch (float). Event names are lower-case operator words
+taken from the seeds (seed 003 §6.6, §12.1): ``call attempted``, ``search completed``,
+``call connected``, ``call disconnected``, ``call rejected``, ``tls handshake``,
+``tls handshake failed``, ``traversal connected``, ``traversal disconnected``,
+``sip message`` (one per message sent or received: the hop-by-hop ladder), ``bad message``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import IO, Any
+
+__all__ = ["EventLog", "NULL_LOG"]
+
+
+class EventLog:
+    """Writes events as JSON lines to a file path or a stream (stderr by default).
+
+    ``sip_messages`` turns the per-message ``sip message`` events on or off (they are
+    what the lab's ladder is built from; a loaded node may switch them off).
+    """
+
+    def __init__(self, node: str, path: str | None = None, stream: IO[str] | None = None, *, sip_messages: bool = True):
+        self.node = node
+        self.sip_messages = sip_messages
+        self._lock = threading.Lock()
+        if path:
+            self._fh: IO[str] | None = open(path, "a", buffering=1, encoding="utf-8")
+            self._own = True
+        else:
+            self._fh = stream if stream is not None else sys.stderr
+            self._own = False
+        self.counts: dict[str, int] = {}
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Write one event line; never raises (a logging failure must not break a call)."""
+        self.counts[event] = self.counts.get(event, 0) + 1
+        if self._fh is None:
+            return
+        rec = {"ts": round(time.time(), 6), "node": self.node, "event": event}
+        rec.update(fields)
+        try:
+            line = json.dumps(rec, default=str, ensure_ascii=False)
+            with self._lock:
+                self._fh.write(line + "\n")
+        except Exception:  # noqa: BLE001 - logging is best effort
+            pass
+
+    def close(self) -> None:
+        if self._own and self._fh is not None:
+            self._fh.close()
+        self._fh = None
+
+
+class _NullLog(EventLog):
+    def __init__(self) -> None:
+        super().__init__("null", stream=None)
+        self._fh = None
+
+
+#: An event log that counts but writes nothing (tests, library use).
+NULL_LOG = _NullLog()

@@ -1,0 +1,674 @@
+"""RTP/RTCP media relay: the media hot path of the core and edge nodes.
+
+A :class:`RelaySession` anchors one media stream (one SDP ``m=`` line) between
+two parties, *A* and *B*.  Each side gets its own RTP/RTCP UDP port pair
+(RFC 3550 §11: RTP on an even port, RTCP on the next odd port) bound on the IP
+address advertised to that side.  Datagrams received on A's RTP socket are sent
+out of B's RTP socket to B's remote RTP address, A's RTCP to B's RTCP, and the
+same in reverse.
+
+Remote addresses come from SDP (:meth:`RelaySession.set_remote`) and are then
+corrected by *symmetric latching* (RFC 4961 symmetric RTP; the "latching"
+practice of RFC 7362): the first datagram received on a socket fixes that
+side's remote address for that socket to the datagram's source, which overrides
+SDP (the party may be behind NAT); datagrams from any other source are dropped.
+A side marked ``latch_only`` never receives anything before it has been
+latched; the edge uses this toward the core so that the core, which opens all
+media toward the edge, needs no inbound firewall hole.  The core triggers the
+latch with :data:`LATCH_PROBE` datagrams (:meth:`RelaySession.send_latch_probe`,
+:meth:`RelaySession.start_probing`) that latch but are never forwarded.
+
+Performance: the hot path does not use ``asyncio`` transports/protocols.  Each
+socket is registered with ``loop.add_reader()`` and the callback drains it with
+``recvfrom_into()`` into one preallocated buffer (at most ``max_batch``
+datagrams per wake-up, to stay fair between sessions) and forwards each datagram
+with ``sendto()`` of a memoryview slice.  Counters are kept in locals inside the
+drain loop and written back once per wake-up.  Errors (ICMP-induced
+``ConnectionRefusedError``, a full send buffer, any ``OSError``) are counted and
+never stop the reader or affect other sessions.
+
+Everything here runs on the event loop thread and is not thread-safe.
+
+Units: ports are ``int``; times and timeouts are seconds (``float``); byte
+counters count UDP payload bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+from .ports import PortAllocator, PortPair
+
+__all__ = [
+    "LATCH_PROBE",
+    "Endpoint",
+    "MediaRelay",
+    "RelaySession",
+]
+
+log = logging.getLogger(__name__)
+
+#: Datagram the core sends toward the edge to make it latch (never forwarded).
+#: It starts with a zero byte, i.e. RTP version 0, so it cannot be mistaken for
+#: RTP/RTCP (version 2), and at 15 bytes it is shorter than a STUN header.
+LATCH_PROBE: bytes = b"\x00EDGEWAY-LATCH\x00"
+_PROBE_LEN = len(LATCH_PROBE)
+
+#: Size of the shared receive buffer (bytes): the largest UDP payload fits, so
+#: datagrams are never truncated.
+_BUF_SIZE = 65536
+
+Side = Literal["a", "b"]
+Addr = tuple[Any, ...]
+OnClosed = Callable[["RelaySession", str], None]
+
+
+class Endpoint(NamedTuple):
+    """A local RTP/RTCP address: IP and the two UDP ports (ints)."""
+
+    ip: str
+    rtp_port: int
+    rtcp_port: int
+
+
+def _host_port(addr: Addr | None) -> tuple[str, int] | None:
+    return None if addr is None else (addr[0], addr[1])
+
+
+class _Leg:
+    """One socket of a session: it receives from its own side's party.
+
+    ``dest`` is where datagrams *toward* this side are sent (out of this leg's
+    socket); it is the latched source if any, else the SDP address unless the
+    side is latch-only.  Datagrams received here are forwarded out of
+    ``peer.sock`` to ``peer.dest``; the counters on this leg therefore describe
+    the direction "this side -> other side" for this leg's kind (RTP or RTCP).
+    """
+
+    __slots__ = (
+        "sock",
+        "fd",
+        "peer",
+        "buf",
+        "mv",
+        "max_batch",
+        "latch_only",
+        "sdp",
+        "latched",
+        "dest",
+        "packets",
+        "bytes",
+        "probes",
+        "drop_foreign",
+        "drop_nodest",
+        "send_errors",
+        "recv_errors",
+        "probes_sent",
+        "probe_errors",
+    )
+
+    def __init__(
+        self, sock: socket.socket, buf: bytearray, mv: memoryview, max_batch: int,
+        latch_only: bool,
+    ) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer: _Leg = self  # set by the session
+        self.buf = buf
+        self.mv = mv
+        self.max_batch = max_batch
+        self.latch_only = latch_only
+        self.sdp: Addr | None = None
+        self.latched: Addr | None = None
+        self.dest: Addr | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.probes = 0
+        self.drop_foreign = 0
+        self.drop_nodest = 0
+        self.send_errors = 0
+        self.recv_errors = 0
+        self.probes_sent = 0
+        self.probe_errors = 0
+
+    def update_dest(self) -> None:
+        if self.latched is not None:
+            self.dest = self.latched
+        elif self.latch_only:
+            self.dest = None
+        else:
+            self.dest = self.sdp
+
+    def activity(self) -> int:
+        """Datagrams accepted from the latched source (forwarded or not)."""
+        return self.packets + self.probes + self.drop_nodest + self.send_errors
+
+    def on_readable(self) -> None:
+        """Reader callback: drain up to ``max_batch`` datagrams and forward them."""
+        recv_into = self.sock.recvfrom_into
+        buf = self.buf
+        mv = self.mv
+        peer = self.peer
+        sendto = peer.sock.sendto
+        dest = peer.dest
+        latched = self.latched
+        packets = nbytes = 0
+        probes = foreign = nodest = senderr = recverr = 0
+        for _ in range(self.max_batch):
+            try:
+                n, src = recv_into(buf)
+            except BlockingIOError:
+                break
+            except OSError:  # e.g. ConnectionRefusedError from an ICMP error
+                recverr += 1
+                continue
+            if src != latched:
+                if latched is None:
+                    latched = src
+                    self.latched = src
+                    self.update_dest()
+                else:
+                    foreign += 1
+                    continue
+            if n == _PROBE_LEN and buf[:n] == LATCH_PROBE:
+                probes += 1
+                continue
+            if dest is None:
+                nodest += 1
+                continue
+            try:
+                sendto(mv[:n], dest)
+            except OSError:  # full send buffer, ICMP-induced errors, bad route...
+                senderr += 1
+                continue
+            packets += 1
+            nbytes += n
+        if packets:
+            self.packets += packets
+            self.bytes += nbytes
+        if probes or foreign or nodest or senderr or recverr:
+            self.probes += probes
+            self.drop_foreign += foreign
+            self.drop_nodest += nodest
+            self.send_errors += senderr
+            self.recv_errors += recverr
+
+
+def _check_side(side: str) -> Side:
+    if side not in ("a", "b"):
+        raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+    return side  # type: ignore[return-value]
+
+
+class RelaySession:
+    """One relayed media stream between side A and side B.
+
+    Created by :meth:`MediaRelay.open_session`; not instantiated directly.
+
+    Attributes:
+        id: relay-unique session number (int).
+        label: free-form label given at creation (e.g. call-id and m-line index).
+        created_at: ``loop.time()`` at creation (seconds).
+        closed: True once :meth:`close` has run.
+        close_reason: the reason passed to :meth:`close`, or None.
+        on_closed: optional ``callback(session, reason)`` called once on close,
+            before the relay-wide :attr:`MediaRelay.on_closed`.
+    """
+
+    def __init__(
+        self,
+        relay: MediaRelay,
+        sid: int,
+        a_alloc: PortAllocator,
+        a_pair: PortPair,
+        b_alloc: PortAllocator,
+        b_pair: PortPair,
+        *,
+        a_latch_only: bool,
+        b_latch_only: bool,
+        label: str,
+    ) -> None:
+        self._relay = relay
+        self._loop = relay.loop
+        self.id = sid
+        self.label = label
+        self.created_at = self._loop.time()
+        self.closed = False
+        self.close_reason: str | None = None
+        self.on_closed: OnClosed | None = None
+        self._allocs = {"a": a_alloc, "b": b_alloc}
+        self._pairs = {"a": a_pair, "b": b_pair}
+        buf, mv, mb = relay._buf, relay._mv, relay.max_batch
+        self._a_rtp = _Leg(a_pair.rtp_sock, buf, mv, mb, a_latch_only)
+        self._a_rtcp = _Leg(a_pair.rtcp_sock, buf, mv, mb, a_latch_only)
+        self._b_rtp = _Leg(b_pair.rtp_sock, buf, mv, mb, b_latch_only)
+        self._b_rtcp = _Leg(b_pair.rtcp_sock, buf, mv, mb, b_latch_only)
+        self._a_rtp.peer, self._b_rtp.peer = self._b_rtp, self._a_rtp
+        self._a_rtcp.peer, self._b_rtcp.peer = self._b_rtcp, self._a_rtcp
+        self._legs = {
+            "a": (self._a_rtp, self._a_rtcp),
+            "b": (self._b_rtp, self._b_rtcp),
+        }
+        self._readers: list[int] = []
+        self._probing: dict[str, asyncio.TimerHandle] = {}
+        # Inactivity bookkeeping (maintained by the relay's sweep).
+        self._last_activity = self.created_at
+        self._activity_token = 0
+
+    def _start(self) -> None:
+        for leg in (self._a_rtp, self._a_rtcp, self._b_rtp, self._b_rtcp):
+            self._loop.add_reader(leg.fd, leg.on_readable)
+            self._readers.append(leg.fd)
+
+    def __repr__(self) -> str:
+        a, b = self.local("a"), self.local("b")
+        state = f"closed:{self.close_reason}" if self.closed else "open"
+        return (
+            f"<RelaySession {self.id} {self.label!r} a={a.ip}:{a.rtp_port} "
+            f"b={b.ip}:{b.rtp_port} {state}>"
+        )
+
+    # -- addresses -----------------------------------------------------------
+
+    def local(self, side: Side) -> Endpoint:
+        """The relay's own address on ``side`` (what to put in SDP toward that side)."""
+        pair = self._pairs[_check_side(side)]
+        return Endpoint(pair.ip, pair.rtp_port, pair.rtcp_port)
+
+    def latch_only(self, side: Side) -> bool:
+        """Whether ``side`` only ever receives from its latched address."""
+        return self._legs[_check_side(side)][0].latch_only
+
+    def set_remote(
+        self, side: Side, ip: str, rtp_port: int, rtcp_port: int | None = None
+    ) -> None:
+        """Set ``side``'s remote RTP/RTCP address as learnt from its SDP.
+
+        Args:
+            side: ``"a"`` or ``"b"``.
+            ip: literal IP address of the party (SDP ``c=``); must be of the
+                same family as the side's local address.  The unspecified
+                address (``0.0.0.0``/``::``, legacy hold) or ``rtp_port == 0``
+                (stream rejected/disabled) clears the SDP address.
+            rtp_port: remote RTP port (int, SDP ``m=`` port).
+            rtcp_port: remote RTCP port (int); defaults to ``rtp_port + 1``
+                (RFC 3550 §11; pass the RFC 3605 ``a=rtcp`` port if present).
+
+        A latched address (first datagram received) keeps precedence over this
+        address (RFC 4961 symmetric RTP); see :meth:`reset_latch`.  Until
+        either is known, datagrams toward ``side`` are dropped and counted.
+        No-op on a closed session.
+        """
+        side = _check_side(side)
+        if self.closed:
+            return
+        rtp_leg, rtcp_leg = self._legs[side]
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        if not (0 <= rtp_port <= 65535):
+            raise ValueError(f"invalid RTP port {rtp_port}")
+        if rtcp_port is None:
+            rtcp_port = rtp_port + 1 if rtp_port else 0
+        if not (0 <= rtcp_port <= 65535):
+            raise ValueError(f"invalid RTCP port {rtcp_port}")
+        family = rtp_leg.sock.family
+        want = 6 if family == socket.AF_INET6 else 4
+        if addr.version != want:
+            raise ValueError(
+                f"remote {ip} is IPv{addr.version} but side {side} is bound on IPv{want}"
+            )
+        if addr.is_unspecified or rtp_port == 0:
+            rtp_leg.sdp = rtcp_leg.sdp = None
+        else:
+            host = ip if "%" in ip else str(addr)
+            for mine in (self.local("a"), self.local("b")):
+                same_ip = ipaddress.ip_address(mine.ip.split("%", 1)[0]) == addr
+                if same_ip and {rtp_port, rtcp_port} & {mine.rtp_port, mine.rtcp_port}:
+                    raise ValueError(f"remote {host}:{rtp_port} is this session's own port")
+            rtp_leg.sdp = (host, rtp_port)
+            rtcp_leg.sdp = (host, rtcp_port) if rtcp_port else None
+        rtp_leg.update_dest()
+        rtcp_leg.update_dest()
+
+    def reset_latch(self, side: Side) -> None:
+        """Forget ``side``'s latched addresses; the next datagram latches again.
+
+        Useful when a re-INVITE moves the party to a new address.
+        """
+        for leg in self._legs[_check_side(side)]:
+            leg.latched = None
+            leg.update_dest()
+
+    # -- latch probes ----------------------------------------------------------
+
+    def send_latch_probe(self, side: Side) -> int:
+        """Send :data:`LATCH_PROBE` out of ``side``'s RTP and RTCP sockets.
+
+        The probes go to ``side``'s SDP address (the far relay's advertised
+        ports), so that a latch-only far relay learns this relay's address.
+
+        Returns:
+            Number of datagrams sent (0 if the SDP address is unknown, the
+            session is closed, or sending failed; failures are counted).
+        """
+        sent = 0
+        if self.closed:
+            return 0
+        for leg in self._legs[_check_side(side)]:
+            if leg.sdp is None:
+                continue
+            try:
+                leg.sock.sendto(LATCH_PROBE, leg.sdp)
+            except OSError:
+                leg.probe_errors += 1
+                continue
+            leg.probes_sent += 1
+            sent += 1
+        return sent
+
+    def start_probing(self, side: Side, interval_s: float = 1.0, count: int = 5) -> None:
+        """Send latch probes to ``side`` now and then every ``interval_s`` seconds.
+
+        At most ``count`` rounds are sent (one round = RTP + RTCP probe).
+        Probing stops early once media arrives from ``side`` (its RTP socket
+        has latched), or when the session closes.  Restarting replaces any
+        previous probing of that side.  Driven by ``loop.call_later``.
+        """
+        side = _check_side(side)
+        self.stop_probing(side)
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self._probe_tick(side, interval_s, count)
+
+    def stop_probing(self, side: Side) -> None:
+        """Cancel probing started by :meth:`start_probing` (no-op if none)."""
+        handle = self._probing.pop(_check_side(side), None)
+        if handle is not None:
+            handle.cancel()
+
+    def _probe_tick(self, side: Side, interval_s: float, remaining: int) -> None:
+        self._probing.pop(side, None)
+        if self.closed or remaining <= 0 or self._legs[side][0].latched is not None:
+            return
+        self.send_latch_probe(side)
+        if remaining > 1:
+            self._probing[side] = self._loop.call_later(
+                interval_s, self._probe_tick, side, interval_s, remaining - 1
+            )
+
+    # -- stats / lifecycle ----------------------------------------------------------
+
+    def touch(self) -> None:
+        """Restart the inactivity timer as if a datagram had just arrived.
+
+        For signalling-driven keep-alive, e.g. while a call is still ringing
+        without early media (otherwise a session that never receives anything
+        is closed ``inactivity_timeout_s`` seconds after creation).
+        """
+        self._last_activity = self._loop.time()
+
+    def _activity(self) -> int:
+        return (
+            self._a_rtp.activity()
+            + self._a_rtcp.activity()
+            + self._b_rtp.activity()
+            + self._b_rtcp.activity()
+        )
+
+    @staticmethod
+    def _direction(rtp: _Leg, rtcp: _Leg) -> dict[str, int]:
+        foreign = rtp.drop_foreign + rtcp.drop_foreign
+        nodest = rtp.drop_nodest + rtcp.drop_nodest
+        senderr = rtp.send_errors + rtcp.send_errors
+        return {
+            "rtp_packets": rtp.packets,
+            "rtp_bytes": rtp.bytes,
+            "rtcp_packets": rtcp.packets,
+            "rtcp_bytes": rtcp.bytes,
+            "probes_received": rtp.probes + rtcp.probes,
+            "dropped": foreign + nodest + senderr,
+            "dropped_foreign_source": foreign,
+            "dropped_no_destination": nodest,
+            "send_errors": senderr,
+            "recv_errors": rtp.recv_errors + rtcp.recv_errors,
+        }
+
+    def _side_info(self, side: Side) -> dict[str, Any]:
+        rtp, rtcp = self._legs[side]
+        return {
+            "local": tuple(self.local(side)),
+            "latch_only": rtp.latch_only,
+            "sdp_rtp": _host_port(rtp.sdp),
+            "sdp_rtcp": _host_port(rtcp.sdp),
+            "latched_rtp": _host_port(rtp.latched),
+            "latched_rtcp": _host_port(rtcp.latched),
+            "probes_sent": rtp.probes_sent + rtcp.probes_sent,
+            "probe_errors": rtp.probe_errors + rtcp.probe_errors,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and addresses of this session.
+
+        Keys: ``id``, ``label``, ``closed``, ``close_reason``, ``age_s``,
+        ``idle_s`` (seconds since activity was last seen by the inactivity
+        sweep), ``a``/``b`` (local address ``(ip, rtp_port, rtcp_port)``,
+        ``latch_only``, SDP and latched ``(ip, port)`` per RTP/RTCP,
+        ``probes_sent``), ``a_to_b``/``b_to_a`` (``rtp_packets``,
+        ``rtp_bytes``, ``rtcp_packets``, ``rtcp_bytes``, ``probes_received``,
+        ``dropped`` = foreign-source + no-destination + send errors, each also
+        given separately, and ``recv_errors``) and ``dropped`` (both
+        directions).
+        """
+        now = self._loop.time()
+        a_to_b = self._direction(self._a_rtp, self._a_rtcp)
+        b_to_a = self._direction(self._b_rtp, self._b_rtcp)
+        return {
+            "id": self.id,
+            "label": self.label,
+            "closed": self.closed,
+            "close_reason": self.close_reason,
+            "age_s": now - self.created_at,
+            "idle_s": now - self._last_activity,
+            "a": self._side_info("a"),
+            "b": self._side_info("b"),
+            "a_to_b": a_to_b,
+            "b_to_a": b_to_a,
+            "dropped": a_to_b["dropped"] + b_to_a["dropped"],
+        }
+
+    def close(self, reason: str = "bye") -> None:
+        """Stop relaying, release both port pairs and fire ``on_closed`` (idempotent).
+
+        Args:
+            reason: why, e.g. ``"bye"``, ``"final-response"``, ``"inactivity"``,
+                ``"shutdown"``; passed to the ``on_closed`` callbacks.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for handle in self._probing.values():
+            handle.cancel()
+        self._probing.clear()
+        for fd in self._readers:
+            try:
+                self._loop.remove_reader(fd)
+            except Exception:  # loop already closed: nothing to unregister
+                pass
+        self._readers.clear()
+        for side in ("a", "b"):
+            self._allocs[side].release(self._pairs[side])
+        self._relay._forget(self)
+        for cb in (self.on_closed, self._relay.on_closed):
+            if cb is None:
+                continue
+            try:
+                cb(self, reason)
+            except Exception:
+                log.exception("on_closed callback failed for %r", self)
+
+
+class MediaRelay:
+    """Owns the relay sessions of one node and closes idle ones.
+
+    Args:
+        loop: the event loop (uvloop or the default asyncio loop; it must
+            support ``add_reader``).  Defaults to the running loop.
+        inactivity_timeout_s: close a session when no datagram has been
+            accepted in either direction for this many seconds (sessions that
+            never received anything are timed from creation).  ``None`` or
+            ``0`` disables the sweep.  The sweep runs every
+            ``min(1.0, inactivity_timeout_s / 4)`` seconds, so a session closes
+            between ``inactivity_timeout_s`` and that much later.
+        on_closed: optional ``callback(session, reason)`` for every session.
+        max_batch: at most this many datagrams are handled per socket
+            wake-up (fairness between sessions).
+
+    Attributes:
+        on_closed: settable relay-wide close callback.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        inactivity_timeout_s: float | None = 60.0,
+        on_closed: OnClosed | None = None,
+        max_batch: int = 64,
+    ) -> None:
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if inactivity_timeout_s is not None and inactivity_timeout_s < 0:
+            raise ValueError("inactivity_timeout_s must be >= 0 or None")
+        self.inactivity_timeout_s = inactivity_timeout_s or None
+        self.on_closed: OnClosed | None = on_closed
+        self.max_batch = max_batch
+        self._buf = bytearray(_BUF_SIZE)
+        self._mv = memoryview(self._buf)
+        self._sessions: dict[int, RelaySession] = {}
+        self._next_id = 1
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._closed_totals = {"sessions": 0, "packets": 0, "bytes": 0, "dropped": 0}
+        if self.inactivity_timeout_s is not None:
+            self._sweep_interval = min(1.0, self.inactivity_timeout_s / 4)
+        else:
+            self._sweep_interval = 0.0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def sessions(self) -> list[RelaySession]:
+        """The open sessions."""
+        return list(self._sessions.values())
+
+    def get(self, session_id: int) -> RelaySession | None:
+        """The open session with this id, or None."""
+        return self._sessions.get(session_id)
+
+    def open_session(
+        self,
+        a_alloc: PortAllocator,
+        b_alloc: PortAllocator,
+        *,
+        a_latch_only: bool = False,
+        b_latch_only: bool = False,
+        label: str = "",
+    ) -> RelaySession:
+        """Allocate a port pair on each allocator and start relaying between them.
+
+        Args:
+            a_alloc: allocator on the IP address advertised to party A.
+            b_alloc: allocator on the IP address advertised to party B.
+            a_latch_only: never send toward A before A's address has been
+                latched from a received datagram (ignore A's SDP address).
+            b_latch_only: the same for side B.
+            label: free-form label for logs and stats.
+
+        Raises:
+            PortsExhausted: no pair free on one of the allocators (nothing is
+                leaked).
+        """
+        if self._closed:
+            raise RuntimeError("MediaRelay is closed")
+        a_pair = a_alloc.allocate_pair()
+        try:
+            b_pair = b_alloc.allocate_pair()
+        except BaseException:
+            a_alloc.release(a_pair)
+            raise
+        sid = self._next_id
+        self._next_id += 1
+        session = RelaySession(
+            self, sid, a_alloc, a_pair, b_alloc, b_pair,
+            a_latch_only=a_latch_only, b_latch_only=b_latch_only, label=label,
+        )
+        self._sessions[sid] = session
+        try:
+            session._start()
+        except BaseException:
+            session.close("error")
+            raise
+        if self._sweep_handle is None and self._sweep_interval > 0:
+            self._sweep_handle = self.loop.call_later(self._sweep_interval, self._sweep)
+        return session
+
+    def _forget(self, session: RelaySession) -> None:
+        if self._sessions.pop(session.id, None) is None:
+            return
+        st = session.stats()
+        t = self._closed_totals
+        t["sessions"] += 1
+        for d in ("a_to_b", "b_to_a"):
+            t["packets"] += st[d]["rtp_packets"] + st[d]["rtcp_packets"]
+            t["bytes"] += st[d]["rtp_bytes"] + st[d]["rtcp_bytes"]
+        t["dropped"] += st["dropped"]
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        timeout = self.inactivity_timeout_s
+        if timeout is None:
+            return
+        now = self.loop.time()
+        for session in list(self._sessions.values()):
+            token = session._activity()
+            if token != session._activity_token:
+                session._activity_token = token
+                session._last_activity = now
+            elif now - session._last_activity >= timeout:
+                session.close("inactivity")
+        if self._sessions and not self._closed:
+            self._sweep_handle = self.loop.call_later(self._sweep_interval, self._sweep)
+
+    def stats(self) -> dict[str, Any]:
+        """Relay-wide totals: open sessions, and packets/bytes/dropped over open
+        and already-closed sessions."""
+        packets = bytes_ = dropped = 0
+        for s in self._sessions.values():
+            for leg in (s._a_rtp, s._a_rtcp, s._b_rtp, s._b_rtcp):
+                packets += leg.packets
+                bytes_ += leg.bytes
+                dropped += leg.drop_foreign + leg.drop_nodest + leg.send_errors
+        t = self._closed_totals
+        return {
+            "open_sessions": len(self._sessions),
+            "closed_sessions": t["sessions"],
+            "packets": packets + t["packets"],
+            "bytes": bytes_ + t["bytes"],
+            "dropped": dropped + t["dropped"],
+        }
+
+    def close(self) -> None:
+        """Close every session (reason ``"shutdown"``) and stop the sweep."""
+        self._closed = True
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        for session in list(self._sessions.values()):
+            session.close("shutdown")

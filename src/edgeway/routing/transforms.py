@@ -1,0 +1,163 @@
+"""Alias pattern matching and transforms (seed 003 §6.1–§6.2, DESIGN §2 step 1).
+
+Pure string functions. An *alias* is a Request-URI without its scheme, e.g.
+``alice@corp.edgeway.test`` or ``cucm.rtp.ciscotac.net;lr``.
+
+Pattern types (Expressway semantics, all case-insensitive):
+
+* ``exact``  – the whole alias equals the pattern;
+* ``prefix`` – the alias starts with the pattern;
+* ``suffix`` – the alias ends with the pattern;
+* ``regex``  – the pattern matches the WHOLE alias (``re.fullmatch``).
+
+Behaviours: ``leave`` (alias unchanged), ``strip`` (remove the matched part:
+the prefix, the suffix, or everything for exact/regex) and ``replace``
+(prefix/suffix: put ``replace`` in place of the matched part; exact: the alias
+becomes ``replace``; regex: ``match.expand(replace)``, so ``\\1``/``\\g<name>``
+refer to groups).
+
+The macro ``%localdomains%`` expands to ``(?:dom1|dom2…)`` built from the
+``re.escape``'d local SIP domains (``(?!)``, matching nothing, when there are
+none). In exact/prefix/suffix patterns it matches any one local domain.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+__all__ = [
+    "LOCALDOMAINS",
+    "expand_localdomains",
+    "compile_pattern",
+    "check_pattern",
+    "match_pattern",
+    "apply_pattern",
+    "apply_transforms",
+    "TransformLike",
+]
+
+LOCALDOMAINS = "%localdomains%"
+_MACRO = re.compile(re.escape(LOCALDOMAINS), re.IGNORECASE)
+_GROUP_REF = re.compile(r"\\(?:(\d+)|g<([^>]*)>)")
+PATTERN_TYPES = ("exact", "prefix", "suffix", "regex")
+
+
+def _domains_alternation(local_domains: Iterable[str]) -> str:
+    doms = [re.escape(d) for d in local_domains if d]
+    return "(?:" + "|".join(doms) + ")" if doms else "(?!)"
+
+
+def expand_localdomains(pattern: str, local_domains: Iterable[str]) -> str:
+    """Return the regex ``pattern`` with every ``%localdomains%`` replaced by
+    ``(?:dom1|dom2…)`` (escaped domains; ``(?!)`` if there are none)."""
+    alt = _domains_alternation(local_domains)
+    return _MACRO.sub(lambda _m: alt, pattern)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(pattern_type: str, pattern: str, domains: tuple[str, ...]) -> re.Pattern[str]:
+    if pattern_type == "regex":
+        body = expand_localdomains(pattern, domains)
+    elif pattern_type in ("exact", "prefix", "suffix"):
+        alt = _domains_alternation(domains)
+        body = alt.join(re.escape(part) for part in _MACRO.split(pattern))
+        if pattern_type == "suffix":
+            body = f"(?:{body})\\Z"
+    else:
+        raise ValueError(f"unknown pattern type {pattern_type!r}; expected one of {PATTERN_TYPES}")
+    return re.compile(body, re.IGNORECASE)
+
+
+def compile_pattern(pattern_type: str, pattern: str, local_domains: Iterable[str] = ()) -> re.Pattern[str]:
+    """Compile (cached) a pattern of any type into a case-insensitive regex.
+
+    Raises ``re.error`` for a bad regex and ``ValueError`` for an unknown type.
+    Use :func:`match_pattern` to match with the right anchoring."""
+    return _compile(pattern_type, pattern, tuple(local_domains))
+
+
+def check_pattern(pattern_type: str, pattern: str, behaviour: str = "leave", replace: str = "") -> None:
+    """Validate a pattern (and, for regex ``replace``, its group references).
+
+    Used by the config models. Raises ``ValueError`` with a short rule text,
+    e.g. ``"must be a valid regular expression (missing ), unterminated
+    subpattern at position 0)"``."""
+    try:
+        rx = compile_pattern(pattern_type, pattern, ("example.com",))
+    except re.error as exc:
+        raise ValueError(f"must be a valid regular expression ({exc})") from None
+    if pattern_type != "regex" or behaviour != "replace":
+        return
+    for num, name in _GROUP_REF.findall(replace):
+        if num and int(num) > rx.groups:
+            raise ValueError(f"refers to group \\{num} but the pattern has {rx.groups} group(s)")
+        if name and not (name.isdigit() and int(name) <= rx.groups) and name not in rx.groupindex:
+            raise ValueError(f"refers to unknown group <{name}>")
+
+
+def match_pattern(
+    alias: str, pattern_type: str, pattern: str, local_domains: Iterable[str] = ()
+) -> re.Match[str] | None:
+    """Match ``alias`` against a pattern; return the ``re.Match`` (always
+    truthy, even for an empty prefix) or ``None``.
+
+    exact/regex must match the whole alias; prefix matches at the start;
+    suffix at the end (``m.start()`` is where the suffix begins)."""
+    rx = compile_pattern(pattern_type, pattern, local_domains)
+    if pattern_type in ("exact", "regex"):
+        return rx.fullmatch(alias)
+    if pattern_type == "prefix":
+        return rx.match(alias)
+    return rx.search(alias)
+
+
+def apply_pattern(
+    alias: str,
+    pattern_type: str,
+    pattern: str,
+    behaviour: str = "leave",
+    replace: str = "",
+    local_domains: Iterable[str] = (),
+) -> str | None:
+    """Apply a pattern with its behaviour; return the new alias, or ``None``
+    if the pattern does not match (see the module docstring for semantics).
+
+    Raises ``ValueError`` for an unknown behaviour, ``re.error`` for a regex
+    replace string with a bad group reference."""
+    m = match_pattern(alias, pattern_type, pattern, local_domains)
+    if m is None:
+        return None
+    if behaviour == "leave":
+        return alias
+    if behaviour not in ("strip", "replace"):
+        raise ValueError(f"unknown behaviour {behaviour!r}")
+    new = replace if behaviour == "replace" else ""
+    if pattern_type == "regex" and behaviour == "replace":
+        return m.expand(replace)
+    return alias[: m.start()] + new + alias[m.end():]
+
+
+class TransformLike(Protocol):
+    """Shape of a transform (``edgeway.config.Transform`` satisfies it)."""
+
+    priority: int
+    pattern_type: str
+    pattern: str
+    behaviour: str
+    replace: str
+    enabled: bool
+
+
+def apply_transforms(alias: str, transforms: Sequence[TransformLike], local_domains: Iterable[str] = ()) -> str:
+    """Apply the first matching enabled transform (lowest priority number
+    first, config order for ties) and return the resulting alias; the alias
+    is returned unchanged when none matches (seed 003 §6.1)."""
+    domains = tuple(local_domains)
+    for t in sorted((t for t in transforms if t.enabled), key=lambda t: t.priority):
+        out = apply_pattern(alias, t.pattern_type, t.pattern, t.behaviour, t.replace, domains)
+        if out is not None:
+            return out
+    return alias
