@@ -1,0 +1,5 @@
+"""``python -m edgeway`` runs the CLI."""
+
+from .cli.main import app
+
+app()

@@ -1,0 +1,85 @@
+"""The ``edgeway`` command line (typer): run a node, check a config, run the lab."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edgeway collaboration edge: core/edge traversal pair.")
+
+
+def _event_loop_policy() -> None:
+    if sys.platform == "linux":
+        try:
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def _load(path: Path, role: str | None):
+    from ..config import ConfigError, load_config
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2)
+    if role is not None and cfg.role != role:
+        typer.echo(f"{path}: role = {cfg.role!r}, but this command runs the {role}", err=True)
+        raise typer.Exit(2)
+    return cfg
+
+
+def run_node(cfg) -> None:
+    """Run a node until SIGINT/SIGTERM."""
+    from ..node import Node
+
+    _event_loop_policy()
+
+    async def main() -> None:
+        node = Node(cfg)
+        await node.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await node.close()
+
+    asyncio.run(main())
+
+
+@app.command()
+def edge(config: Path = typer.Option(..., "-c", "--config", help="edge TOML configuration")) -> None:
+    """Run an edge node (traversal server, DMZ side)."""
+    run_node(_load(config, "edge"))
+
+
+@app.command()
+def core(config: Path = typer.Option(..., "-c", "--config", help="core TOML configuration")) -> None:
+    """Run a core node (traversal client, inside)."""
+    run_node(_load(config, "core"))
+
+
+@app.command("check-config")
+def check_config(config: Path) -> None:
+    """Validate a node configuration; print every problem (key, value, rule)."""
+    cfg = _load(config, None)
+    typer.echo(f"{config}: OK ({cfg.role} {cfg.name!r}, {len(cfg.zones)} zones, {len(cfg.search_rules)} search rules)")
+
+
+def _register_lab() -> None:
+    try:
+        from ..lab.cli import lab_app
+    except ImportError:  # the lab is optional while it is being built
+        return
+    app.add_typer(lab_app, name="lab")
+
+
+_register_lab()

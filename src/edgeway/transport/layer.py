@@ -1,0 +1,301 @@
+"""SIP transports: UDP, TCP and TLS listeners and connections (RFC 3261 §18).
+
+A thin asyncio adapter around the sans-IO parser: datagrams go to
+:func:`~edgeway.sip.message.parse_message`, streams through
+:class:`~edgeway.sip.message.StreamFramer`. Connections are kept in a table by
+(transport, remote ip, remote port) and reused for responses and for later requests
+to the same address (RFC 3261 §18.1.1, §18.2.2). CRLFCRLF keepalives on streams are
+answered with CRLF (RFC 5626 §3.5.1). TLS handshakes are done after accept so that a
+failed handshake becomes one ``tls handshake failed`` event with its cause.
+
+SIP signalling is not the media hot path, so asyncio protocols are used here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..diag.events import NULL_LOG, EventLog
+from ..sip.message import MAX_MESSAGE_SIZE, ParseError, Request, Response, StreamFramer, parse_message
+
+__all__ = ["Source", "Connection", "TransportLayer", "TransportError"]
+
+#: Seconds allowed for a TCP connect or a TLS handshake before it counts as failed.
+CONNECT_TIMEOUT_S = 5.0
+#: Seconds a stream connection may stay idle before it is closed (RFC 5626 flows keep
+#: theirs open with keepalives; 3600 s is Kamailio's tcp_connection_lifetime order).
+IDLE_TIMEOUT_S = 3600.0
+
+
+class TransportError(OSError):
+    """A message could not be sent: connect refused or timed out, TLS failure, closed."""
+
+
+@dataclass
+class Source:
+    """Where a message came from: ``transport`` ("udp"/"tcp"/"tls"), remote ``ip``/``port``,
+    the ``local_ip``/``local_port`` it arrived on, the stream ``conn`` (None for UDP)
+    and the ``listener`` name (e.g. "sip", "traversal")."""
+
+    transport: str
+    ip: str
+    port: int
+    local_ip: str
+    local_port: int
+    conn: "Connection | None" = None
+    listener: str = "sip"
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Connection:
+    """A TCP or TLS connection carrying SIP (either direction).
+
+    ``peer_names``: CN then DNS SANs of the peer's certificate (TLS only).
+    ``zone``: the traversal zone this connection is bound to, once authenticated.
+    ``attrs``: free per-connection state for the layers above.
+    """
+
+    transport: str
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    writer: asyncio.StreamWriter
+    listener: str = "sip"
+    outbound: bool = False
+    peer_names: list[str] = field(default_factory=list)
+    zone: str | None = None
+    attrs: dict = field(default_factory=dict)
+    id: int = field(default_factory=lambda: next(_ids))
+    closed: bool = False
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` for sending; raises TransportError when the connection is closed."""
+        if self.closed or self.writer.is_closing():
+            raise TransportError(f"connection to {self.remote[0]}:{self.remote[1]} is closed")
+        self.writer.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+MessageHandler = Callable[[Request | Response, Source], None]
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, layer: "TransportLayer", local: tuple[str, int], listener: str):
+        self.layer = layer
+        self.local = local
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        src = Source("udp", addr[0], addr[1], self.local[0], self.local[1], None, self.listener)
+        if data.strip(b"\r\n") == b"":
+            return  # keepalive
+        try:
+            msg = parse_message(data)
+        except ParseError as exc:
+            self.layer._bad_message(exc, src)
+            return
+        self.layer._deliver(msg, src)
+
+    def error_received(self, exc) -> None:  # type: ignore[override]
+        pass  # ICMP errors on a shared UDP socket concern one peer only
+
+
+class TransportLayer:
+    """Listeners and connections of one node.
+
+    ``on_message(msg, source)`` is called for every well-formed message;
+    ``on_bad_message(exc, source)`` for malformed ones (to answer 400 when
+    ``exc.partial`` allows); ``on_connection_closed(conn)`` when a stream ends;
+    ``on_tls_established(conn)`` may return False to refuse a peer (identity checks).
+    """
+
+    def __init__(self, events: EventLog = NULL_LOG):
+        self.events = events
+        self.on_message: MessageHandler = lambda m, s: None
+        self.on_bad_message: Callable[[ParseError, Source], None] = lambda e, s: None
+        self.on_connection_closed: Callable[[Connection], None] = lambda c: None
+        self.on_tls_established: Callable[[Connection], bool] = lambda c: True
+        self.udp: dict[tuple[str, int], _UdpProtocol] = {}
+        self.servers: list[asyncio.base_events.Server] = []
+        self.conns: dict[tuple[str, str, int], Connection] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.client_ssl: ssl.SSLContext | None = None
+
+    # -- listeners ---------------------------------------------------------
+    async def listen_udp(self, ip: str, port: int, listener: str = "sip") -> None:
+        loop = asyncio.get_running_loop()
+        local = (ip, port)
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self, local, listener), local_addr=local
+        )
+        sock = transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        except OSError:
+            pass
+        self.udp[local] = proto
+
+    async def listen_stream(self, ip: str, port: int, *, tls: ssl.SSLContext | None = None, listener: str = "sip") -> None:
+        """Listen for TCP (``tls`` None) or TLS connections on ip:port."""
+        transport = "tls" if tls else "tcp"
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")[:2]
+            local = writer.get_extra_info("sockname")[:2]
+            conn = Connection(transport, local, peer, writer, listener=listener)
+            if tls is not None:
+                if not await self._handshake(conn, tls, server_side=True):
+                    return
+            await self._run_connection(conn, reader)
+
+        server = await asyncio.start_server(accept, ip, port, limit=MAX_MESSAGE_SIZE * 2)
+        self.servers.append(server)
+
+    async def _handshake(self, conn: Connection, ctx: ssl.SSLContext, *, server_side: bool) -> bool:
+        from ..security.tls import describe_handshake_error, peer_identities
+
+        try:
+            await asyncio.wait_for(conn.writer.start_tls(ctx), CONNECT_TIMEOUT_S)
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            self.events.emit(
+                "tls handshake failed",
+                direction="inbound" if server_side else "outbound",
+                listener=conn.listener,
+                peer=f"{conn.remote[0]}:{conn.remote[1]}",
+                cause=describe_handshake_error(exc),
+            )
+            conn.close()
+            return False
+        sslobj = conn.writer.get_extra_info("ssl_object")
+        cert = sslobj.getpeercert() if sslobj is not None else None
+        conn.peer_names = peer_identities(cert) if cert else []
+        if not self.on_tls_established(conn):
+            conn.close()
+            return False
+        self.events.emit(
+            "tls handshake",
+            direction="inbound" if server_side else "outbound",
+            listener=conn.listener,
+            peer=f"{conn.remote[0]}:{conn.remote[1]}",
+            peer_names=conn.peer_names,
+            version=sslobj.version() if sslobj else None,
+        )
+        return True
+
+    async def _run_connection(self, conn: Connection, reader: asyncio.StreamReader) -> None:
+        key = (conn.transport, conn.remote[0], conn.remote[1])
+        self.conns[key] = conn
+        framer = StreamFramer()
+        src = Source(conn.transport, conn.remote[0], conn.remote[1], conn.local[0], conn.local[1], conn, conn.listener)
+        try:
+            while not conn.closed:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    break
+                if not data:
+                    break
+                for ev in framer.feed(data):
+                    if ev == "ping":
+                        conn.writer.write(b"\r\n")
+                    elif ev == "pong":
+                        conn.attrs["last_pong"] = asyncio.get_running_loop().time()
+                    elif isinstance(ev, ParseError):
+                        self._bad_message(ev, src)
+                    else:
+                        self._deliver(ev, src)
+                if framer.broken:
+                    break
+        except (ConnectionError, OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+            if self.conns.get(key) is conn:
+                del self.conns[key]
+            try:
+                self.on_connection_closed(conn)
+            except Exception:  # noqa: BLE001
+                pass
+
+    # -- dispatch ------------------------------------------------------------
+    def _deliver(self, msg, src: Source) -> None:
+        try:
+            self.on_message(msg, src)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not kill the listener
+            self.events.emit("internal error", where="on_message", error=repr(exc), peer=f"{src.ip}:{src.port}")
+            import traceback
+
+            traceback.print_exc()
+
+    def _bad_message(self, exc: ParseError, src: Source) -> None:
+        self.events.emit("bad message", peer=f"{src.ip}:{src.port}", transport=src.transport, reason=exc.reason)
+        try:
+            self.on_bad_message(exc, src)
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- sending ---------------------------------------------------------------
+    def find_connection(self, transport: str, ip: str, port: int) -> Connection | None:
+        c = self.conns.get((transport, ip, port))
+        return c if c is not None and not c.closed else None
+
+    def send_udp(self, data: bytes, local: tuple[str, int], dest: tuple[str, int]) -> None:
+        proto = self.udp.get(local) or next(iter(self.udp.values()), None)
+        if proto is None or proto.transport is None:
+            raise TransportError("no UDP listener to send from")
+        proto.transport.sendto(data, dest)
+
+    async def connect(self, transport: str, ip: str, port: int, *, local_ip: str | None = None, ssl_ctx: ssl.SSLContext | None = None, listener: str = "sip") -> Connection:
+        """Open a TCP/TLS connection (bound to ``local_ip`` when given) and start reading it."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(ip, port, local_addr=(local_ip, 0) if local_ip else None, limit=MAX_MESSAGE_SIZE * 2),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.events.emit("connect failed", transport=transport, peer=f"{ip}:{port}", cause=str(exc) or type(exc).__name__)
+            raise TransportError(f"connect to {ip}:{port} failed: {exc}") from None
+        local = writer.get_extra_info("sockname")[:2]
+        conn = Connection(transport, local, (ip, port), writer, listener=listener, outbound=True)
+        if transport == "tls":
+            ctx = ssl_ctx or self.client_ssl
+            if ctx is None:
+                conn.close()
+                raise TransportError("no TLS client context configured")
+            if not await self._handshake(conn, ctx, server_side=False):
+                raise TransportError(f"TLS handshake with {ip}:{port} failed")
+        self.conns[(transport, ip, port)] = conn
+        task = asyncio.get_running_loop().create_task(self._run_connection(conn, reader))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return conn
+
+    async def close(self) -> None:
+        for s in self.servers:
+            s.close()
+        for c in list(self.conns.values()):
+            c.close()
+        for p in self.udp.values():
+            if p.transport:
+                p.transport.close()
+        for t in list(self._tasks):
+            t.cancel()
+        self.servers.clear()
