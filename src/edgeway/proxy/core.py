@@ -179,13 +179,16 @@ class Proxy:
     # ------------------------------------------------------------------ inbound
     def on_bad_message(self, exc: ParseError, src: Source) -> None:
         """Answer a malformed request 400 with the reason (RFC 3261 §21.4.1) when a
-        response can be formed; otherwise drop it. Close a stream whose framing is lost."""
+        response can be formed; otherwise drop it. (The transport closes a stream whose
+        framing is lost.)"""
         req = exc.partial
         if req is not None and req.method != "ACK":
+            try:
+                self._stamp_received(req, src)
+            except ParseError:
+                return
             resp = make_response(req, 400, f"Bad Request - {exc.reason}"[:120], to_tag=secrets.token_hex(4))
             self.send_response_stateless(resp, src)
-        if exc.fatal_for_stream and src.conn is not None:
-            src.conn.close()
 
     def on_message(self, msg: Request | Response, src: Source) -> None:
         if isinstance(msg, Request):
@@ -245,18 +248,25 @@ class Proxy:
         self.servers[key] = st
         if req.method == "INVITE":
             self.respond(st, 100)
-        rej = check_request(req)
+        if req.method == "OPTIONS" and not req.headers.get_all("Route") and self._addressed_to_us(req):
+            # An OPTIONS for this node itself (keepalive probes of the traversal link).
+            self.respond(st, 200, extra=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")])
+            return
+        rej = check_request(req, answer_options_mf0=False)
         if rej is not None:
             self.respond(st, rej.status, rej.reason, extra=list(rej.headers))
-            return
-        mf = req.headers.get("Max-Forwards")
-        if req.method == "OPTIONS" and mf is not None and int(mf) == 0:
-            self.respond(st, 200, extra=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")])
             return
         if self._is_loop(req):
             self.respond(st, 482, "Loop Detected")
             return
         self.spawn(self.route_request(st))
+
+    def _addressed_to_us(self, req: Request) -> bool:
+        try:
+            uri = req.ruri
+        except UriError:
+            return False
+        return uri.user is None and self.is_ours(uri)
 
     def _is_loop(self, req: Request) -> bool:
         """RFC 3261 §16.3 item 4: a Via of ours whose branch carries the same loop hash."""
@@ -291,6 +301,9 @@ class Proxy:
         for a in actions:
             if isinstance(a, tx.Send):
                 self.send_response_stateless(a.message, st.src)
+            elif isinstance(a, tx.Deliver) and isinstance(a.message, Request) and a.message.method == "ACK":
+                # An ACK for a 2xx reusing the INVITE's branch (RFC 6026 Accepted): end to end.
+                self.spawn(self.forward_stateless_ack(a.message, st.src))
             elif isinstance(a, tx.Terminated):
                 key = tx.server_key(st.req)
                 if self.servers.get(key) is st:
@@ -327,6 +340,8 @@ class Proxy:
                 pass
         if src.transport == "udp":
             ip = via.params.get("received") or via.host
+            if not _is_ip(ip):
+                ip = src.ip  # never resolve a sent-by through the system resolver
             rport = via.params.get("rport")
             port = int(rport) if rport else (via.port or 5060)
             try:
@@ -341,6 +356,12 @@ class Proxy:
             return
         ip = via.params.get("received") or via.host
         port = int(via.params.get("rport") or via.port or 5060)
+        if via.transport == "UDP":
+            try:
+                self.tl.send_udp(data, (self.ip, self.cfg.sip.udp_port), (ip, port))
+            except (TransportError, OSError):
+                pass
+            return
         self.spawn(self._send_on_new_conn(via.transport.lower(), ip, port, data))
 
     async def _send_on_new_conn(self, transport: str, ip: str, port: int, data: bytes) -> None:

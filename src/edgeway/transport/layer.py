@@ -30,6 +30,8 @@ CONNECT_TIMEOUT_S = 5.0
 #: Seconds a stream connection may stay idle before it is closed (RFC 5626 flows keep
 #: theirs open with keepalives; 3600 s is Kamailio's tcp_connection_lifetime order).
 IDLE_TIMEOUT_S = 3600.0
+#: Seconds a stream whose framing was lost stays open for responses already in flight.
+FRAMING_CLOSE_GRACE_S = 0.1
 
 
 class TransportError(OSError):
@@ -223,6 +225,9 @@ class TransportLayer:
                     else:
                         self._deliver(ev, src)
                 if framer.broken:
+                    # Framing is lost: read no more, but let responses to the messages
+                    # already framed go out before closing (RFC 4475 §3.3.3 mcl01).
+                    await asyncio.sleep(FRAMING_CLOSE_GRACE_S)
                     break
         except (ConnectionError, OSError, ssl.SSLError):
             pass
@@ -298,4 +303,11 @@ class TransportLayer:
                 p.transport.close()
         for t in list(self._tasks):
             t.cancel()
+        for s in self.servers:
+            try:
+                await asyncio.wait_for(s.wait_closed(), 1.0)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                pass
         self.servers.clear()
+        self.udp.clear()
+        await asyncio.sleep(0)  # let transports finish closing so the ports can be bound again

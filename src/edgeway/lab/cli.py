@@ -1,0 +1,196 @@
+"""``edgeway lab``: run the loopback demonstration, or keep a lab up for real clients.
+
+* ``edgeway lab [--workdir DIR] [--media-seconds S]`` builds a fresh lab in
+  ``DIR`` (default ``./lab-run``), places one call each way through the
+  core/edge pair, prints the report and exits 0 only when every call and its
+  media succeeded.
+* ``edgeway lab up [--workdir DIR]`` starts DNS, edge and core, prints where to
+  point clients, and runs until Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from edgeway.lab.report import LabReport
+from edgeway.lab.runner import Lab, LabError
+from edgeway.lab.topology import TRAVERSAL_ZONE, LabTopology
+
+__all__ = ["lab_app", "fresh_workdir", "MARKER"]
+
+lab_app = typer.Typer(
+    invoke_without_command=True,
+    add_completion=False,
+    help="Loopback lab: private CA, lab DNS, edge 127.0.0.2, core 127.0.0.3; demo calls both ways.",
+)
+
+#: File that marks a directory as a lab work directory (safe to wipe and rebuild).
+MARKER = ".edgeway-lab"
+_DEFAULT_WORKDIR = Path("lab-run")
+
+
+def _event_loop_policy() -> None:
+    if sys.platform == "linux":
+        try:
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def fresh_workdir(path: Path) -> Path:
+    """Empty (or create) ``path`` for a new lab run and mark it as a lab directory.
+
+    A directory that already holds files is only wiped when it carries the
+    :data:`MARKER` file of an earlier lab run, so a mistyped ``--workdir``
+    never deletes anything else.
+
+    Raises:
+        LabError: ``path`` is a file, or a non-empty directory without the marker.
+    """
+    p = path.resolve()
+    if p.exists() and not p.is_dir():
+        raise LabError(f"{p} exists and is not a directory")
+    if p.is_dir() and any(p.iterdir()):
+        if not (p / MARKER).exists():
+            raise LabError(f"{p} is not empty and is not an earlier lab directory (no {MARKER} file); "
+                           "choose another --workdir or empty it")
+        shutil.rmtree(p)
+    p.mkdir(parents=True, exist_ok=True)
+    (p / MARKER).write_text("Edgeway lab work directory: rebuilt on every `edgeway lab` run.\n")
+    return p
+
+
+def _progress(console: Console):
+    def say(msg: str) -> None:
+        console.print(Text.assemble(("✓ ", "green"), msg), highlight=False, soft_wrap=True)
+    return say
+
+
+@lab_app.callback()
+def lab(
+    ctx: typer.Context,
+    workdir: Path = typer.Option(_DEFAULT_WORKDIR, "--workdir", "-w",
+                                 help="work directory (wiped and rebuilt; default ./lab-run)"),
+    media_seconds: float = typer.Option(3.0, "--media-seconds", min=0.5, max=60.0,
+                                        help="seconds of RTP per call"),
+    traversal_timeout: float = typer.Option(20.0, "--traversal-timeout", min=1.0,
+                                            help="seconds to wait for the traversal zone"),
+) -> None:
+    """Run the demonstration: a call outside → inside and one inside → outside."""
+    if ctx.invoked_subcommand is not None:
+        return
+    console = Console()
+    _event_loop_policy()
+    try:
+        report = asyncio.run(_demo(console, workdir, media_seconds, traversal_timeout))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; lab stopped[/yellow]")
+        raise typer.Exit(130)
+    report.render(console)
+    raise typer.Exit(report.exit_code)
+
+
+async def _demo(console: Console, workdir: Path, media_seconds: float, traversal_timeout: float) -> LabReport:
+    say = _progress(console)
+    try:
+        wd = fresh_workdir(workdir)
+    except LabError as exc:
+        return LabReport(workdir=workdir.resolve(), error=str(exc))
+    try:
+        async with Lab(wd, progress=say) as lab:
+            await lab.wait_traversal(traversal_timeout)
+            return await lab.run_demo(media_seconds)
+    except LabError as exc:
+        return LabReport(workdir=wd, error=str(exc))
+
+
+@lab_app.command()
+def up(
+    workdir: Path = typer.Option(_DEFAULT_WORKDIR, "--workdir", "-w",
+                                 help="work directory (wiped and rebuilt; default ./lab-run)"),
+    traversal_timeout: float = typer.Option(20.0, "--traversal-timeout", min=1.0,
+                                            help="seconds to wait for the traversal zone"),
+) -> None:
+    """Start DNS, edge and core and keep them running until Ctrl-C (no calls placed)."""
+    console = Console()
+    _event_loop_policy()
+    try:
+        code = asyncio.run(_up(console, workdir, traversal_timeout))
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+def _addresses(lab: Lab) -> Table:
+    """Where to point clients, as a borderless two-column grid."""
+    t = lab.topology
+    files = lab.files
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("edge SIP", f"{t.edge_ip}:{t.sip_port} udp/tcp, {t.edge_ip}:{t.tls_port} tls  (outside clients)")
+    table.add_row("traversal", f"{t.edge_ip}:{t.traversal_port} mutual TLS, zone {TRAVERSAL_ZONE!r} (core → edge)")
+    table.add_row("core SIP", f"{t.core_ip}:{t.sip_port} udp/tcp, {t.core_ip}:{t.tls_port} tls  (inside clients)")
+    table.add_row("call control", f"{t.call_control_ip}:{t.call_control_port}/{t.call_control_transport} expected"
+                  f" (the core sends *@{t.domain} here)")
+    table.add_row("outside UA", f"{t.partner_ip}:{t.partner_port} (ua.{t.partner_domain}; the edge finds it by DNS)")
+    table.add_row("lab DNS", f"{t.dns_ip}:{t.dns_port} udp/tcp")
+    table.add_row("domains", f"{t.domain} (local), {t.partner_domain} (outside)")
+    table.add_row("users", f"sip:{t.alice} (inside), sip:{t.bob} (outside)")
+    if files is not None:
+        table.add_row("CA", str(files.ca))
+        table.add_row("configs", f"{files.edge_config}  {files.core_config}")
+        table.add_row("events", f"{files.edge_events}  {files.core_events}")
+    return table
+
+
+async def _up(console: Console, workdir: Path, traversal_timeout: float) -> int:
+    say = _progress(console)
+    try:
+        wd = fresh_workdir(workdir)
+        async with Lab(wd, LabTopology(), progress=say) as lab:
+            await lab.wait_traversal(traversal_timeout)
+            console.rule("Edgeway lab is up")
+            console.print(_addresses(lab))
+            console.print("Press Ctrl-C to stop.")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            watch = asyncio.ensure_future(_watch(lab, stop))
+            try:
+                await stop.wait()
+            finally:
+                watch.cancel()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            code = 0 if all(p.poll() is None for p in lab.procs.values()) else 1
+            if code:
+                console.print("[red]a node exited:[/red]")
+                console.print(lab.diagnostics(), markup=False, highlight=False)
+            console.print("stopping the lab…")
+        console.print("[green]lab stopped[/green]")
+        return code
+    except LabError as exc:
+        console.print(Text.assemble(("lab failed: ", "red"), str(exc)), highlight=False, soft_wrap=True)
+        return 1
+
+
+async def _watch(lab: Lab, stop: asyncio.Event) -> None:
+    """End ``up`` when a node process dies."""
+    while not stop.is_set():
+        if any(p.poll() is not None for p in lab.procs.values()):
+            stop.set()
+            return
+        await asyncio.sleep(0.5)

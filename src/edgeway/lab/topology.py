@@ -1,0 +1,440 @@
+"""The lab plan (DESIGN §5): addresses, names, PKI, node configurations and DNS zone.
+
+Everything lives on loopback: distinct ``127.0.0.x`` addresses stand in for
+separate hosts (all of ``127/8`` is local on Linux), so the standard SIP ports
+never collide::
+
+    bob   (outside, partner.edgeway.test)   127.0.0.5:5060/udp
+    edge  (DMZ)                             127.0.0.2  SIP 5060 udp/tcp, 5061 tls, traversal 7001
+    core  (inside)                          127.0.0.3  SIP 5060 udp/tcp, 5061 tls
+    alice (inside call control neighbour)   127.0.0.4:5060/tcp
+    lab DNS (authoritative, edgeway.test)   127.0.0.10:5300 udp+tcp
+
+:class:`LabTopology` holds the plan (every value overridable for tests) and
+:meth:`LabTopology.build` writes the files a lab run needs into a work
+directory, returning their paths as :class:`LabFiles`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeway.config import NodeConfig, parse_config
+from edgeway.lab.dns_server import Record, records_from_text
+from edgeway.security.pki import write_lab_pki
+
+__all__ = [
+    "EDGE_IP", "CORE_IP", "CALL_CONTROL_IP", "PARTNER_IP", "DNS_IP", "DNS_PORT",
+    "SIP_PORT", "TLS_PORT", "TRAVERSAL_PORT", "ZONE_APEX", "CORP_DOMAIN", "PARTNER_DOMAIN",
+    "EDGE_FQDN", "CORE_FQDN", "PARTNER_UA_FQDN", "ALICE", "BOB",
+    "TRAVERSAL_ZONE", "DNS_ZONE", "CALL_CONTROL_ZONE", "TRAVERSAL_USERNAME", "HOST_NAMES",
+    "LabTopology", "LabFiles", "dump_toml",
+]
+
+# ---- the fixed plan ----------------------------------------------------------------------------
+
+#: Edge (DMZ) address: SIP towards the outside, traversal server.
+EDGE_IP = "127.0.0.2"
+#: Core (inside) address: SIP towards call control, traversal client.
+CORE_IP = "127.0.0.3"
+#: The inside call-control neighbour (alice's user agent stands in for it).
+CALL_CONTROL_IP = "127.0.0.4"
+#: The outside world (bob's user agent at ua.partner.edgeway.test).
+PARTNER_IP = "127.0.0.5"
+#: Lab DNS server address and port (UDP and TCP).
+DNS_IP = "127.0.0.10"
+DNS_PORT = 5300
+#: SIP UDP/TCP port used by every lab host.
+SIP_PORT = 5060
+#: SIP TLS port of the nodes.
+TLS_PORT = 5061
+#: Edge traversal server port (mutual TLS).
+TRAVERSAL_PORT = 7001
+#: DNS zone the lab server is authoritative for.
+ZONE_APEX = "edgeway.test"
+#: The enterprise's SIP domain (local to both nodes).
+CORP_DOMAIN = "corp.edgeway.test"
+#: The outside partner's SIP domain.
+PARTNER_DOMAIN = "partner.edgeway.test"
+EDGE_FQDN = f"edge.{CORP_DOMAIN}"
+CORE_FQDN = f"core.{CORP_DOMAIN}"
+PARTNER_UA_FQDN = f"ua.{PARTNER_DOMAIN}"
+#: Inside user (registered nowhere; reached through the Call Control neighbour).
+ALICE = f"alice@{CORP_DOMAIN}"
+#: Outside user (reached by RFC 3263 lookup of partner.edgeway.test).
+BOB = f"bob@{PARTNER_DOMAIN}"
+TRAVERSAL_ZONE = "Traversal Zone"
+DNS_ZONE = "DNS Zone"
+CALL_CONTROL_ZONE = "Call Control"
+#: Username the core authenticates with on the traversal zone.
+TRAVERSAL_USERNAME = "core"
+#: Loopback address → lab host name, for ladders and reports.
+HOST_NAMES: dict[str, str] = {
+    EDGE_IP: "edge",
+    CORE_IP: "core",
+    CALL_CONTROL_IP: "alice",
+    PARTNER_IP: "bob",
+    DNS_IP: "dns",
+}
+
+
+# ---- a minimal TOML writer ---------------------------------------------------------------------
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isalnum() or c in "-_" for c in key):
+        return key
+    return json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"dump_toml: cannot write {v!r}")
+        return repr(v)
+    if isinstance(v, str):
+        # JSON string escapes are a subset of TOML basic-string escapes.
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, Path):
+        return json.dumps(str(v), ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
+    raise TypeError(f"dump_toml: unsupported value type {type(v).__name__}")
+
+
+def _is_table_array(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _dump_table(data: dict[str, Any], prefix: str, out: list[str]) -> None:
+    for k, v in data.items():
+        if v is None or isinstance(v, dict) or _is_table_array(v):
+            continue
+        out.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in data.items():
+        name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+        if isinstance(v, dict):
+            out.append("")
+            out.append(f"[{name}]")
+            _dump_table(v, name, out)
+        elif _is_table_array(v):
+            for item in v:
+                out.append("")
+                out.append(f"[[{name}]]")
+                _dump_table(item, name, out)
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Serialise a configuration dict to TOML text.
+
+    Supports what node configurations use: strings, ints, floats, booleans,
+    paths, lists of those, nested tables and arrays of tables. ``None`` values
+    are left out (TOML has no null). ``tomllib.loads(dump_toml(d)) == d`` for
+    such data (paths come back as strings).
+    """
+    out: list[str] = []
+    _dump_table(data, "", out)
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base``: dicts merge, anything else
+    (lists included) replaces; a ``None`` value deletes the key."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# ---- the plan ----------------------------------------------------------------------------------
+
+@dataclass
+class LabFiles:
+    """Paths written by :meth:`LabTopology.build` (all inside ``workdir``).
+
+    Attributes:
+        workdir: the work directory.
+        ca, ca_key: lab CA certificate and key (``pki/ca.pem``, ``pki/ca.key``).
+        edge_cert, edge_key, core_cert, core_key: node chains (leaf + CA) and keys.
+        edge_config, core_config: node TOML files.
+        dns_zone: the zone in :func:`~edgeway.lab.dns_server.records_from_text` syntax.
+        edge_events, core_events: where the nodes write their JSON-lines event logs.
+        password: the traversal password (random per build unless fixed).
+    """
+
+    workdir: Path
+    ca: Path
+    ca_key: Path
+    edge_cert: Path
+    edge_key: Path
+    core_cert: Path
+    core_key: Path
+    edge_config: Path
+    core_config: Path
+    dns_zone: Path
+    edge_events: Path
+    core_events: Path
+    password: str
+
+    def config(self, node: str) -> Path:
+        """Configuration path of ``"edge"`` or ``"core"``."""
+        return {"edge": self.edge_config, "core": self.core_config}[node]
+
+    def events(self, node: str) -> Path:
+        """Event-log path of ``"edge"`` or ``"core"``."""
+        return {"edge": self.edge_events, "core": self.core_events}[node]
+
+
+@dataclass
+class LabTopology:
+    """The lab plan; every field may be overridden (tests reuse the plan with
+    shorter timers or extra settings).
+
+    ``edge_overrides`` / ``core_overrides`` are deep-merged into the generated
+    configuration dicts just before validation (dicts merge, lists replace,
+    ``None`` deletes a key), e.g. ``{"log": {"level": "DEBUG"}}`` or
+    ``{"timers": {"t1_ms": 100}}``. ``traversal_password`` ``None`` means a
+    fresh random one per :meth:`build`. ``sip_messages`` False writes
+    ``log.sip_messages = false`` (the per-message ``sip message`` events the
+    ladder is built from); that key must exist in the config schema
+    (:class:`~edgeway.config.LogConfig`) for such a build to validate.
+    """
+
+    edge_ip: str = EDGE_IP
+    core_ip: str = CORE_IP
+    call_control_ip: str = CALL_CONTROL_IP
+    call_control_port: int = SIP_PORT
+    call_control_transport: str = "tcp"
+    partner_ip: str = PARTNER_IP
+    partner_port: int = SIP_PORT
+    dns_ip: str = DNS_IP
+    dns_port: int = DNS_PORT
+    dns_timeout_s: float = 2.0
+    sip_port: int = SIP_PORT
+    tls_port: int = TLS_PORT
+    traversal_port: int = TRAVERSAL_PORT
+    domain: str = CORP_DOMAIN
+    partner_domain: str = PARTNER_DOMAIN
+    traversal_username: str = TRAVERSAL_USERNAME
+    traversal_password: str | None = None
+    keepalive_interval_s: float = 2.0
+    probe_retry_count: int = 2
+    probe_retry_interval_s: float = 1.0
+    retry_interval_s: float = 1.0
+    media_port_min: int = 36000
+    media_port_max: int = 59999
+    media_inactivity_timeout_s: float = 30.0
+    log_level: str = "INFO"
+    sip_messages: bool = True
+    edge_overrides: dict[str, Any] = field(default_factory=dict)
+    core_overrides: dict[str, Any] = field(default_factory=dict)
+
+    # -- derived names ------------------------------------------------------------------------
+
+    @property
+    def edge_fqdn(self) -> str:
+        """``edge.<domain>``: the edge's DNS name and certificate CN."""
+        return f"edge.{self.domain}"
+
+    @property
+    def core_fqdn(self) -> str:
+        """``core.<domain>``: the core's certificate CN (the edge's verify subject name)."""
+        return f"core.{self.domain}"
+
+    @property
+    def partner_fqdn(self) -> str:
+        """``ua.<partner_domain>``: the outside user agent's host name."""
+        return f"ua.{self.partner_domain}"
+
+    @property
+    def alice(self) -> str:
+        """The inside user's address of record (no scheme)."""
+        return f"alice@{self.domain}"
+
+    @property
+    def bob(self) -> str:
+        """The outside user's address of record (no scheme)."""
+        return f"bob@{self.partner_domain}"
+
+    @property
+    def host_names(self) -> dict[str, str]:
+        """IP → lab host name (edge, core, alice, bob, dns)."""
+        return {self.edge_ip: "edge", self.core_ip: "core", self.call_control_ip: "alice",
+                self.partner_ip: "bob", self.dns_ip: "dns"}
+
+    @property
+    def dns_server(self) -> tuple[str, int]:
+        """``(ip, port)`` of the lab DNS server."""
+        return (self.dns_ip, self.dns_port)
+
+    # -- contents -----------------------------------------------------------------------------
+
+    def pki_plan(self) -> dict[str, dict]:
+        """``nodes`` argument for :func:`~edgeway.security.pki.write_lab_pki`
+        (serverAuth + clientAuth: traversal is mutual TLS)."""
+        return {
+            "edge": {"common_name": self.edge_fqdn, "dns_sans": [self.edge_fqdn], "ip_sans": [self.edge_ip],
+                     "server": True, "client": True},
+            "core": {"common_name": self.core_fqdn, "dns_sans": [self.core_fqdn], "ip_sans": [self.core_ip],
+                     "server": True, "client": True},
+        }
+
+    def zone_text(self) -> str:
+        """The lab DNS zone in :func:`~edgeway.lab.dns_server.records_from_text` syntax."""
+        d, p = self.domain, self.partner_domain
+        return (
+            f"; Edgeway lab zone ({ZONE_APEX}); served by the in-process lab DNS server\n"
+            f"$TTL 60\n"
+            f"$ORIGIN {d}.\n"
+            f"edge        A     {self.edge_ip}\n"
+            f"core        A     {self.core_ip}\n"
+            f'@           NAPTR 10 50 "s" "SIPS+D2T" "" _sips._tcp\n'
+            f'@           NAPTR 20 50 "s" "SIP+D2T"  "" _sip._tcp\n'
+            f'@           NAPTR 30 50 "s" "SIP+D2U"  "" _sip._udp\n'
+            f"_sips._tcp  SRV   10 10 {self.tls_port} edge\n"
+            f"_sip._tcp   SRV   10 10 {self.sip_port} edge\n"
+            f"_sip._udp   SRV   10 10 {self.sip_port} edge\n"
+            f"\n"
+            f"$ORIGIN {p}.\n"
+            f"ua          A     {self.partner_ip}\n"
+            f'@           NAPTR 10 50 "s" "SIP+D2U"  "" _sip._udp\n'
+            f'@           NAPTR 20 50 "s" "SIP+D2T"  "" _sip._tcp\n'
+            f"_sip._udp   SRV   0 0 {self.partner_port} ua\n"
+            f"_sip._tcp   SRV   0 0 {self.partner_port} ua\n"
+        )
+
+    def dns_records(self) -> list[Record]:
+        """:meth:`zone_text` parsed into records for :class:`~edgeway.lab.dns_server.LabDnsServer`."""
+        return records_from_text(self.zone_text())
+
+    def _common(self, node: str, workdir: Path, certs: dict[str, Path]) -> dict[str, Any]:
+        ip = self.edge_ip if node == "edge" else self.core_ip
+        return {
+            "role": node,
+            "name": node,
+            "sip": {"listen_ip": ip, "udp_port": self.sip_port, "tcp_port": self.sip_port,
+                    "tls_port": self.tls_port, "domains": [self.domain]},
+            "tls": {"cert_file": str(certs["cert"]), "key_file": str(certs["key"]), "ca_file": str(certs["ca"])},
+            "media": {"port_min": self.media_port_min, "port_max": self.media_port_max,
+                      "inactivity_timeout_s": float(self.media_inactivity_timeout_s)},
+            "dns": {"servers": [f"{self.dns_ip}:{self.dns_port}"], "timeout_s": float(self.dns_timeout_s)},
+            "log": {"file": str(workdir / f"{node}.events.jsonl"), "level": self.log_level,
+                    **({} if self.sip_messages else {"sip_messages": False})},
+        }
+
+    def edge_config_data(self, workdir: Path, certs: dict[str, Path], password: str) -> dict[str, Any]:
+        """The edge's configuration as a TOML-ready dict (overrides applied).
+
+        ``certs`` is the edge entry of :func:`write_lab_pki`'s result
+        (``{"cert", "key", "ca"}``)."""
+        data = self._common("edge", workdir, certs)
+        data["credentials"] = [{"username": self.traversal_username, "password": password}]
+        data["zones"] = [
+            {"type": "traversal_server", "name": TRAVERSAL_ZONE, "port": self.traversal_port,
+             "username": self.traversal_username, "tls_verify_subject_name": self.core_fqdn,
+             "keepalive_interval_s": float(self.keepalive_interval_s),
+             "probe_retry_count": self.probe_retry_count,
+             "probe_retry_interval_s": float(self.probe_retry_interval_s)},
+            {"type": "dns", "name": DNS_ZONE, "default_transport": "udp"},
+        ]
+        data["search_rules"] = [
+            {"name": "Inbound to core", "priority": 10, "pattern_type": "regex",
+             "pattern": ".*@%localdomains%", "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
+            {"name": "Outbound to DNS", "priority": 100, "pattern_type": "regex",
+             "pattern": "(?!.*@%localdomains%$).*", "source_zone": TRAVERSAL_ZONE,
+             "target_zone": DNS_ZONE, "progress": "stop"},
+        ]
+        return _merge(data, self.edge_overrides)
+
+    def core_config_data(self, workdir: Path, certs: dict[str, Path], password: str) -> dict[str, Any]:
+        """The core's configuration as a TOML-ready dict (overrides applied)."""
+        data = self._common("core", workdir, certs)
+        data["zones"] = [
+            {"type": "neighbour", "name": CALL_CONTROL_ZONE, "host": self.call_control_ip,
+             "port": self.call_control_port, "transport": self.call_control_transport},
+            {"type": "traversal_client", "name": TRAVERSAL_ZONE,
+             "peers": [f"{self.edge_ip}:{self.traversal_port}"], "port": self.traversal_port,
+             "username": self.traversal_username, "password": password,
+             "keepalive_interval_s": float(self.keepalive_interval_s),
+             "probe_retry_count": self.probe_retry_count,
+             "probe_retry_interval_s": float(self.probe_retry_interval_s),
+             "retry_interval_s": float(self.retry_interval_s)},
+        ]
+        data["search_rules"] = [
+            {"name": "Inbound to call control", "priority": 10, "pattern_type": "regex",
+             "pattern": ".*@%localdomains%", "source_zone": TRAVERSAL_ZONE,
+             "target_zone": CALL_CONTROL_ZONE, "progress": "stop"},
+            {"name": "Outbound via edge", "priority": 20, "pattern_type": "regex",
+             "pattern": "(?!.*@%localdomains%$).*", "source_zone": CALL_CONTROL_ZONE,
+             "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
+        ]
+        return _merge(data, self.core_overrides)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def build(self, workdir: Path | str) -> LabFiles:
+        """Write the lab's files into ``workdir`` (created if missing) and return their paths.
+
+        Writes ``pki/`` (CA, edge and core certificates and keys), ``edge.toml``,
+        ``core.toml`` and ``dns.zone``; removes stale ``*.events.jsonl`` logs so a
+        run only sees its own events. Both configurations are validated with
+        :func:`edgeway.config.parse_config` before being written.
+
+        Raises:
+            edgeway.config.ConfigError: an override made a configuration invalid.
+        """
+        wd = Path(workdir).resolve()
+        wd.mkdir(parents=True, exist_ok=True)
+        password = self.traversal_password or secrets.token_urlsafe(18)
+        pki = write_lab_pki(wd / "pki", self.pki_plan())
+        edge = self.edge_config_data(wd, pki["edge"], password)
+        core = self.core_config_data(wd, pki["core"], password)
+        parse_config(edge, str(wd / "edge.toml"))
+        parse_config(core, str(wd / "core.toml"))
+        header = "# Generated by `edgeway lab` (edgeway.lab.topology); rewritten on every run.\n"
+        (wd / "edge.toml").write_text(header + dump_toml(edge), encoding="utf-8")
+        (wd / "core.toml").write_text(header + dump_toml(core), encoding="utf-8")
+        for p in (wd / "edge.toml", wd / "core.toml"):
+            p.chmod(0o600)  # they hold the traversal password
+        (wd / "dns.zone").write_text(self.zone_text(), encoding="utf-8")
+        logs = {}
+        for node, data in (("edge", edge), ("core", core)):
+            logs[node] = Path(data.get("log", {}).get("file") or wd / f"{node}.events.jsonl")
+            logs[node].unlink(missing_ok=True)
+        return LabFiles(
+            workdir=wd,
+            ca=pki["edge"]["ca"],
+            ca_key=wd / "pki" / "ca.key",
+            edge_cert=pki["edge"]["cert"],
+            edge_key=pki["edge"]["key"],
+            core_cert=pki["core"]["cert"],
+            core_key=pki["core"]["key"],
+            edge_config=wd / "edge.toml",
+            core_config=wd / "core.toml",
+            dns_zone=wd / "dns.zone",
+            edge_events=logs["edge"],
+            core_events=logs["core"],
+            password=password,
+        )
+
+    def node_config(self, files: LabFiles, node: str) -> NodeConfig:
+        """Load and validate a written node configuration (``"edge"`` or ``"core"``)."""
+        from edgeway.config import load_config
+
+        return load_config(files.config(node))

@@ -1,0 +1,510 @@
+"""The lab user agent: real calls between two LabUserAgents over loopback.
+
+Everything runs on 127.0.0.1 with ephemeral SIP ports, is bounded by
+``asyncio.wait_for`` and closes every UA it starts (checked by re-binding the
+UDP ports afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+
+import pytest
+
+from edgeway.lab.ua import (
+    LabUserAgent,
+    build_rtp_packet,
+    build_sdp,
+    parse_rtp_header,
+    parse_sdp,
+)
+from edgeway.sip.message import Request, Via, make_response, parse_message
+from edgeway.sip.uri import parse_uri
+
+DOMAIN = "corp.edgeway.test"
+IP = "127.0.0.1"
+BOUND = 15.0  # every test coroutine is cut off after this many seconds
+
+
+def run(coro, loop_kind: str = "asyncio"):
+    """Run ``coro`` bounded by BOUND seconds on a fresh asyncio or uvloop loop."""
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(asyncio.wait_for(coro, BOUND))
+    return asyncio.run(asyncio.wait_for(coro, BOUND))
+
+
+@contextlib.asynccontextmanager
+async def two_uas(transport: str = "udp", **kw):
+    a = LabUserAgent("alice", IP, 0, transport=transport, domain=DOMAIN, rtp_port_base=41000, **kw)
+    b = LabUserAgent("bob", IP, 0, transport=transport, domain=DOMAIN, rtp_port_base=43000, **kw)
+    await a.start()
+    try:
+        await b.start()
+        try:
+            yield a, b
+        finally:
+            await b.close()
+    finally:
+        await a.close()
+
+
+def assert_udp_free(port: int) -> None:
+    """The UA really closed its socket: the port can be bound again."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((IP, port))
+    finally:
+        s.close()
+
+
+def first_lines(ladder: list[str]) -> list[str]:
+    """``"→ INVITE"``, ``"← 200 OK (BYE)"``… from ladder lines (time and peer cut)."""
+    out = []
+    for line in ladder:
+        _t, _ms, arrow, _peer, _tr, rest = line.split(maxsplit=5)
+        out.append(f"{arrow} {rest.split(' sip:')[0]}")
+    return out
+
+
+def in_order(seq: list[str], wanted: list[str]) -> bool:
+    it = iter(seq)
+    return all(any(w == s for s in it) for w in wanted)
+
+
+async def wait_until(pred, timeout: float = 2.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.01)
+    return pred()
+
+
+# --------------------------------------------------------------------------- direct calls
+
+
+@pytest.mark.parametrize(
+    "transport,loop_kind,media_s",
+    [("udp", "asyncio", 1.0), ("tcp", "asyncio", 1.0), ("udp", "uvloop", 0.5), ("tcp", "uvloop", 0.5)],
+)
+def test_direct_call(transport: str, loop_kind: str, media_s: float) -> None:
+    async def main():
+        async with two_uas(transport) as (a, b):
+            res = await a.call(
+                "sip:bob@corp.edgeway.test", proxy=(IP, b.port, transport), from_user="alice",
+                media_seconds=media_s, ptime_ms=20,
+            )
+            stats = b.calls_answered.get(res.call_id)
+            ports = [a.port, b.port, res.local_rtp[1], stats.local_rtp[1]] if res.local_rtp and stats else []
+        return res, stats, ports
+
+    res, stats, ports = run(main(), loop_kind)
+    assert res.ok, res
+    assert (res.status, res.reason, res.bye_status, res.error) == (200, "OK", 200, None)
+    assert res.setup_ms is not None and res.setup_ms < 1000
+    expected = media_s * 1000 / 20
+    # caller's media and the callee's (which runs from ACK to BYE)
+    assert 0.8 * expected <= res.rtp_sent <= expected + 2
+    assert 0.8 * expected <= res.rtp_received <= 1.2 * expected + 3
+    assert stats is not None and stats.answered and stats.ended and stats.end_reason == "remote BYE"
+    assert 0.8 * expected <= stats.rtp_received <= expected + 2
+    assert 0.8 * expected <= stats.rtp_sent <= 1.2 * expected + 3
+    assert res.rtcp_received >= 1 and stats.rtcp_received >= 1
+    assert res.rtp_lost == 0 and stats.rtp_lost == 0
+    # symmetric RTP: each side receives from the address the other advertised
+    assert res.remote_rtp == stats.local_rtp and res.rtp_source == stats.local_rtp
+    assert stats.remote_rtp == res.local_rtp and stats.rtp_source == res.local_rtp
+    assert res.local_rtp[1] % 2 == 0 and stats.local_rtp[1] % 2 == 0
+    assert all(f"({transport})" in line for line in res.ladder)
+    caller = first_lines(res.ladder)
+    assert in_order(caller, ["→ INVITE", "← 100 Trying (INVITE)", "← 180 Ringing (INVITE)", "← 200 OK (INVITE)", "→ ACK", "→ BYE", "← 200 OK (BYE)"]), caller
+    callee = first_lines(stats.ladder)
+    assert in_order(callee, ["← INVITE", "→ 100 Trying (INVITE)", "→ 180 Ringing (INVITE)", "→ 200 OK (INVITE)", "← ACK", "← BYE", "→ 200 OK (BYE)"]), callee
+    assert not any("retransmission" in line for line in res.ladder + stats.ladder)
+    for p in ports[2:] + [ports[2] + 1, ports[3] + 1] + (ports[:2] if transport == "udp" else []):
+        assert_udp_free(p)
+
+
+# --------------------------------------------------------------------------- through a proxy
+
+
+class RecordRoutingProxy(asyncio.DatagramProtocol):
+    """A minimal stateless UDP proxy that Record-Routes (lr): requests for a
+    domain go to ``callee``, requests for an IP go there; responses follow Via."""
+
+    def __init__(self, callee: tuple[str, int]):
+        self.callee = callee
+        self.seen: list[tuple[str, str, list[str]]] = []
+
+    def connection_made(self, transport) -> None:
+        self.t = transport
+        self.port = transport.get_extra_info("sockname")[1]
+        self.me = f"sip:{IP}:{self.port};lr"
+
+    def datagram_received(self, data: bytes, src) -> None:
+        msg = parse_message(data)
+        h = msg.headers
+        if isinstance(msg, Request):
+            self.seen.append((msg.method, msg.uri, h.get_all("Route")))
+            if h.get_all("Route") and self.me in h.get_all("Route")[0]:
+                h.pop_first("Route")
+            top = Via.parse(h.get("Via"))
+            top.params["received"] = src[0]
+            top.params["rport"] = str(src[1])
+            h.replace_first("Via", str(top))
+            h.add("Via", f"SIP/2.0/UDP {IP}:{self.port};branch=z9hG4bK-p{top.branch}", first=True)
+            h.set("Max-Forwards", str(int(h.get("Max-Forwards")) - 1))
+            if msg.method == "INVITE":
+                h.add("Record-Route", f"<{self.me}>", first=True)
+            uri = parse_uri(msg.uri)
+            dest = (uri.host, uri.port) if uri.host[0].isdigit() else self.callee
+            self.t.sendto(msg.to_bytes(), dest)
+        else:
+            h.pop_first("Via")
+            v = Via.parse(h.get("Via"))
+            self.t.sendto(msg.to_bytes(), (v.params.get("received") or v.host, int(v.params.get("rport") or v.port)))
+
+
+def test_call_through_record_routing_proxy_uses_route_set() -> None:
+    async def main():
+        async with two_uas("udp") as (a, b):
+            loop = asyncio.get_running_loop()
+            pt, proxy = await loop.create_datagram_endpoint(lambda: RecordRoutingProxy((IP, b.port)), local_addr=(IP, 0))
+            try:
+                res = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, proxy.port, "udp"), from_user="alice", media_seconds=0.4)
+            finally:
+                pt.close()
+            return res, proxy, b.port, b.calls_answered[res.call_id]
+
+    res, proxy, b_port, stats = run(main())
+    assert res.ok and res.bye_status == 200, res
+    assert stats.rtp_received > 0 and res.rtp_received > 0
+    methods = [m for m, _, _ in proxy.seen]
+    assert methods == ["INVITE", "ACK", "BYE"]
+    invite, ack, bye = proxy.seen
+    assert invite[2] == []  # no preloaded Route on the initial INVITE
+    for _m, ruri, routes in (ack, bye):
+        # loose routing: Request-URI = remote Contact, Route = Record-Route set
+        assert ruri == f"sip:bob@{IP}:{b_port}"
+        assert routes == [f"<{proxy.me}>"]
+    assert all(f":{proxy.port} (udp)" in line for line in res.ladder)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_unreachable_udp_times_out_quickly() -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((IP, 0))
+    dead_port = s.getsockname()[1]
+    s.close()
+
+    async def main():
+        async with two_uas("udp") as (a, _b):
+            t0 = time.monotonic()
+            res = await a.call("sip:nobody@corp.edgeway.test", proxy=(IP, dead_port, "udp"), from_user="alice", timer_t1=0.05, timeout_s=0.5)
+            return res, time.monotonic() - t0
+
+    res, elapsed = run(main())
+    assert not res.ok and res.status == 408
+    assert "timeout" in res.error and "Timer B" in res.error
+    assert elapsed < 2.0
+    sent = first_lines(res.ladder)
+    # Timer A: 0, 50, 150, 350 ms → one original and three retransmissions
+    assert sent.count("→ INVITE") == 4, res.ladder
+    assert sum("retransmission" in line for line in res.ladder) == 3
+    assert res.rtp_sent == 0 and res.setup_ms is None
+
+
+def test_tcp_connection_refused_is_503() -> None:
+    srv = socket.socket()
+    srv.bind((IP, 0))
+    dead_port = srv.getsockname()[1]
+    srv.close()
+
+    async def main():
+        async with two_uas("tcp") as (a, _b):
+            return await a.call("sip:nobody@corp.edgeway.test", proxy=(IP, dead_port, "tcp"), from_user="alice")
+
+    res = run(main())
+    assert not res.ok and res.status == 503 and "transport error" in res.error
+
+
+def test_rejected_call_is_acked_hop_by_hop() -> None:
+    async def main():
+        async with two_uas("udp") as (a, b):
+            b.answer_status = 486
+            res = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "udp"), from_user="alice")
+            stats = b.calls_received[res.call_id]
+            acked = await wait_until(lambda: any(" ACK " in line for line in stats.ladder))
+            return res, stats, acked, dict(b.calls_answered)
+
+    res, stats, acked, answered = run(main())
+    assert not res.ok and (res.status, res.reason) == (486, "Busy Here")
+    assert res.error == "call rejected: 486 Busy Here"
+    assert in_order(first_lines(res.ladder), ["→ INVITE", "← 180 Ringing (INVITE)", "← 486 Busy Here (INVITE)", "→ ACK"])
+    assert acked and stats.status == 486 and stats.ended and not stats.answered
+    assert res.call_id not in answered
+    assert not any("retransmission" in line for line in stats.ladder)
+
+
+def test_cancel_after_ringing_too_long() -> None:
+    async def main():
+        async with two_uas("udp") as (a, b):
+            b.ring_seconds = 5.0
+            t0 = time.monotonic()
+            res = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "udp"), from_user="alice", timer_t1=0.05, timeout_s=0.3)
+            elapsed = time.monotonic() - t0
+            stats = b.calls_received[res.call_id]
+            await wait_until(lambda: any(" ACK " in line for line in stats.ladder))
+            return res, elapsed, stats, len(b._media), dict(b.calls_answered)
+
+    res, elapsed, stats, open_media, answered = run(main())
+    assert not res.ok and res.status == 487 and "cancelled" in res.error
+    assert elapsed < 2.0
+    assert in_order(
+        first_lines(res.ladder),
+        ["→ INVITE", "← 180 Ringing (INVITE)", "→ CANCEL", "← 200 OK (CANCEL)", "← 487 Request Terminated (INVITE)", "→ ACK"],
+    ), res.ladder
+    assert stats.status == 487 and stats.ended and not stats.answered
+    assert any(" ACK " in line for line in stats.ladder)
+    assert open_media == 0 and not answered
+
+
+def test_concurrent_calls_get_distinct_rtp_ports() -> None:
+    async def main():
+        async with two_uas("udp") as (a, b):
+            calls = [
+                a.call(f"sip:bob{i}@corp.edgeway.test", proxy=(IP, b.port, "udp"), from_user=f"alice{i}", media_seconds=0.3)
+                for i in range(3)
+            ]
+            results = await asyncio.gather(*calls)
+            return results, [b.calls_answered[r.call_id] for r in results]
+
+    results, stats = run(main())
+    assert all(r.ok for r in results), results
+    assert all(r.rtp_received > 0 and s.rtp_received > 0 for r, s in zip(results, stats))
+    a_ports = {r.local_rtp[1] for r in results}
+    b_ports = {s.local_rtp[1] for s in stats}
+    assert len(a_ports) == 3 and len(b_ports) == 3
+    assert all(p % 2 == 0 for p in a_ports | b_ports)
+    assert len({r.call_id for r in results}) == 3
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def test_malformed_input_keepalives_and_options() -> None:
+    async def main():
+        ua = LabUserAgent("carol", IP, 0, transport="both", domain=DOMAIN, rtp_port_base=45000)
+        await ua.start()
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue = asyncio.Queue()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.put_nowait(data)
+
+        ct, _ = await loop.create_datagram_endpoint(Client, local_addr=(IP, 0))
+        cport = ct.get_extra_info("sockname")[1]
+        try:
+            dest = (IP, ua.port)
+            ct.sendto(b"\x00\xff garbage \r\n\r\n", dest)
+            ct.sendto(b"\r\n\r\n", dest)
+            ct.sendto(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKx\r\n\r\n", dest)  # stray, incomplete
+            bad = (
+                f"OPTIONS sip:carol@{IP} SIP/2.0\r\nVia: SIP/2.0/UDP {IP}:{cport};branch=z9hG4bKbad\r\n"
+                "From: <sip:x@y>;tag=1\r\nTo: <sip:carol@y>\r\nCall-ID: bad1\r\nCSeq: 1 OPTIONS\r\n"
+                "Max-Forwards: banana\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+            ct.sendto(bad, dest)
+            r400 = parse_message(await asyncio.wait_for(got.get(), 2))
+            good = bad.replace(b"Max-Forwards: banana", b"Max-Forwards: 70").replace(b"z9hG4bKbad", b"z9hG4bKgood")
+            ct.sendto(good, dest)
+            r200 = parse_message(await asyncio.wait_for(got.get(), 2))
+            # TCP: CRLFCRLF keepalive answered with CRLF, then OPTIONS on the same connection
+            reader, writer = await asyncio.open_connection(IP, ua.port)
+            writer.write(b"\r\n\r\n")
+            pong = await asyncio.wait_for(reader.readexactly(2), 2)
+            writer.write(good.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP").replace(b"z9hG4bKgood", b"z9hG4bKtcp"))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            writer.close()
+            return r400, r200, pong, head
+        finally:
+            ct.close()
+            await ua.close()
+
+    r400, r200, pong, head = run(main())
+    assert r400.status == 400 and "Max-Forwards" in r400.reason
+    assert r200.status == 200 and r200.to_tag and "INVITE" in r200.headers.get("Allow")
+    assert pong == b"\r\n"
+    assert head.startswith(b"SIP/2.0 200 OK\r\n")
+
+
+def test_rtp_stream_and_rtcp_format() -> None:
+    """The media endpoint sends RFC 3550 packets: V=2, PT 8, seq +1, ts +160 per
+    20 ms, one SSRC, 160-byte payload; RTCP on port+1 is a valid compound SR."""
+
+    async def main():
+        ua = LabUserAgent("dave", IP, 0, domain=DOMAIN, rtp_port_base=46000)
+        await ua.start()
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for port in range(47000, 48000, 2):
+                try:
+                    rtp.bind((IP, port))
+                    rtcp.bind((IP, port + 1))
+                    break
+                except OSError:
+                    rtp.close(), rtcp.close()
+                    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rtp.setblocking(False)
+            rtcp.setblocking(False)
+            media = await ua._open_media()
+            media.set_remote(parse_sdp(build_sdp("peer", 1, IP, rtp.getsockname()[1], [(8, "PCMA/8000")])), 8)
+            media.start(0.2, 20)
+            await media.done.wait()
+            media.stop()
+            await asyncio.sleep(0.05)
+            pkts, reports = [], []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    pkts.append(rtp.recvfrom(2048))
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    reports.append(rtcp.recv(2048))
+            src_port = media.port
+            media.close()
+            return pkts, reports, src_port
+        finally:
+            rtp.close()
+            rtcp.close()
+            await ua.close()
+
+    pkts, reports, src_port = run(main())
+    assert 8 <= len(pkts) <= 11
+    assert all(addr == (IP, src_port) for _, addr in pkts)  # sent from its own RTP socket
+    hdrs = [parse_rtp_header(p) for p, _ in pkts]
+    assert all(h is not None and h[0] == 8 for h in hdrs)
+    assert all(len(p) == 12 + 160 and p[0] == 0x80 for p, _ in pkts)
+    assert hdrs[0][4] and not any(h[4] for h in hdrs[1:])  # marker on the first packet only
+    for prev, cur in zip(hdrs, hdrs[1:]):
+        assert cur[1] == (prev[1] + 1) & 0xFFFF
+        assert cur[2] == (prev[2] + 160) & 0xFFFFFFFF
+        assert cur[3] == prev[3]
+    assert len(reports) == 1  # the final SR + SDES + BYE (periodic ones start at 0.5 s)
+    data = reports[0]
+    types, off = [], 0
+    while off < len(data):
+        assert data[off] >> 6 == 2
+        types.append(data[off + 1])
+        off += (struct.unpack_from("!H", data, off + 2)[0] + 1) * 4
+    assert off == len(data) and types == [200, 202, 203]
+    ssrc, _ntp_s, _ntp_f, _ts, count, octets = struct.unpack_from("!IIIIII", data, 4)
+    assert ssrc == hdrs[0][3] and count == len(pkts) and octets == 160 * len(pkts)
+
+
+def test_sdp_helpers() -> None:
+    body = build_sdp("alice", 42, "192.0.2.10", 40000, [(8, "PCMA/8000"), (0, "PCMU/8000"), (101, "telephone-event/8000")])
+    text = body.decode()
+    assert "m=audio 40000 RTP/AVP 8 0 101\r\n" in text and "a=fmtp:101 0-16" in text
+    info = parse_sdp(body)
+    assert (info.ip, info.port, info.pts) == ("192.0.2.10", 40000, [8, 0, 101])
+    assert info.codec_name(101) == "telephone-event/8000" and info.ptime == 20
+    # media-level c= wins; a=rtcp honoured; video stream ignored
+    other = parse_sdp(
+        b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+        b"m=audio 5004 RTP/AVP 0\r\nc=IN IP4 10.0.0.2\r\na=rtcp:6000\r\nm=video 5006 RTP/AVP 96\r\nc=IN IP4 10.0.0.3\r\n"
+    )
+    assert (other.ip, other.port, other.pts, other.rtcp_port) == ("10.0.0.2", 5004, [0], 6000)
+    for bad in (b"v=0\r\n", b"m=audio 1 RTP/AVP 0\r\n", b"c=IN IP4 host.example\r\nm=audio 1 RTP/AVP 0\r\n"):
+        with pytest.raises(ValueError):
+            parse_sdp(bad)
+    pkt = build_rtp_packet(8, 65535, 2**32 - 1, 0xDEADBEEF, b"x", marker=True)
+    assert parse_rtp_header(pkt) == (8, 65535, 2**32 - 1, 0xDEADBEEF, True)
+    assert parse_rtp_header(b"\x40" + b"\x00" * 11) is None
+
+
+def test_callee_hangs_up_first() -> None:
+    async def main():
+        async with two_uas("tcp") as (a, b):
+            async def hang_up_soon():
+                assert await wait_until(lambda: bool(b.calls_answered), 2.0)
+                await asyncio.sleep(0.3)
+                return await b.hangup(next(iter(b.calls_answered)))
+
+            t0 = time.monotonic()
+            res, bye_status = await asyncio.gather(
+                a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "tcp"), from_user="alice", media_seconds=5.0),
+                hang_up_soon(),
+            )
+            return res, bye_status, time.monotonic() - t0, len(b._all_conns), b.calls_answered[res.call_id]
+
+    res, bye_status, elapsed, b_conns, stats = run(main())
+    assert res.ok and res.status == 200 and res.bye_status is None and bye_status == 200
+    assert elapsed < 2.0 and res.rtp_received > 0
+    assert in_order(first_lines(res.ladder), ["→ ACK", "← BYE", "→ 200 OK (BYE)"]), res.ladder
+    assert not any("→ BYE" in line for line in first_lines(res.ladder))
+    assert b_conns == 1  # the callee's BYE reused the caller's connection
+    assert stats.ended and stats.end_reason.startswith("local BYE")
+
+
+def test_uas_retransmits_2xx_until_ack_then_hangs_up() -> None:
+    """RFC 3261 §13.3.1.4: a retransmitted INVITE is absorbed by the server
+    transaction; the 2xx is retransmitted (T1 doubling) and, with no ACK within
+    64*T1, the UAS sends BYE."""
+
+    async def main():
+        ua = LabUserAgent("erin", IP, 0, domain=DOMAIN, rtp_port_base=48000, timer_t1=0.01)
+        await ua.start()
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue = asyncio.Queue()
+
+        class Peer(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.put_nowait(parse_message(data))
+
+        pt, _ = await loop.create_datagram_endpoint(Peer, local_addr=(IP, 0))
+        port = pt.get_extra_info("sockname")[1]
+        sdp = build_sdp("peer", 1, IP, 49990, [(0, "PCMU/8000")])
+        invite = (
+            f"INVITE sip:erin@{IP}:{ua.port} SIP/2.0\r\nVia: SIP/2.0/UDP {IP}:{port};branch=z9hG4bKraw1\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:peer@{DOMAIN}>;tag=p1\r\nTo: <sip:erin@{DOMAIN}>\r\n"
+            f"Call-ID: raw-call-1\r\nCSeq: 7 INVITE\r\nContact: <sip:peer@{IP}:{port}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n"
+        ).encode() + sdp
+        msgs = []
+        try:
+            pt.sendto(invite, (IP, ua.port))
+            pt.sendto(invite, (IP, ua.port))  # retransmission
+            while True:
+                m = await asyncio.wait_for(got.get(), 3)
+                msgs.append(m)
+                if isinstance(m, Request) and m.method == "BYE":
+                    pt.sendto(make_response(m, 200).to_bytes(), (IP, ua.port))
+                    break
+            assert await wait_until(lambda: ua.calls_received["raw-call-1"].ended)
+            return msgs, ua.calls_received, port
+        finally:
+            pt.close()
+            await ua.close()
+
+    msgs, received, port = run(main())
+    assert list(received) == ["raw-call-1"]
+    oks = [m for m in msgs if not isinstance(m, Request) and m.status == 200]
+    assert len(oks) >= 5  # original + retransmissions (10, 30, 70, 150, 310 ms…)
+    assert all(m.to_tag == oks[0].to_tag and m.body == oks[0].body for m in oks)
+    answer = parse_sdp(oks[0].body)
+    assert answer.pts == [0]  # answers with the offered codec only
+    bye = msgs[-1]
+    assert bye.uri == f"sip:peer@{IP}:{port}"  # remote target = the INVITE's Contact
+    assert bye.from_tag == oks[0].to_tag and bye.to_tag == "p1" and bye.call_id == "raw-call-1"
+    assert received["raw-call-1"].end_reason == "local BYE (no ACK)"
