@@ -27,7 +27,7 @@ class Node:
 
     def __init__(self, cfg: NodeConfig, events: EventLog | None = None):
         self.cfg = cfg
-        self.events = events or EventLog(cfg.name, cfg.log.file)
+        self.events = events or EventLog(cfg.name, cfg.log.file, sip_messages=cfg.log.sip_messages)
         self.tl = TransportLayer(self.events)
         self.relay: MediaRelay | None = None
         self.proxy: Proxy | None = None

@@ -217,10 +217,13 @@ class DnsConfig(_Model):
 
 
 class LogConfig(_Model):
-    """Log destination (``None`` = stderr) and level name (normalised to upper case)."""
+    """Log destination (``None`` = stderr), level name (normalised to upper case) and
+    whether every SIP message is logged (``sip_messages``, bool)."""
 
     file: str | None = None
     level: Annotated[str, AfterValidator(_log_level)] = "INFO"
+    #: One ``sip message`` event per SIP message sent or received (the hop-by-hop ladder).
+    sip_messages: bool = True
 
 
 class Credential(_Model):

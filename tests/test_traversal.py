@@ -1,0 +1,139 @@
+"""The traversal pair as separate processes: zone state, keepalive budget, 503 while the
+core is away, recovery without restarting the edge, and refused traversal clients."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeway.config import load_config
+from edgeway.diag.events import EventLog
+from edgeway.lab.dns_server import LabDnsServer
+from edgeway.lab.runner import Lab
+from edgeway.lab.topology import LabTopology
+from edgeway.lab.ua import LabUserAgent
+from edgeway.node import Node
+from edgeway.sip.message import parse_message
+
+#: keepalive 2 s + 2 probes × 1 s (the lab's settings) plus scheduling slack.
+KEEPALIVE_BUDGET_S = 2 + 2 * 1 + 2
+
+
+def _options_to_edge(uri: str) -> str:
+    """Send an OPTIONS for ``uri`` to the edge over UDP and return the raw response text."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.5", 0))
+    s.settimeout(5)
+    port = s.getsockname()[1]
+    msg = (
+        f"OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.5:{port};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:probe@partner.edgeway.test>;tag=1\r\nTo: <{uri}>\r\n"
+        f"Call-ID: {secrets.token_hex(6)}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    s.sendto(msg.encode(), ("127.0.0.2", 5060))
+    try:
+        while True:
+            data = s.recv(65535)
+            if not data.startswith(b"SIP/2.0 100"):
+                return data.decode()
+    finally:
+        s.close()
+
+
+def test_core_killed_and_restarted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Lab(tmp_path / "lab") as lab:
+            await lab.wait_traversal(20)
+            edge_pid = lab.pids["edge"]
+            alice = LabUserAgent("alice", "127.0.0.4", 5060, transport="tcp", domain="corp.edgeway.test")
+            bob = LabUserAgent("bob", "127.0.0.5", 5060, transport="udp", domain="partner.edgeway.test")
+            await alice.start()
+            await bob.start()
+            try:
+                first = await bob.call("sip:alice@corp.edgeway.test", proxy=("127.0.0.2", 5060, "udp"), from_user="bob", media_seconds=0.5)
+                assert first.ok and first.rtp_received > 0, first
+
+                t_kill = time.time()
+                await lab.kill_core()
+                waited = await lab.wait_zone_state("edge", "disconnected", KEEPALIVE_BUDGET_S, since=t_kill - 1)
+                assert waited <= KEEPALIVE_BUDGET_S
+
+                refused = await bob.call("sip:alice@corp.edgeway.test", proxy=("127.0.0.2", 5060, "udp"), from_user="bob", media_seconds=0.2)
+                assert refused.status == 503, refused
+                raw = await asyncio.to_thread(_options_to_edge, "sip:alice@corp.edgeway.test")
+                resp = parse_message(raw.encode())
+                assert resp.status == 503
+                assert "TraversalZone" in (resp.headers.get("Warning") or ""), resp.headers.get("Warning")
+
+                t_restart = time.time()
+                await lab.start_core()
+                await lab.wait_traversal(20, since=t_restart)
+                again = await bob.call("sip:alice@corp.edgeway.test", proxy=("127.0.0.2", 5060, "udp"), from_user="bob", media_seconds=0.5)
+                assert again.ok and again.rtp_received > 0, again
+                out = await alice.call("sip:bob@partner.edgeway.test", proxy=("127.0.0.3", 5060, "tcp"), from_user="alice", media_seconds=0.5)
+                assert out.ok and out.rtp_received > 0, out
+                assert lab.pids["edge"] == edge_pid and lab.procs["edge"].poll() is None  # no edge restart
+            finally:
+                await alice.close()
+                await bob.close()
+            # The edge never opened a connection toward the core.
+            edge_events = lab.events("edge")
+            assert not [e for e in edge_events if e.get("event") == "connect failed" and "127.0.0.3" in e.get("peer", "")]
+            assert any(e.get("event") == "traversal disconnected" for e in edge_events)
+
+    asyncio.run(scenario())
+
+
+async def _pair_with(tmp_path: Path, change) -> tuple[list[dict], str]:
+    """Start an in-process edge, and a core whose config is updated with
+    ``change(edge_cfg, core_cfg) -> dict``; return the edge's events and the zone state."""
+    topo = LabTopology(retry_interval_s=30)
+    files = topo.build(tmp_path)
+    edge_cfg = load_config(files.config("edge"))
+    core_cfg = load_config(files.config("core"))
+    core_cfg = core_cfg.model_copy(update=change(edge_cfg, core_cfg))
+    dns = LabDnsServer(topo.dns_records(), host=topo.dns_ip, port=topo.dns_port)
+    await dns.start()
+    edge = Node(edge_cfg, EventLog("edge", str(tmp_path / "e.jsonl")))
+    core = Node(core_cfg, EventLog("core", str(tmp_path / "c.jsonl")))
+    await edge.start()
+    await core.start()
+    await asyncio.sleep(1.0)
+    state = core.traversal.status()["Traversal Zone"]["state"]
+    edge_state = edge.traversal.status()["Traversal Zone"]["state"]
+    await core.close()
+    await edge.close()
+    await dns.close()
+    import json
+
+    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert edge_state == state
+    return events, state
+
+
+def test_wrong_password_is_refused(tmp_path: Path) -> None:
+    def change(edge_cfg, core_cfg):
+        zones = [z.model_copy(update={"password": "not-the-password"}) if z.type == "traversal_client" else z for z in core_cfg.zones]
+        return {"zones": zones}
+
+    events, state = asyncio.run(_pair_with(tmp_path, change))
+    assert state == "down"
+    assert any(e["event"] == "traversal authentication failed" for e in events)
+
+
+def test_certificate_without_subject_name_is_refused(tmp_path: Path) -> None:
+    """The edge requires the zone's TLS verify subject name as CN or DNS SAN of the core's
+    certificate; the edge's own certificate (CN edge.corp.edgeway.test) does not carry it."""
+
+    def change(edge_cfg, core_cfg):
+        return {"tls": core_cfg.tls.model_copy(update={"cert_file": edge_cfg.tls.cert_file, "key_file": edge_cfg.tls.key_file})}
+
+    events, state = asyncio.run(_pair_with(tmp_path, change))
+    assert state == "down"
+    failures = [e for e in events if e["event"] == "tls handshake failed"]
+    assert failures and "subject name" in failures[0]["cause"] and "core.corp.edgeway.test" in failures[0]["cause"]
