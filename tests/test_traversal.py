@@ -9,7 +9,6 @@ import socket
 import time
 from pathlib import Path
 
-import pytest
 
 from edgeway.config import load_config
 from edgeway.diag.events import EventLog

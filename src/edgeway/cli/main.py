@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import typer
 
+from .loop import install_event_loop_policy
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edgeway collaboration edge: core/edge traversal pair.")
 
 
-def _event_loop_policy() -> None:
-    if sys.platform == "linux":
-        try:
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        except ImportError:  # pragma: no cover
-            pass
 
 
 def _load(path: Path, role: str | None):
@@ -40,7 +33,7 @@ def run_node(cfg) -> None:
     """Run a node until SIGINT/SIGTERM."""
     from ..node import Node
 
-    _event_loop_policy()
+    install_event_loop_policy()
 
     async def main() -> None:
         node = Node(cfg)

@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import typer
+
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from edgeway.cli.loop import install_event_loop_policy
 from edgeway.lab.report import LabReport
 from edgeway.lab.runner import Lab, LabError
 from edgeway.lab.topology import TRAVERSAL_ZONE, LabTopology
@@ -38,14 +40,6 @@ MARKER = ".edgeway-lab"
 _DEFAULT_WORKDIR = Path("lab-run")
 
 
-def _event_loop_policy() -> None:
-    if sys.platform == "linux":
-        try:
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        except ImportError:  # pragma: no cover
-            pass
 
 
 def fresh_workdir(path: Path) -> Path:
@@ -91,7 +85,7 @@ def lab(
     if ctx.invoked_subcommand is not None:
         return
     console = Console()
-    _event_loop_policy()
+    install_event_loop_policy()
     try:
         report = asyncio.run(_demo(console, workdir, media_seconds, traversal_timeout))
     except KeyboardInterrupt:
@@ -124,7 +118,7 @@ def up(
 ) -> None:
     """Start DNS, edge and core and keep them running until Ctrl-C (no calls placed)."""
     console = Console()
-    _event_loop_policy()
+    install_event_loop_policy()
     try:
         code = asyncio.run(_up(console, workdir, traversal_timeout))
     except KeyboardInterrupt:

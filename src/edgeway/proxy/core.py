@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 

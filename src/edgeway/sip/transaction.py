@@ -369,6 +369,16 @@ class _ClientTransaction(_Transaction):
         #: The last response received (None before any).
         self.last_response: Response | None = None
 
+    def _start_client(self, now: float, retransmit: str, timeout: str) -> list[Action]:
+        """Send the request, arm the retransmission timer (UDP only, starting at T1)
+        and the transaction timeout (64*T1)."""
+        self._check_start()
+        if not self.reliable:
+            self._intervals[retransmit] = self.timers.t1
+            self._arm(retransmit, now, self.timers.t1)
+        self._arm(timeout, now, self.timers.value(timeout, self.reliable))
+        return [Send(self.request)]
+
     def _check_start(self) -> None:
         if self._started:
             raise RuntimeError("transaction already started")
@@ -409,12 +419,7 @@ class ClientInviteTransaction(_ClientTransaction):
     def start(self, now: float) -> list[Action]:
         """Send the INVITE; arm Timer A (UDP) and Timer B. Raises RuntimeError if
         called twice."""
-        self._check_start()
-        if not self.reliable:
-            self._intervals["A"] = self.timers.t1
-            self._arm("A", now, self.timers.t1)
-        self._arm("B", now, self.timers.value("B", self.reliable))
-        return [Send(self.request)]
+        return self._start_client(now, "A", "B")
 
     def on_message(self, msg: Response, now: float) -> list[Action]:
         """Handle a response matched to this transaction."""
@@ -475,12 +480,7 @@ class ClientNonInviteTransaction(_ClientTransaction):
     def start(self, now: float) -> list[Action]:
         """Send the request; arm Timer E (UDP) and Timer F. Raises RuntimeError if
         called twice."""
-        self._check_start()
-        if not self.reliable:
-            self._intervals["E"] = self.timers.t1
-            self._arm("E", now, self.timers.t1)
-        self._arm("F", now, self.timers.value("F", self.reliable))
-        return [Send(self.request)]
+        return self._start_client(now, "E", "F")
 
     def on_message(self, msg: Response, now: float) -> list[Action]:
         """Handle a response matched to this transaction."""

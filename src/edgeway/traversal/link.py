@@ -19,11 +19,11 @@ import secrets
 import ssl
 from dataclasses import dataclass, field
 
-from ..config.models import NodeConfig, TraversalClientZone, TraversalServerZone, zone_token
+from ..config.models import NodeConfig, TraversalClientZone, TraversalServerZone
 from ..diag.events import EventLog
 from ..security import digest
 from ..security.tls import subject_name_matches
-from ..sip.message import Headers, Request, Response, make_response
+from ..sip.message import Request, Response, make_response
 from ..transport.layer import Connection, Source, TransportError, TransportLayer
 
 __all__ = ["Traversal", "ZoneState"]

@@ -1,6 +1,8 @@
-"""Test helpers: run ``edgeway lab up`` as a process and SIPp against it.
+"""Process harness for tests and benchmarks: ``edgeway lab up`` as a process, SIPp
+runs against it, and the CPU time of the node processes.
 
-Every process started here is stopped by the helper that started it, by its PID.
+Every process started here is stopped by the helper that started it, by its PID
+(its whole session, SIGINT first, SIGKILL after a grace period).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SIPP_DIR = ROOT / "tests" / "sipp"
+#: SIPp scenarios shipped with the lab (UAC with pcap RTP, UAS with RTP echo, ...).
+SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 
 
@@ -64,6 +66,12 @@ class LabUp:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+    def node_pids(self) -> dict[str, int]:
+        """Node name → PID, from the ``<node> started on … (pid N)`` lines lab up prints."""
+        import re
+
+        return {m.group(1): int(m.group(2)) for m in re.finditer(r"(edge|core) started on \S+ \(pid (\d+)\)", self.out.read_text(errors="replace"))}
 
     def events(self, node: str) -> list[dict]:
         path = self.workdir / f"{node}.events.jsonl"
@@ -114,3 +122,9 @@ def sipp_result(proc: subprocess.Popen, workdir: Path, name: str, timeout_s: flo
     for err in workdir.glob("*_errors.log"):
         log += "\n" + err.read_text(errors="replace")[-2000:]
     return SippResult(rc, ok, failed, f"-{proc.pid}@", log)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
