@@ -111,7 +111,9 @@ class Proxy:
         self.resolver_fn = resolver_fn
         self.traversal: "Traversal | None" = None
         self.timers = tx.TimerConfig(t1=cfg.timers.t1_ms / 1000, t2=cfg.timers.t2_ms / 1000, t4=cfg.timers.t4_ms / 1000)
-        self.servers: dict[tuple, _ServerTxn] = {}
+        #: Server transactions (RFC 3261 and RFC 2543 matching); each carries its
+        #: proxy-side state as ``txn.tu`` (a :class:`_ServerTxn`).
+        self.server_table = tx.TransactionTable()
         self.clients: dict[tuple, _ClientTxn] = {}
         self.local_waiters: dict[str, asyncio.Future] = {}
         self.local_request_handlers: dict[str, object] = {}
@@ -226,17 +228,13 @@ class Proxy:
         # Traversal housekeeping requests (authentication, probes) on traversal links.
         if self.traversal is not None and self.traversal.intercept_request(req, src):
             return
-        if req.method == "ACK":
-            st = self.servers.get(tx.server_key(req))
-            if st is not None:
-                self._run_server_actions(st, st.txn.on_message(req, now))
-                return
-            self.spawn(self.forward_stateless_ack(req, src))
-            return
-        key = tx.server_key(req)
-        st = self.servers.get(key)
-        if st is not None:
+        existing = self.server_table.find_server(req)
+        if existing is not None:
+            st = existing.tu
             self._run_server_actions(st, st.txn.on_message(req, now))
+            return
+        if req.method == "ACK":
+            self.spawn(self.forward_stateless_ack(req, src))
             return
         if req.method == "CANCEL":
             self.handle_cancel(req, src)
@@ -244,7 +242,8 @@ class Proxy:
         cls = tx.ServerInviteTransaction if req.method == "INVITE" else tx.ServerNonInviteTransaction
         txn = cls(req, src.transport != "udp", self.timers, now)
         st = _ServerTxn(txn, req, src)
-        self.servers[key] = st
+        txn.tu = st
+        self.server_table.add(txn)
         if req.method == "INVITE":
             self.respond(st, 100)
         if req.method == "OPTIONS" and not req.headers.get_all("Route") and self._addressed_to_us(req):
@@ -304,9 +303,7 @@ class Proxy:
                 # An ACK for a 2xx reusing the INVITE's branch (RFC 6026 Accepted): end to end.
                 self.spawn(self.forward_stateless_ack(a.message, st.src))
             elif isinstance(a, tx.Terminated):
-                key = tx.server_key(st.req)
-                if self.servers.get(key) is st:
-                    del self.servers[key]
+                self.server_table.remove(st.txn)
         self._arm(st, lambda: self._run_server_actions(st, st.txn.on_timer(self.now())))
 
     def _arm(self, holder, fire) -> None:
@@ -734,7 +731,8 @@ class Proxy:
     def handle_cancel(self, req: Request, src: Source) -> None:
         """CANCEL (RFC 3261 §16.10): 200 to the CANCEL, 487 to the INVITE, CANCEL
         each pending branch (after a provisional response, §9.1)."""
-        st = self.servers.get(tx.invite_key_for_cancel(req))
+        invite = self.server_table.find_invite_for_cancel(req)
+        st = invite.tu if invite is not None else None
         resp = make_response(req, 200 if st is not None else 481, None, to_tag=secrets.token_hex(4))
         self.send_response_stateless(resp, src)
         if st is None:
@@ -766,7 +764,8 @@ class Proxy:
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
-        for holder in list(self.servers.values()) + list(self.clients.values()):
+        servers = [t.tu for t in self.server_table if not t.is_client]
+        for holder in servers + list(self.clients.values()):
             if holder.timer is not None:
                 holder.timer.cancel()
 
