@@ -155,7 +155,7 @@ def test_full_edge_config_loads(tmp_path):
     assert isinstance(dns, DnsZone) and dns.default_transport == "tls"
     assert isinstance(ts, TraversalServerZone) and ts.port == 7003 and ts.keepalive_interval_s == 20
     assert (ts.probe_retry_count, ts.probe_retry_interval_s) == (5, 2)
-    assert isinstance(generic, DnsZone) and generic.default_transport == "tcp"
+    assert isinstance(generic, DnsZone) and generic.default_transport == "tls"  # issue 3: TLS is the DNS zone default
     assert cfg.transforms[0].behaviour == "strip"
     rules = cfg.search_rules
     assert [r.name for r in rules] == ["Webex Hybrid", "to DNS", "Webex Hybrid - to Webex Cloud"]

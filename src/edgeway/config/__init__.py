@@ -11,6 +11,7 @@ from edgeway.config.models import (
     MediaConfig,
     NeighbourZone,
     NodeConfig,
+    PolicyRule,
     SearchRule,
     SipConfig,
     TimerConfig,
@@ -25,7 +26,7 @@ from edgeway.config.models import (
 
 __all__ = [
     "BUILTIN_ZONES", "ConfigError", "ConfigProblems", "Credential", "DnsConfig", "DnsZone", "LogConfig",
-    "MediaConfig", "NeighbourZone", "NodeConfig", "SearchRule", "SipConfig", "TimerConfig", "TlsConfig",
+    "MediaConfig", "NeighbourZone", "NodeConfig", "PolicyRule", "SearchRule", "SipConfig", "TimerConfig", "TlsConfig",
     "Transform", "TraversalClientZone", "TraversalServerZone", "ZoneConfig", "load_config", "parse_config",
     "split_hostport", "zone_token",
 ]

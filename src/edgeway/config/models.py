@@ -20,7 +20,7 @@ __all__ = [
     "BUILTIN_ZONES", "MISSING",
     "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig",
     "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
-    "Transform", "SearchRule", "ConfigProblems", "zone_token", "split_hostport",
+    "Transform", "SearchRule", "PolicyRule", "ConfigProblems", "zone_token", "split_hostport",
 ]
 
 #: Sentinel value in a problem tuple: the key is absent (printed without "= value").
@@ -134,6 +134,15 @@ class SipConfig(_Model):
     domains: list[Text] = []
     """Local SIP domains; they make up ``%localdomains%``."""
     max_forwards_out: Annotated[int, _between(1, 255)] = 70
+    mtls_enabled: bool = False
+    """Mutual-TLS listener (edge, seed 003 §5 "Mutual TLS mode"): peers must present a
+    certificate from a trusted CA. Separate from ``tls_port`` so clients without
+    certificates keep working there."""
+    mtls_port: Port = 5062
+    """Mutual-TLS port (seed 003 §1: 5062)."""
+    hostname: str | None = None
+    """FQDN of this node, used in Record-Route when a zone's ``record_route_address_type``
+    is ``hostname``."""
 
     @property
     def public_ip(self) -> str:
@@ -235,8 +244,27 @@ class Credential(_Model):
 
 # ---- zones (seed 003 §5) -----------------------------------------------------------------------
 
+MediaEncryption = Literal["off", "on", "auto", "force"]
+
+
 class _ZoneBase(_Model):
+    """Options every zone type has (seed 003 §5 zone model, issue 3 item 3).
+
+    ``preloaded_routes``: ``accept`` routes an INVITE carrying Route headers on the
+    Route host (with ``;lr``) as the alias and keeps the Request-URI; ``reject``
+    answers 404 "Policy Response" before any search (seed 003 §2.5).
+    ``parameter_preservation``: keep Request-URI and Contact parameters (e.g.
+    ``call-type=squared``) through the B2BUA (seed 003 §7.3).
+    ``media_encryption``: off (RTP only), on / force (SRTP only), auto (as offered);
+    the edge's B2BUA interworks SRTP and RTP when two zones differ.
+    ``record_route_address_type``: ``ip`` or ``hostname`` (``sip.hostname``).
+    """
+
     name: Text
+    preloaded_routes: Literal["accept", "reject"] = "accept"
+    parameter_preservation: bool = False
+    media_encryption: MediaEncryption = "auto"
+    record_route_address_type: Literal["ip", "hostname"] = "ip"
 
 
 class NeighbourZone(_ZoneBase):
@@ -287,10 +315,35 @@ class TraversalClientZone(_ZoneBase):
 
 
 class DnsZone(_ZoneBase):
-    """Route by RFC 3263 DNS lookup of the Request-URI's domain."""
+    """Route by RFC 3263 DNS lookup of the Request-URI's domain (seed 003 §4, §5).
+
+    ``tls_verify_mode``: check the peer certificate of outbound TLS connections
+    against ``tls_verify_subject_name`` (CN or DNS SAN, certificate order, first
+    match wins). ``inbound_classification``: a TLS connection whose peer
+    certificate carries ``tls_verify_subject_name`` is classified into this zone
+    (else it falls to DefaultZone). ``modify_dns_request`` with ``dns_request_domain``:
+    one SRV query ``_sips._tcp.<domain>``, no NAPTR, Request-URI unchanged.
+    """
 
     type: Literal["dns"] = "dns"
-    default_transport: Transport = "tcp"
+    default_transport: Transport = "tls"
+    tls_verify_mode: bool = False
+    tls_verify_subject_name: str | None = None
+    inbound_classification: bool = False
+    modify_dns_request: bool = False
+    dns_request_domain: str | None = None
+
+    @model_validator(mode="after")
+    def _dns_options(self) -> "DnsZone":
+        problems = []
+        if self.modify_dns_request and not (self.dns_request_domain or "").strip():
+            problems.append(("dns_request_domain", self.dns_request_domain, "is required when modify_dns_request is true"))
+        if (self.tls_verify_mode or self.inbound_classification) and not (self.tls_verify_subject_name or "").strip():
+            problems.append(("tls_verify_subject_name", self.tls_verify_subject_name,
+                             "is required when tls_verify_mode or inbound_classification is true"))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
 
 
 ZoneConfig = Annotated[
@@ -350,6 +403,22 @@ class SearchRule(_PatternRules):
     enabled: bool = True
 
 
+class PolicyRule(_Model):
+    """Call policy rule (seed 003 §6.5): ``source`` and ``destination`` are regexes
+    matched against the whole source and destination aliases (``%localdomains%``
+    expands); the first matching rule's ``action`` applies; no match = accept."""
+
+    source: str = ".*"
+    destination: str = ".*"
+    action: Literal["accept", "reject"]
+
+    @field_validator("source", "destination")
+    @classmethod
+    def _regex_ok(cls, v: str) -> str:
+        check_pattern("regex", v)
+        return v
+
+
 # ---- the node ----------------------------------------------------------------------------------
 
 class NodeConfig(_Model):
@@ -367,6 +436,7 @@ class NodeConfig(_Model):
     credentials: list[Credential] = []
     zones: list[ZoneConfig] = []
     transforms: list[Transform] = []
+    call_policy: list[PolicyRule] = []
     search_rules: list[SearchRule] = []
 
     @property
