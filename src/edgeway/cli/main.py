@@ -67,6 +67,15 @@ def check_config(config: Path) -> None:
     typer.echo(f"{config}: OK ({cfg.role} {cfg.name!r}, {len(cfg.zones)} zones, {len(cfg.search_rules)} search rules)")
 
 
+def _register_domain() -> None:
+    from .domain import domain_app
+
+    app.add_typer(domain_app, name="domain")
+
+
+_register_domain()
+
+
 def _register_lab() -> None:
     try:
         from ..lab.cli import lab_app

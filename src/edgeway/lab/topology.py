@@ -74,6 +74,9 @@ DNS_ZONE = "DNS Zone"
 CALL_CONTROL_ZONE = "Call Control"
 #: Username the core authenticates with on the traversal zone.
 TRAVERSAL_USERNAME = "core"
+#: Token the lab DNS publishes as TXT ``edgeway-site-verification=<token>`` on the corp
+#: domain, for ``edgeway domain verify`` (seed 000: domain verification).
+VERIFICATION_TOKEN = "edgeway-lab-7f3c2a"
 #: Loopback address → lab host name, for ladders and reports.
 HOST_NAMES: dict[str, str] = {
     EDGE_IP: "edge",
@@ -242,6 +245,7 @@ class LabTopology:
     media_inactivity_timeout_s: float = 30.0
     log_level: str = "INFO"
     sip_messages: bool = True
+    verification_token: str = VERIFICATION_TOKEN
     edge_overrides: dict[str, Any] = field(default_factory=dict)
     core_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -310,6 +314,7 @@ class LabTopology:
             f"_sips._tcp  SRV   10 10 {self.tls_port} edge\n"
             f"_sip._tcp   SRV   10 10 {self.sip_port} edge\n"
             f"_sip._udp   SRV   10 10 {self.sip_port} edge\n"
+            f'@           TXT   "edgeway-site-verification={self.verification_token}"\n'
             f"\n"
             f"$ORIGIN {p}.\n"
             f"ua          A     {self.partner_ip}\n"
