@@ -395,3 +395,22 @@ def test_prop_exact_and_leave_are_identity(alias):
     assert apply_pattern(alias, "exact", alias, "leave") == alias
     assert apply_pattern(alias, "regex", ".*", "leave") == alias
     assert apply_pattern(alias, "regex", "(.*)", "replace", r"\1") == alias
+
+
+def test_inbound_classification_by_tls_identity() -> None:
+    """Seed 003 §3.2 / §14 case 5: identities tried CN first, then SANs in order; the
+    first one equal to a zone's subject name wins and later ones are not tried."""
+    from edgeway.config import parse_config
+    from edgeway.routing.zones import classify_by_tls_identity
+
+    cfg = parse_config({"role": "edge", "name": "e", "sip": {"listen_ip": "127.0.0.2"}, "zones": [
+        {"type": "dns", "name": "Hybrid Call Services DNS", "tls_verify_subject_name": "callservice.ciscospark.com",
+         "inbound_classification": True},
+        {"type": "dns", "name": "Other", "tls_verify_subject_name": "l2sip-cfa-01.wbx2.com", "inbound_classification": False},
+    ]})
+    names = ["l2sip-cfa-01.ciscospark.com", "l2sip-cfa-01.wbx2.com", "CallService.ciscospark.com", "callservice.call.ciscospark.com"]
+    got = classify_by_tls_identity(cfg, names)
+    assert got.zone == "Hybrid Call Services DNS" and got.identity == "CallService.ciscospark.com"
+    assert got.candidates == tuple(names[:3])
+    none = classify_by_tls_identity(cfg, ["partner.example.com"])
+    assert none.zone is None and none.candidates == ("partner.example.com",)

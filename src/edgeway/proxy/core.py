@@ -67,6 +67,8 @@ class Hop:
     conn: Connection | None = None
     may_connect: bool = True
     ssl: object | None = None
+    verify_name: str | None = None
+    """TLS: the name the peer certificate must carry (a DNS zone's verify subject name)."""
 
 
 @dataclass
@@ -566,7 +568,8 @@ class Proxy:
             return conn
         if not hop.may_connect:
             raise TransportError(f"no connection to {hop.ip}:{hop.port} and this node may not open one")
-        return await self.tl.connect(hop.transport, hop.ip, hop.port, local_ip=self.ip, ssl_ctx=hop.ssl)
+        return await self.tl.connect(hop.transport, hop.ip, hop.port, local_ip=self.ip, ssl_ctx=hop.ssl,
+                                     verify_name=hop.verify_name, zone=hop.zone)
 
     def _send_request(self, req: Request, hop: Hop, conn: Connection | None) -> None:
         data = req.to_bytes()

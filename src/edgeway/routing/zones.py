@@ -7,9 +7,44 @@ from __future__ import annotations
 
 import ipaddress
 
-from edgeway.config.models import BUILTIN_ZONES, NeighbourZone, NodeConfig, ZoneConfig, zone_token
+from dataclasses import dataclass
 
-__all__ = ["classify_source", "zone_by_name", "zone_token"]
+from edgeway.config.models import BUILTIN_ZONES, DnsZone, NeighbourZone, NodeConfig, ZoneConfig, zone_token
+
+__all__ = ["classify_source", "classify_by_tls_identity", "TlsClassification", "zone_by_name", "zone_token"]
+
+
+@dataclass(frozen=True)
+class TlsClassification:
+    """Result of inbound classification by TLS identity (seed 003 §3.2).
+
+    ``zone``: the DNS zone matched, or None; ``identity``: the certificate identity that
+    matched; ``candidates``: the identities tried, CN first then DNS SANs in certificate
+    order, up to and including the first match (what the seed's log prints)."""
+
+    zone: str | None
+    identity: str | None
+    candidates: tuple[str, ...]
+
+
+def classify_by_tls_identity(cfg: NodeConfig, peer_names: list[str]) -> TlsClassification:
+    """Map a TLS peer to the DNS zone whose ``tls_verify_subject_name`` it carries.
+
+    Only zones with ``inbound_classification`` take part. Identities are tried in
+    certificate order (CN, then SANs) and the search stops at the first identity
+    that equals (case-insensitive, trailing dot ignored) some zone's subject name.
+    """
+    wanted: dict[str, str] = {}
+    for z in cfg.zones:
+        if isinstance(z, DnsZone) and z.inbound_classification and z.tls_verify_subject_name:
+            wanted.setdefault(z.tls_verify_subject_name.lower().rstrip("."), z.name)
+    tried: list[str] = []
+    for name in peer_names:
+        tried.append(name)
+        zone = wanted.get(name.lower().rstrip("."))
+        if zone is not None:
+            return TlsClassification(zone, name, tuple(tried))
+    return TlsClassification(None, None, tuple(tried))
 
 
 def _same_ip(a: str, b: str) -> bool:

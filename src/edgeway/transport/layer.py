@@ -95,6 +95,21 @@ class Connection:
 MessageHandler = Callable[[Request | Response, Source], None]
 
 
+def _names_from_failed(conn: Connection) -> list[str]:
+    """CN and SANs of the peer certificate after a failed handshake, when the TLS
+    layer got as far as receiving it (empty list otherwise)."""
+    from ..security.tls import peer_identities
+
+    sslobj = conn.writer.get_extra_info("ssl_object")
+    if sslobj is None:
+        return []
+    try:
+        der = sslobj.getpeercert(binary_form=True)
+    except (ValueError, ssl.SSLError):
+        return []
+    return peer_identities(der) if der else []
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, layer: "TransportLayer", local: tuple[str, int], listener: str):
         self.layer = layer
@@ -172,7 +187,7 @@ class TransportLayer:
         self.servers.append(server)
 
     async def _handshake(self, conn: Connection, ctx: ssl.SSLContext, *, server_side: bool) -> bool:
-        from ..security.tls import describe_handshake_error, peer_identities
+        from ..security.tls import describe_handshake_error, peer_identities, subject_name_matches
 
         try:
             await asyncio.wait_for(conn.writer.start_tls(ctx), CONNECT_TIMEOUT_S)
@@ -181,14 +196,24 @@ class TransportLayer:
                 "tls handshake failed",
                 direction="inbound" if server_side else "outbound",
                 listener=conn.listener,
+                zone=conn.attrs.get("zone"),
                 peer=f"{conn.remote[0]}:{conn.remote[1]}",
+                peer_names=_names_from_failed(conn),
                 cause=describe_handshake_error(exc),
             )
             conn.close()
             return False
         sslobj = conn.writer.get_extra_info("ssl_object")
-        cert = sslobj.getpeercert() if sslobj is not None else None
-        conn.peer_names = peer_identities(cert) if cert else []
+        conn.peer_names = peer_identities(sslobj) if sslobj is not None else []
+        verify_name = conn.attrs.get("verify_name")
+        if verify_name and not subject_name_matches(conn.peer_names, verify_name):
+            self.events.emit(
+                "tls handshake failed", direction="outbound", listener=conn.listener, zone=conn.attrs.get("zone"),
+                peer=f"{conn.remote[0]}:{conn.remote[1]}", peer_names=conn.peer_names,
+                cause=f"subject name {verify_name!r} not in the peer certificate (CN/SAN: {', '.join(conn.peer_names) or 'none'})",
+            )
+            conn.close()
+            return False
         if not self.on_tls_established(conn):
             conn.close()
             return False
@@ -268,8 +293,12 @@ class TransportLayer:
             raise TransportError("no UDP listener to send from")
         proto.transport.sendto(data, dest)
 
-    async def connect(self, transport: str, ip: str, port: int, *, local_ip: str | None = None, ssl_ctx: ssl.SSLContext | None = None, listener: str = "sip") -> Connection:
-        """Open a TCP/TLS connection (bound to ``local_ip`` when given) and start reading it."""
+    async def connect(self, transport: str, ip: str, port: int, *, local_ip: str | None = None, ssl_ctx: ssl.SSLContext | None = None, listener: str = "sip", verify_name: str | None = None, zone: str | None = None) -> Connection:
+        """Open a TCP/TLS connection (bound to ``local_ip`` when given) and start reading it.
+
+        ``verify_name``: for TLS, the name the peer certificate must carry as CN or DNS
+        SAN (a DNS zone's TLS verify subject name); otherwise the connection is closed
+        and a ``tls handshake failed`` event names the cause. Raises TransportError."""
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(ip, port, local_addr=(local_ip, 0) if local_ip else None, limit=MAX_MESSAGE_SIZE * 2),
@@ -285,6 +314,8 @@ class TransportLayer:
             if ctx is None:
                 conn.close()
                 raise TransportError("no TLS client context configured")
+            conn.attrs["verify_name"] = verify_name
+            conn.attrs["zone"] = zone
             if not await self._handshake(conn, ctx, server_side=False):
                 raise TransportError(f"TLS handshake with {ip}:{port} failed")
         self.conns[(transport, ip, port)] = conn
