@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..config.models import NodeConfig, zone_token
 from ..diag.events import EventLog
+from ..routing.policy import evaluate_policy
 from ..routing.search import plan_search
 from ..routing.transforms import apply_transforms
 from ..sip import transaction as tx
@@ -37,7 +38,7 @@ from ..sip.message import (
     Via,
     make_response,
 )
-from ..sip.uri import Uri, UriError, parse_name_addr, parse_uri
+from ..sip.uri import Uri, UriError, format_params, parse_name_addr, parse_uri
 from ..transport.layer import Connection, Source, TransportError, TransportLayer
 from .checks import check_request, loop_hash, response_next_hop_forbidden
 from .media import MediaAnchor
@@ -380,6 +381,20 @@ class Proxy:
             self.respond(st, 400, f"Bad Request - {exc}"[:120])
             return
         initial = req.to_tag is None
+        if routes and initial and req.method != "ACK":
+            # Preloaded route (seed 003 §2.5): the zone either rejects it before any
+            # search, or routes on the Route host (with its parameters) as the alias
+            # while the Request-URI and the Route header stay as they are.
+            zone = self.zone_names.get(ingress)
+            if zone is not None and zone.preloaded_routes == "reject":
+                self.events.emit("search completed", call_id=req.call_id, alias=routes[0], rule=None, zone=None,
+                                 found=False, reason="Policy Response", detail="preloaded SIP routes rejected by zone")
+                self.events.emit("call rejected", call_id=req.call_id, status=404, reason="preloaded SIP routes not accepted")
+                self.respond(st, 404, "Not Found", warning=True)
+                return
+            route_uri = parse_uri(routes[0])
+            await self.route_initial(st, ingress, alias=route_uri.alias() + format_params(route_uri.params), keep_ruri=True)
+            return
         if routes or not initial:
             target = parse_uri(routes[0]) if routes else req.ruri
             hop = await self.hop_for_uri(target, zone=ingress)
@@ -444,10 +459,14 @@ class Proxy:
             return hops[0] if hops else None
         return Hop(transport, host.strip("[]"), port, zone)
 
-    async def route_initial(self, st: _ServerTxn, ingress: str) -> None:
+    async def route_initial(self, st: _ServerTxn, ingress: str, *, alias: str | None = None, keep_ruri: bool = False) -> None:
+        """Transforms → call policy → search rules → target zones (seed 003 §6.1).
+
+        ``alias`` defaults to the Request-URI's; ``keep_ruri`` (preloaded routes)
+        forwards with the Request-URI unchanged whatever the rules did to the alias."""
         req = st.req
         ruri = req.ruri
-        alias = ruri.alias()
+        alias = ruri.alias() if alias is None else alias
         domains = list(self.cfg.sip.domains)
         call_id = req.call_id
         if req.method == "INVITE":
@@ -455,10 +474,20 @@ class Proxy:
             self.events.emit("call attempted", call_id=call_id, src_zone=ingress, src=f"{st.src.ip}:{st.src.port}",
                              src_alias=str(req.from_.uri), dst_alias=req.uri, transport=st.src.transport)
         transformed = apply_transforms(alias, self.cfg.transforms, domains)
+        if self.cfg.call_policy:
+            source = req.from_.uri
+            decision = evaluate_policy(source.alias() if source is not None else "", transformed, self.cfg.call_policy, domains)
+            if decision.rejected:
+                self.events.emit("search completed", call_id=call_id, alias=transformed, rule=None, zone=None, found=False,
+                                 reason="Forbidden", detail="Policy Response", cpl=decision.trace)
+                self.events.emit("call rejected", call_id=call_id, status=403, reason="call policy")
+                self.stats["calls_rejected"] += 1
+                self.respond(st, 403, "Forbidden", warning=True)
+                return
         candidates, log = plan_search(transformed, ingress, self.cfg.search_rules, domains)
         last_status: Response | None = None
         for cand in candidates:
-            new_ruri = _ruri_with_alias(ruri, cand.alias)
+            new_ruri = ruri if keep_ruri else _ruri_with_alias(ruri, cand.alias)
             fwd = req.copy()
             fwd.uri = str(new_ruri)
             hops = await self.zone_hops(cand.zone, new_ruri)
