@@ -95,6 +95,8 @@ class _ClientTxn:
     server: _ServerTxn | None = None
     conn: Connection | None = None
     done: asyncio.Future | None = None
+    #: Fix (see Proxy._send_cancel): gives the INVITE branch up 64*T1 after its CANCEL.
+    give_up: asyncio.TimerHandle | None = None
 
 
 class Proxy:
@@ -147,6 +149,8 @@ class Proxy:
     def our_ports(self) -> set[int]:
         s = self.cfg.sip
         ports = {p for p in (s.udp_port, s.tcp_port, s.tls_port) if p}
+        if s.mtls_enabled:
+            ports.add(s.mtls_port)
         for z in self.cfg.zones:
             if z.type == "traversal_server":
                 ports.add(z.port)
@@ -619,6 +623,13 @@ class Proxy:
         except TransportError as exc:
             self.events.emit("next hop failed", call_id=req.call_id, hop=f"{hop.transport}:{hop.ip}:{hop.port}", zone=hop.zone, cause=str(exc))
             return Response(503, "Service Unavailable", Headers([["Warning", f'399 {self.cfg.sip.public_ip} "Next hop {hop.ip}:{hop.port} unreachable"']]))
+        if st.cancelled:
+            # Fix: the CANCEL arrived while the next hop was being resolved or connected
+            # (handle_cancel already answered 487 and released the media). Forwarding
+            # now would start a branch nobody cancels (a callee answering 200 at once
+            # would connect a call the caller gave up) and re-open relay sessions that
+            # are never released (RFC 3261 §16.10: no new branches after CANCEL).
+            return Response(487, "Request Terminated")
         fwd, branch = self._prepare(req, hop, ingress, conn, st.src)
         if req.method == "INVITE" and req.to_tag is None:
             self.media.on_initial_invite(fwd, ingress, hop.zone)
@@ -738,6 +749,11 @@ class Proxy:
         """ACK for a 2xx travels end to end along the route set (RFC 3261 §16.11 /
         §13.2.2.4): forwarded statelessly with our Via and Max-Forwards − 1."""
         ingress = self.classify(src)
+        if req.headers.get("Max-Forwards") == "0":
+            # Fix: an ACK cannot be answered 483 (check_request skips ACK), so one that
+            # has run out of hops is dropped; it used to go out with "Max-Forwards: -1".
+            self.events.emit("ack dropped", call_id=req.call_id, reason="Max-Forwards 0")
+            return
         try:
             routes = self._route_processing(req)
             target = parse_uri(routes[0]) if routes else req.ruri
@@ -788,10 +804,35 @@ class Proxy:
         c.headers.add("CSeq", f"{inv.cseq[0]} CANCEL")
         for r in inv.headers.get_all("Route"):
             c.headers.add("Route", r)
-        try:
-            self._send_request(c, ct.hop, ct.conn)
-        except (TransportError, OSError):
-            pass
+        # Fix: the CANCEL used to be sent once, outside any transaction: lost over UDP
+        # it was never retransmitted, and an INVITE branch whose callee never sent a
+        # final response kept its client transaction and routing task forever. Now the
+        # CANCEL runs in a non-INVITE client transaction (Timer E retransmits it, RFC
+        # 3261 §9.1/§17.1.2; its 200 is absorbed there), and 64*T1 after it the INVITE
+        # branch is given up if still without a final response (RFC 3261 §9.1).
+        loop = asyncio.get_running_loop()
+        key = (c.top_via().branch, "CANCEL")
+        txn = tx.ClientNonInviteTransaction(c, ct.hop.transport != "udp", self.timers, self.now())
+        cct = _ClientTxn(txn, c, ct.hop, lambda resp: None, conn=ct.conn, done=loop.create_future())
+        self.clients[key] = cct
+        self._run_client_actions(cct, txn.start(self.now()), cct.done, key)
+        ct.give_up = loop.call_later(64 * self.timers.t1, self._abandon_cancelled, ct)
+
+    def _abandon_cancelled(self, ct: _ClientTxn) -> None:
+        """64*T1 after our CANCEL the INVITE branch still has no final response:
+        consider it cancelled and destroy its client transaction (RFC 3261 §9.1)."""
+        ct.give_up = None
+        if ct.done is None or ct.done.done():
+            return
+        self.events.emit("next hop timeout", call_id=ct.req.call_id, hop=f"{ct.hop.ip}:{ct.hop.port}", zone=ct.hop.zone,
+                         cause="no final response to the cancelled INVITE within 64*T1")
+        if ct.timer is not None:
+            ct.timer.cancel()
+            ct.timer = None
+        key = (ct.req.top_via().branch, "INVITE")
+        if self.clients.get(key) is ct:
+            del self.clients[key]
+        ct.done.set_result(Response(487, "Request Terminated"))
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -800,6 +841,8 @@ class Proxy:
         for holder in servers + list(self.clients.values()):
             if holder.timer is not None:
                 holder.timer.cancel()
+            if getattr(holder, "give_up", None) is not None:  # fix: CANCEL give-up timer
+                holder.give_up.cancel()
 
 
 def _is_ip(host: str) -> bool:

@@ -189,6 +189,11 @@ class TransportLayer:
     async def _handshake(self, conn: Connection, ctx: ssl.SSLContext, *, server_side: bool) -> bool:
         from ..security.tls import describe_handshake_error, peer_identities, subject_name_matches
 
+        # Stop reading the plain socket now: wait_for() runs start_tls() in a new task,
+        # one loop turn later, and a ClientHello read in that turn would land in the
+        # plain StreamReader and be lost to TLS (the handshake then hangs until the
+        # timeout). start_tls() resumes reading once its TLS protocol is in place.
+        conn.writer.transport.pause_reading()
         try:
             await asyncio.wait_for(conn.writer.start_tls(ctx), CONNECT_TIMEOUT_S)
         except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
