@@ -41,6 +41,8 @@ from edgeway.lab.topology import (
     ALICE,
     BOB,
     CALL_CONTROL_ZONE,
+    CLOUD_SERVICE_FQDN,
+    HYBRID_ZONE,
     DNS_ZONE,
     TRAVERSAL_ZONE,
     LabTopology,
@@ -79,13 +81,19 @@ def test_configs_validate_and_follow_the_plan(built):
         assert cfg.dns.nameservers == [("127.0.0.10", 5300)]
         assert cfg.log.file == str(built.workdir / f"{node}.events.jsonl") == str(built.events(node))
 
-    ts, dz = edge.zones
-    assert isinstance(ts, TraversalServerZone) and ts.name == TRAVERSAL_ZONE
+    ts, dz, hz = edge.zones
+    assert isinstance(ts, TraversalServerZone) and ts.name == TRAVERSAL_ZONE and ts.media_encryption == "off"
+    assert isinstance(hz, DnsZone) and hz.name == HYBRID_ZONE and hz.media_encryption == "on"
+    assert (hz.tls_verify_subject_name, hz.inbound_classification, hz.modify_dns_request, hz.dns_request_domain) == (
+        CLOUD_SERVICE_FQDN, True, True, CLOUD_SERVICE_FQDN)
+    assert edge.sip.mtls_enabled and edge.sip.mtls_port == 5062
     assert (ts.port, ts.username, ts.tls_verify_subject_name) == (7001, "core", "core.corp.edgeway.test")
     assert (ts.keepalive_interval_s, ts.probe_retry_count, ts.probe_retry_interval_s) == (2.0, 2, 1.0)
     assert isinstance(dz, DnsZone) and (dz.name, dz.default_transport) == (DNS_ZONE, "udp")
     assert [(c.username, c.password) for c in edge.credentials] == [("core", built.password)]
     assert [(r.name, r.priority, r.pattern, r.source_zone, r.target_zone, r.progress) for r in edge.search_rules] == [
+        ("Hybrid inbound", 5, "", HYBRID_ZONE, TRAVERSAL_ZONE, "stop"),
+        ("Hybrid outbound", 50, r".*@.*\.cloud\.edgeway\.test", TRAVERSAL_ZONE, HYBRID_ZONE, "stop"),
         ("Inbound to core", 10, ".*@%localdomains%", None, TRAVERSAL_ZONE, "stop"),
         ("Outbound to DNS", 100, "(?!.*@%localdomains%$).*", TRAVERSAL_ZONE, DNS_ZONE, "stop"),
     ]
@@ -115,7 +123,7 @@ def test_password_is_random_per_build_and_overrides_apply(tmp_path):
     edge, core = load_config(a.edge_config), load_config(a.core_config)
     assert edge.log.level == "DEBUG" and edge.timers.t1_ms == 100
     assert core.media.port_min == 40000 and core.media.port_max == 59999
-    assert core.zones[1].retry_interval_s == 0.5 and edge.zones[0].probe_retry_count == 1
+    assert core.zones[1].retry_interval_s == 0.5 and edge.zones[0].probe_retry_count == 1  # traversal server zone
 
     with pytest.raises(ConfigError, match=r"media.port_min"):
         LabTopology(edge_overrides={"media": {"port_min": 36001}}).build(tmp_path / "c")

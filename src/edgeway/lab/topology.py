@@ -69,6 +69,15 @@ PARTNER_UA_FQDN = f"ua.{PARTNER_DOMAIN}"
 ALICE = f"alice@{CORP_DOMAIN}"
 #: Outside user (reached by RFC 3263 lookup of partner.edgeway.test).
 BOB = f"bob@{PARTNER_DOMAIN}"
+#: The cloud calling service stand-in (issue 3): its SBC at 127.0.0.6 presents a
+#: certificate with the SAN callservice.<cloud domain>; cloud-side users at 127.0.0.7.
+CLOUD_IP = "127.0.0.6"
+CLOUD_USER_IP = "127.0.0.7"
+CLOUD_DOMAIN = "cloud.edgeway.test"
+CLOUD_SERVICE_FQDN = f"callservice.{CLOUD_DOMAIN}"
+CLOUD_SBC_FQDN = f"l2sip-a.{CLOUD_DOMAIN}"
+MTLS_PORT = 5062
+HYBRID_ZONE = "Hybrid Call Services DNS"
 TRAVERSAL_ZONE = "Traversal Zone"
 DNS_ZONE = "DNS Zone"
 CALL_CONTROL_ZONE = "Call Control"
@@ -297,6 +306,9 @@ class LabTopology:
                      "server": True, "client": True},
             "core": {"common_name": self.core_fqdn, "dns_sans": [self.core_fqdn], "ip_sans": [self.core_ip],
                      "server": True, "client": True},
+            # The cloud SBC stand-in: CN first, then SANs as seed 003 §3.2's cloud cert.
+            "cloud": {"common_name": CLOUD_SBC_FQDN, "dns_sans": [CLOUD_SBC_FQDN, CLOUD_SERVICE_FQDN],
+                      "ip_sans": [CLOUD_IP], "server": True, "client": True},
         }
 
     def zone_text(self) -> str:
@@ -322,6 +334,14 @@ class LabTopology:
             f'@           NAPTR 20 50 "s" "SIP+D2T"  "" _sip._tcp\n'
             f"_sip._udp   SRV   0 0 {self.partner_port} ua\n"
             f"_sip._tcp   SRV   0 0 {self.partner_port} ua\n"
+            f"\n"
+            f"$ORIGIN {d}.\n"
+            f"_sips._tcp.mtls SRV 1 10 {MTLS_PORT} edge\n"
+            f"\n"
+            f"$ORIGIN {CLOUD_DOMAIN}.\n"
+            f"l2sip-a     A     {CLOUD_IP}\n"
+            f"_sips._tcp.callservice SRV 5 10 {MTLS_PORT} l2sip-a\n"
+            f"_sips._tcp  SRV   5 10 {self.tls_port} l2sip-a\n"
         )
 
     def dns_records(self) -> list[Record]:
@@ -349,16 +369,28 @@ class LabTopology:
         ``certs`` is the edge entry of :func:`write_lab_pki`'s result
         (``{"cert", "key", "ca"}``)."""
         data = self._common("edge", workdir, certs)
+        data["sip"].update(mtls_enabled=True, mtls_port=MTLS_PORT)
         data["credentials"] = [{"username": self.traversal_username, "password": password}]
         data["zones"] = [
             {"type": "traversal_server", "name": TRAVERSAL_ZONE, "port": self.traversal_port,
              "username": self.traversal_username, "tls_verify_subject_name": self.core_fqdn,
              "keepalive_interval_s": float(self.keepalive_interval_s),
              "probe_retry_count": self.probe_retry_count,
-             "probe_retry_interval_s": float(self.probe_retry_interval_s)},
+             "probe_retry_interval_s": float(self.probe_retry_interval_s),
+             # Plain RTP inside: SRTP from outside is interworked by the edge B2BUA.
+             "media_encryption": "off"},
             {"type": "dns", "name": DNS_ZONE, "default_transport": "udp"},
+            {"type": "dns", "name": HYBRID_ZONE, "default_transport": "tls", "tls_verify_mode": True,
+             "tls_verify_subject_name": CLOUD_SERVICE_FQDN, "inbound_classification": True,
+             "modify_dns_request": True, "dns_request_domain": CLOUD_SERVICE_FQDN,
+             "media_encryption": "on", "preloaded_routes": "accept", "parameter_preservation": True},
         ]
         data["search_rules"] = [
+            {"name": "Hybrid inbound", "priority": 5, "mode": "any_alias", "pattern_type": "prefix",
+             "behaviour": "strip", "source_zone": HYBRID_ZONE, "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
+            {"name": "Hybrid outbound", "priority": 50, "pattern_type": "regex",
+             "pattern": rf".*@.*\.{CLOUD_DOMAIN.replace('.', chr(92) + '.')}", "source_zone": TRAVERSAL_ZONE,
+             "target_zone": HYBRID_ZONE, "progress": "stop"},
             {"name": "Inbound to core", "priority": 10, "pattern_type": "regex",
              "pattern": ".*@%localdomains%", "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
             {"name": "Outbound to DNS", "priority": 100, "pattern_type": "regex",
