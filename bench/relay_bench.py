@@ -23,10 +23,20 @@ min/max.  With an unpaced sender the relay is saturated, so throughput is its
 capacity on one core, and packets it could not take are dropped by the kernel
 at its sockets ("offered" vs "forwarded").
 
+With ``--srtp`` one side of every session uses SRTP (SDES-style fixed key,
+``--srtp-suite``): ``--srtp protect`` (the default for a bare ``--srtp``) puts
+it on side B, so the relay protects every packet (plain RTP in, SRTP out);
+``--srtp unprotect`` puts it on side A, so the sender sends SRTP and the relay
+unprotects (SRTP in, plain RTP out).  SRTP needs a new sequence number per
+packet (libsrtp's replay protection), so in SRTP mode the sender numbers the
+packets per session (distinct SSRCs) and builds, and for ``unprotect``
+protects, each run's packets before the run starts (outside the timing).
+
 Bounded: each run stops after ``--max-run-s`` seconds and the whole benchmark
 after ``--budget-s`` seconds (default 20).
 
     .venv/bin/python bench/relay_bench.py [--sessions 20] [--packets 200000] [--runs 5]
+    .venv/bin/python bench/relay_bench.py --srtp [protect|unprotect]
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import multiprocessing as mp
 import os
 import socket
 import statistics
+import struct
 import sys
 import time
 from pathlib import Path
@@ -48,6 +59,8 @@ from edgeway.media import MediaRelay, PortAllocator  # noqa: E402
 
 RELAY_A, RELAY_B, SENDER_IP, SINK_IP = "127.0.0.101", "127.0.0.102", "127.0.0.103", "127.0.0.104"
 PACKET_SIZE = 172  # G.711 20 ms: 12-byte RTP header + 160 samples
+SRTP_KEY = bytes(range(30))  # master key || salt shared by the relay and the sender
+SRTP_TAG = {"AES_CM_128_HMAC_SHA1_80": 10, "AES_CM_128_HMAC_SHA1_32": 4}
 
 
 def _pin(cpu: int | None) -> None:
@@ -61,7 +74,8 @@ def _pin(cpu: int | None) -> None:
 # ---------------------------------------------------------------------------- relay process
 
 
-def relay_main(conn, n_sessions: int, loop_kind: str, cpu: int | None) -> None:
+def relay_main(conn, n_sessions: int, loop_kind: str, cpu: int | None,
+               srtp: str | None = None, suite: str = "") -> None:
     _pin(cpu)
     if loop_kind == "uvloop":
         import uvloop
@@ -76,6 +90,16 @@ def relay_main(conn, n_sessions: int, loop_kind: str, cpu: int | None) -> None:
     sessions = [
         relay.open_session(a_alloc, b_alloc, label=f"bench-{i}") for i in range(n_sessions)
     ]
+    if srtp is not None:
+        from edgeway.media.srtp import SrtpContext
+
+        for s in sessions:
+            if srtp == "protect":  # B is the SRTP side: protect what goes to B
+                s.set_crypto("b", inbound=None,
+                             outbound=SrtpContext(suite, SRTP_KEY, "outbound"))
+            else:  # A is the SRTP side: unprotect what comes from A
+                s.set_crypto("a", inbound=SrtpContext(suite, SRTP_KEY, "inbound"),
+                             outbound=None)
     conn.send([tuple(s.local("a")) for s in sessions])
     sinks = conn.recv()  # [(ip, rtp_port, rtcp_port)] per session
     for s, (ip, rtp, rtcp) in zip(sessions, sinks):
@@ -106,7 +130,36 @@ def relay_main(conn, n_sessions: int, loop_kind: str, cpu: int | None) -> None:
 # --------------------------------------------------------------------------- sender process
 
 
-def sender_main(conn, targets, n_packets: int, rate: float, max_s: float, cpu: int | None) -> None:
+class _Numbered:
+    """SRTP mode: RTP packets numbered per session (and protected for --srtp
+    unprotect), built ahead of each run."""
+
+    def __init__(self, n_sessions: int, srtp: str, suite: str) -> None:
+        self.seq = [0] * n_sessions
+        self.payload = bytes(PACKET_SIZE - 12)
+        self.ctx = None
+        if srtp == "unprotect":
+            from edgeway.media.srtp import SrtpContext
+
+            self.ctx = SrtpContext(suite, SRTP_KEY, "outbound")
+
+    def build(self, count: int) -> list[bytes]:
+        n = len(self.seq)
+        seq = self.seq
+        out = []
+        protect = self.ctx.protect_rtp if self.ctx is not None else None
+        for i in range(count):
+            k = i % n
+            q = seq[k]
+            seq[k] = q + 1
+            pkt = struct.pack("!BBHII", 0x80, 0, q & 0xFFFF, (q * 160) & 0xFFFFFFFF, 0x1000 + k)
+            pkt += self.payload
+            out.append(protect(pkt) if protect is not None else pkt)
+        return out
+
+
+def sender_main(conn, targets, n_packets: int, rate: float, max_s: float, cpu: int | None,
+                srtp: str | None = None, suite: str = "") -> None:
     _pin(cpu)
     socks = []
     for ip, port, _ in targets:
@@ -118,6 +171,7 @@ def sender_main(conn, targets, n_packets: int, rate: float, max_s: float, cpu: i
     sends = [s.send for s in socks]
     n = len(sends)
     payload = bytes([0x80, 0x00]) + bytes(PACKET_SIZE - 2)
+    numbered = _Numbered(n, srtp, suite) if srtp is not None else None
     conn.send("ready")
     while True:
         cmd = conn.recv()
@@ -125,10 +179,24 @@ def sender_main(conn, targets, n_packets: int, rate: float, max_s: float, cpu: i
             break
         count = n_packets if cmd == "go" else int(cmd[1])
         pace = rate if cmd == "go" else float(cmd[2])
+        pkts = numbered.build(count) if numbered is not None else None
         t0 = time.monotonic()
         deadline = t0 + max_s
         sent = errors = 0
-        if pace <= 0:
+        if pace <= 0 and pkts is not None:
+            i = 0
+            while i < count:
+                chunk = min(count, i + 4096)
+                while i < chunk:
+                    try:
+                        sends[i % n](pkts[i])
+                        sent += 1
+                    except OSError:
+                        errors += 1
+                    i += 1
+                if time.monotonic() > deadline:
+                    break
+        elif pace <= 0:
             i = 0
             while i < count:
                 chunk = min(count, i + 4096)
@@ -151,7 +219,7 @@ def sender_main(conn, targets, n_packets: int, rate: float, max_s: float, cpu: i
                 budget += per_tick
                 while budget >= 1.0 and i < count:
                     try:
-                        sends[i % n](payload)
+                        sends[i % n](payload if pkts is None else pkts[i])
                         sent += 1
                     except OSError:
                         errors += 1
@@ -216,7 +284,7 @@ def one_run(relay_conn, sender_conn, cmd, max_run_s: float, poll_s: float) -> di
     }
 
 
-def sanity_check(relay_conn, sender_conn, sinks, n_sessions: int) -> int:
+def sanity_check(relay_conn, sender_conn, sinks, n_sessions: int, size: int = PACKET_SIZE) -> int:
     """Send a few paced packets per session; count what reaches the sinks."""
     for s in sinks:
         while True:
@@ -232,7 +300,7 @@ def sanity_check(relay_conn, sender_conn, sinks, n_sessions: int) -> int:
     for s in sinks:
         while True:
             try:
-                if len(s.recv(2048)) == PACKET_SIZE:
+                if len(s.recv(2048)) == size:
                     got += 1
             except BlockingIOError:
                 break
@@ -256,6 +324,9 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=20.0)
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--srtp", nargs="?", const="protect", choices=["protect", "unprotect"],
+                    help="SRTP on one side: 'protect' (B is SRTP; default) or 'unprotect' (A is SRTP)")
+    ap.add_argument("--srtp-suite", choices=sorted(SRTP_TAG), default="AES_CM_128_HMAC_SHA1_80")
     args = ap.parse_args()
     t_begin = time.monotonic()
 
@@ -276,7 +347,9 @@ def main() -> int:
 
     relay_conn, relay_child = ctx.Pipe()
     relay_proc = ctx.Process(
-        target=relay_main, args=(relay_child, args.sessions, args.loop, relay_cpu), daemon=True
+        target=relay_main,
+        args=(relay_child, args.sessions, args.loop, relay_cpu, args.srtp, args.srtp_suite),
+        daemon=True,
     )
     relay_proc.start()
     targets = relay_conn.recv()
@@ -286,7 +359,8 @@ def main() -> int:
     sender_conn, sender_child = ctx.Pipe()
     sender_proc = ctx.Process(
         target=sender_main,
-        args=(sender_child, targets, args.packets, args.rate, args.max_run_s, other_cpu),
+        args=(sender_child, targets, args.packets, args.rate, args.max_run_s, other_cpu,
+              args.srtp, args.srtp_suite),
         daemon=True,
     )
     sender_proc.start()
@@ -295,7 +369,8 @@ def main() -> int:
 
     results = []
     try:
-        delivered = sanity_check(relay_conn, sender_conn, sinks, args.sessions)
+        out_size = PACKET_SIZE + (SRTP_TAG[args.srtp_suite] if args.srtp == "protect" else 0)
+        delivered = sanity_check(relay_conn, sender_conn, sinks, args.sessions, out_size)
         expected = 10 * args.sessions
         for r in range(args.runs):
             if time.monotonic() - t_begin > args.budget_s - args.max_run_s - 1:
@@ -322,6 +397,10 @@ def main() -> int:
                           "sanity_expected": expected, "runs": results}, indent=2))
         return 0
     mode = f"paced at {args.rate:.0f} pkt/s" if args.rate > 0 else "unpaced (relay saturated)"
+    if args.srtp == "protect":
+        mode += f", SRTP {args.srtp_suite} on side B (relay protects)"
+    elif args.srtp == "unprotect":
+        mode += f", SRTP {args.srtp_suite} on side A (relay unprotects)"
     print(f"edgeway relay bench: {args.sessions} sessions, {args.packets} x {PACKET_SIZE}-byte "
           f"packets/run, {mode}, loop={args.loop}, pinned={pin}, python {sys.version.split()[0]}")
     print(f"sanity: {delivered}/{expected} paced packets delivered end to end")

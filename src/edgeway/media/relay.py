@@ -27,6 +27,17 @@ drain loop and written back once per wake-up.  Errors (ICMP-induced
 ``ConnectionRefusedError``, a full send buffer, any ``OSError``) are counted and
 never stop the reader or affect other sessions.
 
+SRTP (RFC 3711) interworking: :meth:`RelaySession.set_crypto` gives a side
+SRTP contexts (:class:`edgeway.media.srtp.SrtpContext`, keyed by SDES).
+Datagrams received on that side are unprotected before being forwarded and
+datagrams sent out of that side are protected.  Legs that touch a side with
+crypto are served by a separate reader (:meth:`_Leg.on_readable_srtp`, working
+in place on a second buffer with room for the SRTP trailer); a session without
+crypto keeps the plain reader above, unchanged.  On a side with an inbound
+context, only datagrams that authenticate (or latch probes, which are never
+passed to SRTP) latch the side's address, so an unauthenticated first packet
+cannot capture the media.
+
 Everything here runs on the event loop thread and is not thread-safe.
 
 Units: ports are ``int``; times and timeouts are seconds (``float``); byte
@@ -40,9 +51,12 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .ports import PortAllocator, PortPair
+
+if TYPE_CHECKING:  # the relay never imports pylibsrtp itself
+    from .srtp import SrtpContext
 
 __all__ = [
     "LATCH_PROBE",
@@ -62,6 +76,9 @@ _PROBE_LEN = len(LATCH_PROBE)
 #: Size of the shared receive buffer (bytes): the largest UDP payload fits, so
 #: datagrams are never truncated.
 _BUF_SIZE = 65536
+#: Room after a received datagram in the SRTP buffer: protection adds at most
+#: the SRTCP index, the tag and an MKI (148 bytes, libsrtp's maximum).
+_SRTP_SLACK = 512
 
 Side = Literal["a", "b"]
 Addr = tuple[Any, ...]
@@ -110,11 +127,19 @@ class _Leg:
         "recv_errors",
         "probes_sent",
         "probe_errors",
+        "is_rtcp",
+        "rx",
+        "tx",
+        "sbuf",
+        "smv",
+        "srtp_auth",
+        "srtp_replay",
+        "srtp_errors",
     )
 
     def __init__(
         self, sock: socket.socket, buf: bytearray, mv: memoryview, max_batch: int,
-        latch_only: bool,
+        latch_only: bool, is_rtcp: bool = False,
     ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
@@ -135,6 +160,17 @@ class _Leg:
         self.recv_errors = 0
         self.probes_sent = 0
         self.probe_errors = 0
+        # SRTP: ``rx`` unprotects what this leg receives (this side's inbound
+        # context), ``tx`` protects what is forwarded out of ``peer.sock`` (the
+        # other side's outbound context).
+        self.is_rtcp = is_rtcp
+        self.rx: SrtpContext | None = None
+        self.tx: SrtpContext | None = None
+        self.sbuf: bytearray | None = None
+        self.smv: memoryview | None = None
+        self.srtp_auth = 0
+        self.srtp_replay = 0
+        self.srtp_errors = 0
 
     def update_dest(self) -> None:
         if self.latched is not None:
@@ -145,8 +181,14 @@ class _Leg:
             self.dest = self.sdp
 
     def activity(self) -> int:
-        """Datagrams accepted from the latched source (forwarded or not)."""
+        """Datagrams accepted from the latched source (forwarded or not);
+        datagrams dropped by SRTP are not activity."""
         return self.packets + self.probes + self.drop_nodest + self.send_errors
+
+    @property
+    def srtp(self) -> bool:
+        """Whether this leg is served by :meth:`on_readable_srtp`."""
+        return self.rx is not None or self.tx is not None
 
     def on_readable(self) -> None:
         """Reader callback: drain up to ``max_batch`` datagrams and forward them."""
@@ -198,6 +240,104 @@ class _Leg:
             self.send_errors += senderr
             self.recv_errors += recverr
 
+    def on_readable_srtp(self) -> None:
+        """Reader callback for a leg with SRTP on either end.
+
+        Like :meth:`on_readable`, plus: a latch probe is counted (and latches)
+        without touching SRTP; anything else is unprotected with ``rx`` (if
+        set) *before* it can latch, then protected with ``tx`` (if set) and
+        forwarded.  SRTP failures drop the datagram and are counted
+        (authentication, replay, other); they never raise out of the reader.
+        On an RTP leg, RTCP multiplexed on the RTP port (RFC 5761 §4: second
+        byte 192-223) is treated as RTCP.
+        """
+        recv_into = self.sock.recvfrom_into
+        buf = self.sbuf
+        mv = self.smv
+        peer = self.peer
+        sendto = peer.sock.sendto
+        dest = peer.dest
+        latched = self.latched
+        rx = self.rx
+        tx = self.tx
+        is_rtcp = self.is_rtcp
+        packets = nbytes = 0
+        probes = foreign = nodest = senderr = recverr = 0
+        auth = replay = srtperr = 0
+        for _ in range(self.max_batch):
+            try:
+                n, src = recv_into(buf, _BUF_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                recverr += 1
+                continue
+            if src != latched and latched is not None:
+                foreign += 1
+                continue
+            if n == _PROBE_LEN and buf[:n] == LATCH_PROBE:
+                if latched is None:
+                    latched = src
+                    self.latched = src
+                    self.update_dest()
+                probes += 1
+                continue
+            rtcp = is_rtcp or (n > 1 and 192 <= buf[1] <= 223)
+            if rx is not None:
+                try:
+                    n = rx.apply_rtcp(buf, n) if rtcp else rx.apply_rtp(buf, n)
+                except Exception as exc:  # SrtpError, or anything unexpected
+                    kind = getattr(exc, "kind", "error")
+                    if kind == "auth":
+                        auth += 1
+                    elif kind == "replay":
+                        replay += 1
+                    else:
+                        srtperr += 1
+                    continue
+            if latched is None:
+                latched = src
+                self.latched = src
+                self.update_dest()
+            if dest is None:
+                nodest += 1
+                continue
+            if tx is not None:
+                try:
+                    n = tx.apply_rtcp(buf, n) if rtcp else tx.apply_rtp(buf, n)
+                except Exception as exc:
+                    if getattr(exc, "kind", "error") == "replay":
+                        replay += 1  # e.g. a duplicated packet from the plain side
+                    else:
+                        srtperr += 1
+                    continue
+            try:
+                sendto(mv[:n], dest)
+            except OSError:
+                senderr += 1
+                continue
+            packets += 1
+            nbytes += n
+        if packets:
+            self.packets += packets
+            self.bytes += nbytes
+        if probes or foreign or nodest or senderr or recverr:
+            self.probes += probes
+            self.drop_foreign += foreign
+            self.drop_nodest += nodest
+            self.send_errors += senderr
+            self.recv_errors += recverr
+        if auth or replay or srtperr:
+            self.srtp_auth += auth
+            self.srtp_replay += replay
+            self.srtp_errors += srtperr
+
+
+def _ctx_info(ctx: SrtpContext | None) -> str | None:
+    if ctx is None:
+        return None
+    return ctx.suite + (" UNENCRYPTED_SRTCP" if ctx.unencrypted_srtcp else "")
+
 
 def _check_side(side: str) -> Side:
     if side not in ("a", "b"):
@@ -245,9 +385,9 @@ class RelaySession:
         self._pairs = {"a": a_pair, "b": b_pair}
         buf, mv, mb = relay._buf, relay._mv, relay.max_batch
         self._a_rtp = _Leg(a_pair.rtp_sock, buf, mv, mb, a_latch_only)
-        self._a_rtcp = _Leg(a_pair.rtcp_sock, buf, mv, mb, a_latch_only)
+        self._a_rtcp = _Leg(a_pair.rtcp_sock, buf, mv, mb, a_latch_only, is_rtcp=True)
         self._b_rtp = _Leg(b_pair.rtp_sock, buf, mv, mb, b_latch_only)
-        self._b_rtcp = _Leg(b_pair.rtcp_sock, buf, mv, mb, b_latch_only)
+        self._b_rtcp = _Leg(b_pair.rtcp_sock, buf, mv, mb, b_latch_only, is_rtcp=True)
         self._a_rtp.peer, self._b_rtp.peer = self._b_rtp, self._a_rtp
         self._a_rtcp.peer, self._b_rtcp.peer = self._b_rtcp, self._a_rtcp
         self._legs = {
@@ -255,6 +395,10 @@ class RelaySession:
             "b": (self._b_rtp, self._b_rtcp),
         }
         self._readers: list[int] = []
+        self._crypto: dict[str, tuple[SrtpContext | None, SrtpContext | None]] = {
+            "a": (None, None),
+            "b": (None, None),
+        }
         self._probing: dict[str, asyncio.TimerHandle] = {}
         # Inactivity bookkeeping (maintained by the relay's sweep).
         self._last_activity = self.created_at
@@ -343,6 +487,62 @@ class RelaySession:
             leg.latched = None
             leg.update_dest()
 
+    # -- SRTP ------------------------------------------------------------------------
+
+    def set_crypto(
+        self,
+        side: Side,
+        *,
+        inbound: SrtpContext | None,
+        outbound: SrtpContext | None,
+    ) -> None:
+        """Use SRTP toward ``side`` (or stop, with both None).
+
+        Args:
+            side: ``"a"`` or ``"b"``.
+            inbound: context (direction ``"inbound"``, keyed with the party's
+                SDES key) that unprotects SRTP/SRTCP received from ``side``;
+                None to forward what ``side`` sends as it is.
+            outbound: context (direction ``"outbound"``, keyed with the key we
+                gave the party) that protects what is sent to ``side``; None
+                to send plain.
+
+        Replaces earlier contexts of that side (a new context starts with a
+        fresh rollover counter and replay window: keep the old one across a
+        re-INVITE that keeps the keys).  Failures to unprotect drop the
+        datagram and count as ``srtp_auth_failures`` / ``srtp_replay_drops``
+        / ``srtp_errors`` in the direction *from* ``side``; failures to protect
+        (e.g. a duplicated or malformed packet from the other party) count in
+        the direction *toward* ``side``.  Latch probes are never passed to
+        SRTP.  No-op on a closed session.  Raises ``ValueError`` when a
+        context has the wrong direction.
+        """
+        side = _check_side(side)
+        if inbound is not None and inbound.direction != "inbound":
+            raise ValueError("inbound context must have direction 'inbound'")
+        if outbound is not None and outbound.direction != "outbound":
+            raise ValueError("outbound context must have direction 'outbound'")
+        if self.closed:
+            return
+        other: Side = "b" if side == "a" else "a"
+        before = {leg: leg.srtp for pair in self._legs.values() for leg in pair}
+        for leg in self._legs[side]:
+            leg.rx = inbound
+        for leg in self._legs[other]:
+            leg.tx = outbound
+        self._crypto[side] = (inbound, outbound)
+        for leg, was in before.items():
+            if leg.srtp:
+                leg.sbuf, leg.smv = self._relay._srtp_buffer()
+            if leg.srtp != was and leg.fd in self._readers:
+                cb = leg.on_readable_srtp if leg.srtp else leg.on_readable
+                self._loop.remove_reader(leg.fd)
+                self._loop.add_reader(leg.fd, cb)
+
+    def crypto(self, side: Side) -> tuple[SrtpContext | None, SrtpContext | None]:
+        """``(inbound, outbound)`` contexts of ``side`` (None when plain)."""
+        return self._crypto[_check_side(side)]
+
     # -- latch probes ----------------------------------------------------------
 
     def send_latch_probe(self, side: Side) -> int:
@@ -424,17 +624,23 @@ class RelaySession:
         foreign = rtp.drop_foreign + rtcp.drop_foreign
         nodest = rtp.drop_nodest + rtcp.drop_nodest
         senderr = rtp.send_errors + rtcp.send_errors
+        auth = rtp.srtp_auth + rtcp.srtp_auth
+        replay = rtp.srtp_replay + rtcp.srtp_replay
+        srtperr = rtp.srtp_errors + rtcp.srtp_errors
         return {
             "rtp_packets": rtp.packets,
             "rtp_bytes": rtp.bytes,
             "rtcp_packets": rtcp.packets,
             "rtcp_bytes": rtcp.bytes,
             "probes_received": rtp.probes + rtcp.probes,
-            "dropped": foreign + nodest + senderr,
+            "dropped": foreign + nodest + senderr + auth + replay + srtperr,
             "dropped_foreign_source": foreign,
             "dropped_no_destination": nodest,
             "send_errors": senderr,
             "recv_errors": rtp.recv_errors + rtcp.recv_errors,
+            "srtp_auth_failures": auth,
+            "srtp_replay_drops": replay,
+            "srtp_errors": srtperr,
         }
 
     def _side_info(self, side: Side) -> dict[str, Any]:
@@ -448,6 +654,8 @@ class RelaySession:
             "latched_rtcp": _host_port(rtcp.latched),
             "probes_sent": rtp.probes_sent + rtcp.probes_sent,
             "probe_errors": rtp.probe_errors + rtcp.probe_errors,
+            "srtp_inbound": _ctx_info(self._crypto[side][0]),
+            "srtp_outbound": _ctx_info(self._crypto[side][1]),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -457,10 +665,14 @@ class RelaySession:
         ``idle_s`` (seconds since activity was last seen by the inactivity
         sweep), ``a``/``b`` (local address ``(ip, rtp_port, rtcp_port)``,
         ``latch_only``, SDP and latched ``(ip, port)`` per RTP/RTCP,
-        ``probes_sent``), ``a_to_b``/``b_to_a`` (``rtp_packets``,
-        ``rtp_bytes``, ``rtcp_packets``, ``rtcp_bytes``, ``probes_received``,
-        ``dropped`` = foreign-source + no-destination + send errors, each also
-        given separately, and ``recv_errors``) and ``dropped`` (both
+        ``probes_sent``, ``srtp_inbound``/``srtp_outbound``: the SRTP suite in
+        use (with `` UNENCRYPTED_SRTCP`` appended when so) or None),
+        ``a_to_b``/``b_to_a`` (``rtp_packets``, ``rtp_bytes``,
+        ``rtcp_packets``, ``rtcp_bytes`` (bytes as sent, i.e. after SRTP
+        protection/unprotection), ``probes_received``, ``dropped`` =
+        foreign-source + no-destination + send errors + SRTP drops, each also
+        given separately (``srtp_auth_failures``, ``srtp_replay_drops``,
+        ``srtp_errors``), and ``recv_errors``) and ``dropped`` (both
         directions).
         """
         now = self._loop.time()
@@ -500,6 +712,8 @@ class RelaySession:
             except Exception:  # loop already closed: nothing to unregister
                 pass
         self._readers.clear()
+        for leg in (self._a_rtp, self._a_rtcp, self._b_rtp, self._b_rtcp):
+            leg.rx = leg.tx = None
         for side in ("a", "b"):
             self._allocs[side].release(self._pairs[side])
         self._relay._forget(self)
@@ -550,6 +764,8 @@ class MediaRelay:
         self.max_batch = max_batch
         self._buf = bytearray(_BUF_SIZE)
         self._mv = memoryview(self._buf)
+        self._sbuf: bytearray | None = None  # SRTP buffer, made on first use
+        self._smv: memoryview | None = None
         self._sessions: dict[int, RelaySession] = {}
         self._next_id = 1
         self._sweep_handle: asyncio.TimerHandle | None = None
@@ -619,6 +835,14 @@ class MediaRelay:
             self._sweep_handle = self.loop.call_later(self._sweep_interval, self._sweep)
         return session
 
+    def _srtp_buffer(self) -> tuple[bytearray, memoryview]:
+        """The buffer SRTP legs receive into: ``_BUF_SIZE`` plus room for the
+        trailer that protection appends (never resized once made)."""
+        if self._sbuf is None or self._smv is None:
+            self._sbuf = bytearray(_BUF_SIZE + _SRTP_SLACK)
+            self._smv = memoryview(self._sbuf)
+        return self._sbuf, self._smv
+
     def _forget(self, session: RelaySession) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
@@ -655,6 +879,7 @@ class MediaRelay:
                 packets += leg.packets
                 bytes_ += leg.bytes
                 dropped += leg.drop_foreign + leg.drop_nodest + leg.send_errors
+                dropped += leg.srtp_auth + leg.srtp_replay + leg.srtp_errors
         t = self._closed_totals
         return {
             "open_sessions": len(self._sessions),

@@ -21,8 +21,11 @@ from ..config.models import NodeConfig
 from ..diag.events import EventLog
 from ..media.ports import PortAllocator, PortsExhausted
 from ..media.relay import MediaRelay, RelaySession
+from ..media.srtp import UNENCRYPTED_SRTCP_SUPPORTED, SrtpContext, SrtpError
+from ..sip import sdes
 from ..sip import sdp as sdpmod
 from ..sip.message import Request, Response
+from ..sip.sdes import CryptoAttribute, SdesError
 
 __all__ = ["MediaAnchor", "CallMedia"]
 
@@ -32,15 +35,39 @@ PROBE_COUNT = 10
 
 
 @dataclass
+class StreamCrypto:
+    """SDES interworking state of one ``m=`` line (RFC 4568 offer/answer).
+
+    ``kind`` "encrypt": the offer was plain RTP and we offered SRTP (``offered``,
+    our keys) toward ``srtp_side``; "decrypt": the offer from ``srtp_side`` was SRTP
+    (``offered``, their keys) and we passed plain RTP on. ``answer`` keeps the SDES
+    line we answered with (decrypt) so a repeated answer (183 then 200) is rewritten
+    the same way without re-keying; ``done`` is set once the relay has its keys."""
+
+    kind: str
+    srtp_side: str
+    offered: list[CryptoAttribute]
+    answer: CryptoAttribute | None = None
+    done: bool = False
+
+
+@dataclass
 class CallMedia:
-    """Media state of one call: the A-side From tag, the zones of both sides and
-    one relay session per ``m=`` line (None for a rejected stream)."""
+    """Media state of one call: the A-side From tag, the zones of both sides, one
+    relay session per ``m=`` line (None for a rejected stream) and the SDES
+    interworking state per ``m=`` line (None when SDP passes as offered)."""
 
     call_id: str
     a_tag: str | None
     a_zone: str
     b_zone: str
     sessions: list[RelaySession | None] = field(default_factory=list)
+    crypto: dict[int, StreamCrypto] = field(default_factory=dict)
+
+
+def state_offerer(state: StreamCrypto) -> str:
+    """The side ("a"/"b") that sent the offer a :class:`StreamCrypto` was made from."""
+    return ("b" if state.srtp_side == "a" else "a") if state.kind == "encrypt" else state.srtp_side
 
 
 class MediaAnchor:
@@ -59,6 +86,7 @@ class MediaAnchor:
         self.address = m.advertise_ip or m.ip or cfg.sip.listen_ip
         self.calls: dict[str, CallMedia] = {}
         self.zone_types = {z.name: z.type for z in cfg.zones}
+        self.zone_modes = {z.name: z.media_encryption for z in cfg.zones}
 
     def _is_traversal(self, zone: str) -> bool:
         return self.zone_types.get(zone) in ("traversal_server", "traversal_client")
@@ -118,8 +146,67 @@ class MediaAnchor:
                 if self.cfg.role == "core" and self._is_traversal(zone) and ip not in ("0.0.0.0", "::"):
                     sess.start_probing(source, PROBE_INTERVAL_S, PROBE_COUNT)
             ports.append(sess.local(toward).rtp_port)
+            try:
+                self._interwork(call, i, m, sess, source, toward)
+            except (SdesError, SrtpError) as exc:
+                self.events.emit("srtp interworking failed", call_id=call.call_id, stream=i, error=str(exc))
         new = sdpmod.rewrite_for_relay(desc, self.address, ports)
         msg.body = new.to_bytes()
+
+    # -- SRTP <-> RTP (the edge B2BUA's media part, issue 3 item 4) -------------------
+    def mode(self, zone: str) -> str:
+        """Media encryption mode of a zone: off / on / force / auto (built-ins: auto)."""
+        return self.zone_modes.get(zone, "auto")
+
+    def interworking(self, call: CallMedia) -> bool:
+        """True when the two sides' zones have different encryption modes (the edge
+        then acts as a B2BUA for the call)."""
+        return self.mode(call.a_zone) != self.mode(call.b_zone)
+
+    def _interwork(self, call: CallMedia, i: int, m, sess: RelaySession, source: str, toward: str) -> None:
+        """Rewrite one ``m=`` line between SRTP (SDES) and RTP when the zone modes ask
+        for it, and key the relay once the answer is known."""
+        state = call.crypto.get(i)
+        if state is not None and source != state_offerer(state):
+            # The answer (or a repeated one: 183 then 200) from the side we offered to.
+            if state.kind == "encrypt":
+                # SRTP answer to our SRTP offer: key the relay, pass plain RTP on.
+                ours, theirs = sdes.accept_answer(state.offered, sdes.crypto_attributes(m, strict=True))
+                if not state.done:
+                    sess.set_crypto(source, inbound=SrtpContext.from_crypto(theirs, "inbound"),
+                                    outbound=SrtpContext.from_crypto(ours, "outbound"))
+                    state.done = True
+                    self.events.emit("srtp keyed", call_id=call.call_id, stream=i, side=source, suite=ours.suite, tag=ours.tag)
+                sdes.to_avp(m)
+            else:
+                # Plain answer to an SRTP offer we decrypt: answer SDES ourselves.
+                if state.answer is None:
+                    chosen = sdes.choose_answer(state.offered, allow_unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED)
+                    if chosen is None:
+                        raise SdesError("no usable a=crypto in the offer")
+                    theirs, ours = chosen
+                    state.answer = ours
+                    sess.set_crypto(toward, inbound=SrtpContext.from_crypto(theirs, "inbound"),
+                                    outbound=SrtpContext.from_crypto(ours, "outbound"))
+                    state.done = True
+                    self.events.emit("srtp keyed", call_id=call.call_id, stream=i, side=toward, suite=ours.suite, tag=ours.tag)
+                sdes.to_savp(m, [state.answer])
+            return
+        # An offer (initial or re-INVITE).
+        if m.proto not in ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"):
+            return
+        want = self.mode(call.a_zone if toward == "a" else call.b_zone)
+        srtp_in = sdes.is_savp(m)
+        if not srtp_in and want in ("on", "force"):
+            offered = sdes.make_offer()
+            sdes.to_savp(m, offered)
+            call.crypto[i] = StreamCrypto("encrypt", toward, offered)
+        elif srtp_in and want == "off":
+            offered = sdes.crypto_attributes(m)
+            sdes.to_avp(m)
+            call.crypto[i] = StreamCrypto("decrypt", source, offered)
+        else:
+            call.crypto.pop(i, None)
 
     def _edge_latch(self, zone: str) -> bool:
         return self.cfg.role == "edge" and self._is_traversal(zone)
