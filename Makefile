@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEB_TEST_PEERS := sip-tester
-DEB_TEST_BINS := sipp
+DEB_TEST_PEERS := sip-tester kamailio kamailio-tls-modules baresip openssl
+DEB_TEST_BINS := sipp kamailio baresip openssl
 
 .PHONY: lab lab-up test venv debdeps bench clean
 
@@ -20,6 +20,7 @@ venv: $(STAMP)
 # Debian test peers (SIPp, ...): installed with apt-get when running as root and missing.
 debdeps:
 	@missing=""; for b in $(DEB_TEST_BINS); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || missing="$$missing kamailio-tls"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
 	    echo "installing Debian test peers: $(DEB_TEST_PEERS)"; \
