@@ -91,6 +91,7 @@ async def _srtp_peer(sock: socket.socket, seen: dict) -> None:
             break
         req = parse_message(data)
         if getattr(req, "method", None) == "BYE":
+            seen["bye"] = req
             rh = Headers()
             for v in req.headers.get_all("Via"):
                 rh.add("Via", v)
@@ -112,8 +113,9 @@ def test_rtp_inside_srtp_toward_the_cloud(tmp_path) -> None:
         seen: dict = {}
         try:
             peer = asyncio.create_task(_srtp_peer(sip, seen))
-            result = await alice.call("sip:svc@cloud.test", proxy=(NODE, 5060, "udp"), from_user="alice",
-                                      media_seconds=1.0, timeout_s=10)
+            result = await alice.call("sip:svc@cloud.test;call-type=squared", proxy=(NODE, 5060, "udp"), from_user="alice",
+                                      media_seconds=1.0, timeout_s=10,
+                                      extra_headers=[("X-TAATag", "3f1c"), ("Session-ID", "ab" * 16 + ";remote=" + "0" * 32)])
             await asyncio.wait_for(peer, 10)
             seen["result"] = result
         finally:
@@ -130,5 +132,32 @@ def test_rtp_inside_srtp_toward_the_cloud(tmp_path) -> None:
         (3, "AES_CM_128_HMAC_SHA1_32", False), (4, "AES_CM_128_HMAC_SHA1_32", True)]
     result = seen["result"]
     assert result.status == 200
+    inv = seen["invite"]
+    # B2BUA signalling: Call-ID and unknown headers kept, Contact ours, session timers asked for,
+    # Request-URI parameters dropped (parameter preservation is off on these zones).
+    assert inv.call_id == result.call_id
+    assert inv.headers.get("X-TAATag") == "3f1c" and inv.headers.get("Session-ID").startswith("ab" * 16)
+    contact = inv.headers.get("Contact")
+    assert contact.startswith(f"<sip:b2b-") and f"@{NODE}:5060;transport=udp>" in contact, contact
+    assert inv.headers.get("Session-Expires") == "1800;refresher=uac" and inv.headers.get("Min-SE") == "500"
+    assert inv.uri == "sip:svc@cloud.test"
+    # The BYE alice sent to our Contact reached the cloud's real Contact.
+    assert seen["bye"].uri == f"sip:svc@{CLOUD}:5060"
     assert result.rtp_received >= 40, result  # the cloud's SRTP arrived at alice as plain RTP
     assert seen["decrypted"] >= 10, seen["decrypted"]  # alice's RTP arrived at the cloud as SRTP
+
+
+def test_contact_rewrite_and_parameter_preservation() -> None:
+    """Seed 003 §7.3: with preservation on the Contact keeps ``call-type=squared``;
+    with it off the parameter is gone; either way the Contact is ours."""
+    from edgeway.proxy import b2bua
+    from edgeway.sip.message import Request
+
+    for preserve in (True, False):
+        req = Request("INVITE", "sip:bob@corp.test")
+        req.headers.add("Contact", '"l2sip-UA" <sip:l2sip-UA@l2sip-cfa-01.wbx2.com:5062;transport=tls>;call-type=squared')
+        token, original = b2bua.rewrite_contact(req, "192.0.2.6:5073", "tls", preserve=preserve)
+        assert original == "sip:l2sip-UA@l2sip-cfa-01.wbx2.com:5062;transport=tls"
+        contact = req.headers.get("Contact")
+        assert contact.startswith(f'"l2sip-UA" <sip:b2b-{token}@192.0.2.6:5073;transport=tls>')
+        assert contact.endswith(";call-type=squared") is preserve

@@ -41,6 +41,7 @@ from ..sip.message import (
 from ..sip.uri import Uri, UriError, format_params, parse_name_addr, parse_uri
 from ..transport.layer import Connection, Source, TransportError, TransportLayer
 from .checks import check_request, loop_hash, response_next_hop_forbidden
+from . import b2bua
 from .media import MediaAnchor
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class Proxy:
         self.server_table = tx.TransactionTable()
         self.clients: dict[tuple, _ClientTxn] = {}
         self.local_waiters: dict[str, asyncio.Future] = {}
+        #: B2BUA Contact tokens → the real Contact URI (str), and the tokens per Call-ID.
+        self.b2b_contacts: dict[str, str] = {}
+        self.b2b_calls: dict[str, list[str]] = {}
         self.local_request_handlers: dict[str, object] = {}
         self._branch_ids = itertools.count(1)
         self._tasks: set[asyncio.Task] = set()
@@ -160,7 +164,9 @@ class Proxy:
         """True when ``uri`` names this node (one of its addresses and ports)."""
         if not uri.is_sip:
             return False
-        if uri.host not in (self.cfg.sip.listen_ip, self.cfg.sip.public_ip):
+        if uri.host not in (self.cfg.sip.listen_ip, self.cfg.sip.public_ip) and not (
+            self.cfg.sip.hostname and uri.host.lower() == self.cfg.sip.hostname.lower()
+        ):
             return False
         if uri.port is None or uri.port in self.our_ports():
             return True
@@ -379,6 +385,7 @@ class Proxy:
         req, src = st.req, st.src
         ingress = self.classify(src)
         self._tag_ingress(req, ingress)
+        self._b2bua_restore(req)
         try:
             routes = self._route_processing(req)
         except (UriError, ParseError) as exc:
@@ -555,6 +562,8 @@ class Proxy:
             return
         if final.status >= 300:
             self.media.release_call(st.req.call_id, "final-response")
+            if st.req.to_tag is None:
+                self.forget_call(st.req.call_id)
             if st.req.method == "INVITE":
                 self.events.emit("call rejected", call_id=st.req.call_id, status=final.status, reason=final.reason)
                 self.stats["calls_rejected"] += 1
@@ -579,19 +588,79 @@ class Proxy:
         via = Via(hop.transport.upper(), ip, port, {"branch": branch, "rport": None, "egress-zone": zone_token(hop.zone)})
         fwd.headers.add("Via", str(via), first=True)
         if req.method in ("INVITE", "SUBSCRIBE", "REFER") and req.to_tag is None and src is not None:
-            in_addr = self._ingress_rr(src)
-            out_addr = f"sip:{ip}:{port};transport={hop.transport};lr"
+            in_addr = self._ingress_rr(src, ingress)
+            out_addr = f"sip:{self._rr_host(hop.zone, ip)}:{port};transport={hop.transport};lr"
             if in_addr != out_addr:
                 fwd.headers.add("Record-Route", f"<{in_addr}>", first=True)
             fwd.headers.add("Record-Route", f"<{out_addr}>", first=True)
         return fwd, branch
 
-    def _ingress_rr(self, src: Source) -> str:
+    # ------------------------------------------------------------------ B2BUA
+    def _b2b_call(self, msg) -> object | None:
+        call = self.media.calls.get(msg.call_id)
+        return call if call is not None and self.media.interworking(call) else None
+
+    def _preserve(self, call) -> bool:
+        za, zb = self.zone_names.get(call.a_zone), self.zone_names.get(call.b_zone)
+        return bool(za and za.parameter_preservation and zb and zb.parameter_preservation)
+
+    def _b2b_remember(self, call_id: str, got) -> None:
+        if got is not None:
+            token, original = got
+            self.b2b_contacts[token] = original
+            self.b2b_calls.setdefault(call_id, []).append(token)
+
+    def _b2bua_request(self, fwd: Request, hop: Hop, conn: Connection | None) -> None:
+        """Contact, Request-URI parameters and session timers of a request leaving
+        through the B2BUA (only for calls whose zones' encryption modes differ)."""
+        call = self._b2b_call(fwd)
+        if call is None or fwd.method in ("ACK", "CANCEL", "BYE"):
+            return
+        ip, port = self.egress_address(hop, conn)
+        preserve = self._preserve(call)
+        self._b2b_remember(fwd.call_id, b2bua.rewrite_contact(fwd, f"{ip}:{port}", hop.transport, preserve=preserve))
+        if fwd.method == "INVITE" and fwd.to_tag is None:
+            if not preserve:
+                b2bua.strip_ruri_params(fwd)
+            b2bua.add_session_timer(fwd)
+
+    def _b2bua_response(self, up: Response, st: "_ServerTxn") -> None:
+        call = self._b2b_call(up)
+        if call is None or up.status < 101 or st.req.method not in ("INVITE", "UPDATE", "SUBSCRIBE"):
+            return
+        src = st.src
+        ip, port = (src.conn.local if src.conn is not None and src.conn.listener == "traversal" else (src.local_ip, src.local_port))
+        self._b2b_remember(up.call_id, b2bua.rewrite_contact(up, f"{ip}:{port}", src.transport, preserve=self._preserve(call)))
+
+    def _b2bua_restore(self, req: Request) -> None:
+        """An in-dialog request sent to a B2BUA Contact of ours goes to the real Contact."""
+        try:
+            uri = req.ruri
+        except UriError:
+            return
+        token = b2bua.contact_token(uri.user)
+        if token is not None and self.is_ours(uri) and token in self.b2b_contacts:
+            req.uri = self.b2b_contacts[token]
+
+    def forget_call(self, call_id: str) -> None:
+        """Drop per-call proxy state (B2BUA Contact tokens) at the end of a call."""
+        for token in self.b2b_calls.pop(call_id, []):
+            self.b2b_contacts.pop(token, None)
+
+    def _rr_host(self, zone: str, ip: str) -> str:
+        """Our address in a Record-Route toward ``zone``: the IP, or ``sip.hostname``
+        when the zone's Record-Route address type is hostname (seed 003 §7.2)."""
+        z = self.zone_names.get(zone)
+        if z is not None and z.record_route_address_type == "hostname" and self.cfg.sip.hostname:
+            return self.cfg.sip.hostname
+        return ip
+
+    def _ingress_rr(self, src: Source, zone: str = "DefaultZone") -> str:
         if src.conn is not None and src.conn.listener == "traversal":
             ip, port = src.conn.local
         else:
             ip, port = src.local_ip, src.local_port
-        return f"sip:{ip}:{port};transport={src.transport};lr"
+        return f"sip:{self._rr_host(zone, ip)}:{port};transport={src.transport};lr"
 
     async def _connection_for(self, hop: Hop) -> Connection | None:
         if hop.transport == "udp":
@@ -637,6 +706,7 @@ class Proxy:
             self.media.rewrite_message(fwd)
         except Exception as exc:  # noqa: BLE001 - SDP trouble must not lose the call
             self.events.emit("sdp rewrite failed", call_id=req.call_id, error=str(exc))
+        self._b2bua_request(fwd, hop, conn)
         done: asyncio.Future = asyncio.get_running_loop().create_future()
 
         def on_response(resp: Response) -> None:
@@ -701,6 +771,7 @@ class Proxy:
                 self.media.rewrite_message(up)
             except Exception as exc:  # noqa: BLE001
                 self.events.emit("sdp rewrite failed", call_id=resp.call_id, error=str(exc))
+        self._b2bua_response(up, st)
         if resp.status < 200:
             ct.provisional = True
             if st.cancelled and not ct.cancel_sent:
@@ -716,6 +787,7 @@ class Proxy:
                 self.send_upstream(st, up)
             if st.req.method == "BYE":
                 self.media.release_call(resp.call_id, "bye")
+                self.forget_call(resp.call_id)
                 self.events.emit("call disconnected", call_id=resp.call_id, reason="bye")
             if not done.done():
                 done.set_result(None)
@@ -754,6 +826,7 @@ class Proxy:
             # has run out of hops is dropped; it used to go out with "Max-Forwards: -1".
             self.events.emit("ack dropped", call_id=req.call_id, reason="Max-Forwards 0")
             return
+        self._b2bua_restore(req)
         try:
             routes = self._route_processing(req)
             target = parse_uri(routes[0]) if routes else req.ruri
