@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from udputil import addr_of, nothing_on, recv, udp_sockets
 from edgeway.media import (
     LATCH_PROBE,
     MediaRelay,
@@ -64,52 +65,8 @@ def can_bind(ip: str, port: int) -> bool:
 
 @pytest.fixture
 def udp() -> Iterator[Callable[..., socket.socket]]:
-    """Factory of non-blocking UDP sockets bound on loopback; all closed at teardown."""
-    opened: list[socket.socket] = []
-
-    def make(ip: str = PARTY_A, port: int = 0) -> socket.socket:
-        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        s = socket.socket(fam, socket.SOCK_DGRAM)
-        opened.append(s)
-        s.setblocking(False)
-        s.bind((ip, port))
-        return s
-
-    yield make
-    for s in opened:
-        s.close()
-
-
-async def recv(sock: socket.socket, timeout: float = 1.0) -> tuple[bytes, tuple]:
-    """Await one datagram on a non-blocking socket (works with any loop)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future = loop.create_future()
-
-    def on_readable() -> None:
-        if fut.done():
-            return
-        try:
-            fut.set_result(sock.recvfrom(65536))
-        except BlockingIOError:
-            pass
-
-    loop.add_reader(sock.fileno(), on_readable)
-    try:
-        return await asyncio.wait_for(fut, timeout)
-    finally:
-        loop.remove_reader(sock.fileno())
-
-
-async def nothing_on(*socks: socket.socket, wait: float = 0.15) -> None:
-    await asyncio.sleep(wait)
-    for s in socks:
-        with pytest.raises(BlockingIOError):
-            s.recvfrom(65536)
-
-
-def addr_of(sock: socket.socket) -> tuple[str, int]:
-    host, port = sock.getsockname()[:2]
-    return host, port
+    with udp_sockets(PARTY_A) as make:
+        yield make
 
 
 # --------------------------------------------------------------------------------------

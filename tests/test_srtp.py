@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pylibsrtp
 import pytest
 
+from udputil import addr_of as addr, nothing_on, recv, udp_sockets
 from edgeway.media import LATCH_PROBE, MediaRelay, PortAllocator
 from edgeway.media import srtp as srtp_mod
 from edgeway.media.srtp import (
@@ -455,48 +456,8 @@ def port_range(n_pairs: int) -> tuple[int, int]:
 
 @pytest.fixture
 def udp() -> Iterator[Callable[..., socket.socket]]:
-    opened: list[socket.socket] = []
-
-    def make(ip: str = PARTY_A, port: int = 0) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        opened.append(s)
-        s.setblocking(False)
-        s.bind((ip, port))
-        return s
-
-    yield make
-    for s in opened:
-        s.close()
-
-
-async def recv(sock: socket.socket, timeout: float = 1.0) -> tuple[bytes, tuple]:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future = loop.create_future()
-
-    def on_readable() -> None:
-        if fut.done():
-            return
-        try:
-            fut.set_result(sock.recvfrom(65536))
-        except BlockingIOError:
-            pass
-
-    loop.add_reader(sock.fileno(), on_readable)
-    try:
-        return await asyncio.wait_for(fut, timeout)
-    finally:
-        loop.remove_reader(sock.fileno())
-
-
-async def nothing_on(*socks: socket.socket, wait: float = 0.15) -> None:
-    await asyncio.sleep(wait)
-    for s in socks:
-        with pytest.raises(BlockingIOError):
-            s.recvfrom(65536)
-
-
-def addr(sock: socket.socket) -> tuple[str, int]:
-    return sock.getsockname()[:2]
+    with udp_sockets(PARTY_A) as make:
+        yield make
 
 
 class SrtpEndpoint:
