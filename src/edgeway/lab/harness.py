@@ -128,3 +128,315 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---- baresip as a headless test peer -----------------------------------------------------------
+
+#: Where Debian's baresip keeps its modules.
+BARESIP_MODULES = Path("/usr/lib/baresip/modules")
+
+
+def baresip_available() -> bool:
+    """Whether Debian's ``baresip`` and the modules :class:`Baresip` loads are installed."""
+    return shutil.which("baresip") is not None and all(
+        (BARESIP_MODULES / f"{m}.so").exists() for m in Baresip.MODULES + Baresip.APP_MODULES
+    )
+
+
+class Baresip:
+    """baresip (1.0, Debian) as a headless SIP UA in its own config directory, driven
+    over its ``ctrl_tcp`` JSON/netstring interface.
+
+    No sound card is needed: the microphone is ``ausine`` (a 48 kHz stereo sine,
+    resampled by baresip) and the speaker ``aubridge`` (an in-process bridge whose
+    unconnected device discards what it is given). No ``stdio`` UI (it needs a
+    terminal). :meth:`write_config` writes ``config``, ``accounts`` and an empty
+    ``contacts`` into ``confdir``; :meth:`start` runs ``baresip -f confdir -t
+    max_seconds`` in its own session (``-t`` makes baresip quit by itself even if
+    this process dies), output in ``confdir/baresip.out``; :meth:`command` sends a
+    long command (``dial``, ``hangup``, ``quit``, …) and returns the response;
+    :meth:`wait_event` waits for a ``ua`` event (``CALL_ESTABLISHED``, …);
+    :meth:`stop` quits it (SIGINT, then SIGKILL) by PID.
+    """
+
+    MODULES = ["g711", "ausine", "aubridge", "srtp", "rtcpsummary"]
+    APP_MODULES = ["menu", "ctrl_tcp"]
+
+    def __init__(self, confdir: Path, *, account: str, listen: str, ca_file: Path | None = None,
+                 ctrl: tuple[str, int] | None = None, rtp_ports: tuple[int, int] = (41000, 41099),
+                 max_seconds: int = 60, extra_config: dict[str, str] | None = None):
+        self.confdir = Path(confdir)
+        self.account = account
+        self.listen = listen
+        self.ip = listen.rsplit(":", 1)[0]
+        self.ca_file = ca_file
+        self.ctrl = ctrl or (self.ip, 4444)
+        self.rtp_ports = rtp_ports
+        self.max_seconds = max_seconds
+        self.extra_config = extra_config or {}
+        self.proc: subprocess.Popen | None = None
+        self.out = self.confdir / "baresip.out"
+        self.events: list[dict] = []
+        self._responses: list[dict] = []
+        self._sock = None
+        self._buf = b""
+        self._token = 0
+
+    def config_text(self) -> str:
+        lines = {
+            "poll_method": "epoll",
+            "sip_listen": self.listen,
+            **({"sip_cafile": str(self.ca_file)} if self.ca_file else {}),
+            "call_local_timeout": "20",
+            "call_max_calls": "2",
+            "audio_player": "aubridge,edgeway-null",
+            "audio_alert": "aubridge,edgeway-null",
+            "audio_source": "ausine,440",
+            "ausrc_srate": "48000",
+            "ausrc_channels": "2",
+            "audio_buffer": "20-160",
+            "rtp_ports": f"{self.rtp_ports[0]}-{self.rtp_ports[1]}",
+            "rtcp_mux": "no",
+            "jitter_buffer_delay": "1-10",
+            "rtp_stats": "yes",
+            # RTP/SDP on this address, not the host's default interface.
+            "net_interface": self.ip,
+            "module_path": str(BARESIP_MODULES),
+            "ctrl_tcp_listen": f"{self.ctrl[0]}:{self.ctrl[1]}",
+            **self.extra_config,
+        }
+        out = [f"{k}\t\t{v}" for k, v in lines.items()]
+        out += [f"module\t\t{m}.so" for m in self.MODULES]
+        out += ["module_tmp\t\tuuid.so", "module_tmp\t\taccount.so"]
+        out += [f"module_app\t\t{m}.so" for m in self.APP_MODULES]
+        return "\n".join(out) + "\n"
+
+    def write_config(self) -> None:
+        self.confdir.mkdir(parents=True, exist_ok=True)
+        (self.confdir / "config").write_text(self.config_text())
+        (self.confdir / "accounts").write_text(self.account + "\n")
+        (self.confdir / "contacts").write_text("")
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start baresip and connect to its ctrl_tcp port (raises RuntimeError, having
+        stopped it, when it does not come up)."""
+        import socket
+
+        self.write_config()
+        self.proc = subprocess.Popen(
+            ["baresip", "-f", str(self.confdir), "-t", str(self.max_seconds)],
+            stdin=subprocess.DEVNULL, stdout=open(self.out, "w"), stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=self.confdir,
+        )
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                break
+            if "baresip is ready" in self.log():
+                try:
+                    self._sock = socket.create_connection(self.ctrl, timeout=1.0)
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"baresip did not come up:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def _read_messages(self, timeout_s: float) -> None:
+        """Read what arrives within ``timeout_s``; complete netstrings go to
+        ``events`` (``"event": true``) or to the pending command responses."""
+        import socket
+
+        assert self._sock is not None
+        self._sock.settimeout(max(timeout_s, 0.01))
+        try:
+            data = self._sock.recv(65536)
+        except (socket.timeout, BlockingIOError):
+            return
+        if not data:
+            raise RuntimeError(f"baresip closed its ctrl_tcp connection:\n{self.log()[-2000:]}")
+        self._buf += data
+        while True:
+            head, sep, rest = self._buf.partition(b":")
+            if not sep or not head.isdigit():
+                return
+            n = int(head)
+            if len(rest) < n + 1:
+                return
+            msg = json.loads(rest[:n].decode("utf-8", "replace"))
+            self._buf = rest[n + 1:]
+            if msg.get("event"):
+                self.events.append(msg)
+            else:
+                self._responses.append(msg)
+
+    def command(self, command: str, params: str | None = None, timeout_s: float = 5.0) -> dict:
+        """Run a long command (e.g. ``dial <uri>``, ``hangup``) and return its response."""
+        if self._sock is None:
+            raise RuntimeError("baresip is not running")
+        self._responses = []
+        self._token += 1
+        token = str(self._token)
+        msg = {"command": command, "token": token, **({"params": params} if params is not None else {})}
+        raw = json.dumps(msg).encode()
+        self._sock.sendall(str(len(raw)).encode() + b":" + raw + b",")
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            for r in self._responses:
+                if r.get("token") == token:
+                    return r
+            self._read_messages(end - time.monotonic())
+        raise TimeoutError(f"baresip: no response to {command!r}:\n{self.log()[-2000:]}")
+
+    def wait_event(self, types: str | tuple[str, ...], timeout_s: float) -> dict | None:
+        """The first ``ua`` event of one of ``types`` seen so far or within ``timeout_s``."""
+        want = (types,) if isinstance(types, str) else types
+        end = time.monotonic() + timeout_s
+        while True:
+            for ev in self.events:
+                if ev.get("type") in want:
+                    return ev
+            left = end - time.monotonic()
+            if left <= 0 or self._sock is None:
+                return None
+            self._read_messages(min(left, 0.5))
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Close the control connection and stop baresip (its session) by PID."""
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT, grace_s)
+
+
+# ---- Kamailio (the cloud calling service's SBC stand-in) -----------------------------------
+
+#: Kamailio configurations shipped with the lab (templates with ``@@NAME@@`` tokens).
+KAMAILIO_DIR = Path(__file__).resolve().parent / "kamailio"
+
+
+def kamailio_module_dir() -> Path | None:
+    """Kamailio's module directory (the one holding ``tls.so``), or None."""
+    candidates = [Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")]
+    candidates += sorted(Path("/usr/lib").glob("*/kamailio/modules"))
+    candidates += [Path("/usr/lib/kamailio/modules"), Path("/usr/lib64/kamailio/modules"),
+                   Path("/usr/local/lib/kamailio/modules"), Path("/usr/local/lib64/kamailio/modules")]
+    for d in candidates:
+        if (d / "tls.so").exists() and (d / "tm.so").exists():
+            return d
+    return None
+
+
+def kamailio_available() -> bool:
+    """True when the ``kamailio`` binary and its TLS module are installed."""
+    return shutil.which("kamailio") is not None and kamailio_module_dir() is not None
+
+
+def _listening(proto: str, ip: str, port: int) -> bool:
+    """True when a socket is bound (UDP) / listening (TCP) on ip:port (IPv4, /proc/net)."""
+    want = "%08X:%04X" % (int.from_bytes(bytes(int(x) for x in ip.split(".")), "little"), port)
+    try:
+        lines = Path(f"/proc/net/{proto}").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        f = line.split()
+        if len(f) > 3 and f[1] == want and (proto == "udp" or f[3] == "0A"):
+            return True
+    return False
+
+
+class Kamailio:
+    """Kamailio in the foreground with a templated configuration, for interop tests.
+
+    ``workdir`` receives the rendered configuration (``<name>.cfg``, ``<name>-tls.cfg``),
+    the runtime directory, the PID file and the log (``<name>.log``). ``values`` fills
+    the ``@@NAME@@`` tokens of ``cfg`` and ``tls_cfg``; every token must be given.
+    ``listen`` lists the ``(proto, ip, port)`` sockets ("udp"/"tcp") that must be
+    bound before :meth:`start` returns. Started with ``-DD -E`` (no daemon, log on
+    stderr), its own ``-Y`` runtime dir and ``-P`` PID file, ``-L`` module path;
+    stopped by PID (its process group: SIGTERM, SIGKILL after a grace period).
+    """
+
+    def __init__(self, workdir: Path, values: dict[str, str], *, name: str = "kamailio",
+                 cfg: Path = KAMAILIO_DIR / "cloud-sbc.cfg", tls_cfg: Path | None = KAMAILIO_DIR / "tls.cfg",
+                 listen: list[tuple[str, str, int]] = (), shm_mb: int = 64, pkg_mb: int = 8):
+        self.workdir = Path(workdir)
+        self.name = name
+        self.values = dict(values)
+        self.template = cfg
+        self.tls_template = tls_cfg
+        self.listen = list(listen)
+        self.shm_mb, self.pkg_mb = shm_mb, pkg_mb
+        self.cfg = self.workdir / f"{name}.cfg"
+        self.tls_cfg = self.workdir / f"{name}-tls.cfg"
+        self.rundir = self.workdir / f"{name}-run"
+        self.pidfile = self.rundir / f"{name}.pid"
+        self.log = self.workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def _render(text: str, values: dict[str, str], source: Path) -> str:
+        import re
+
+        out = re.sub(r"@@([A-Z0-9_]+)@@", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), text)
+        left = sorted(set(re.findall(r"@@([A-Z0-9_]+)@@", out)))
+        if left:
+            raise ValueError(f"{source}: no value for {', '.join(left)}")
+        return out
+
+    def render(self) -> Path:
+        """Write the configuration (and tls.cfg) into ``workdir``; return the cfg path."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        values = dict(self.values)
+        if self.tls_template is not None:
+            values.setdefault("TLS_CFG", str(self.tls_cfg))
+            self.tls_cfg.write_text(self._render(self.tls_template.read_text(), values, self.tls_template))
+        self.cfg.write_text(self._render(self.template.read_text(), values, self.template))
+        return self.cfg
+
+    def command(self, *extra: str) -> list[str]:
+        mpath = kamailio_module_dir()
+        if mpath is None:
+            raise RuntimeError("kamailio modules (with tls.so) not found")
+        return ["kamailio", "-f", str(self.cfg), "-L", str(mpath), "-Y", str(self.rundir), "-P", str(self.pidfile),
+                "-m", str(self.shm_mb), "-M", str(self.pkg_mb), *extra]
+
+    def check(self) -> None:
+        """``kamailio -c``: raise RuntimeError with its output when the config is invalid."""
+        self.render()
+        res = subprocess.run(self.command("-c"), capture_output=True, text=True, timeout=30)
+        if res.returncode != 0:
+            raise RuntimeError(f"kamailio -c {self.cfg} failed:\n{(res.stdout + res.stderr)[-3000:]}")
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.render()
+        self.proc = subprocess.Popen(
+            self.command("-DD", "-E"), cwd=self.workdir, stdin=subprocess.DEVNULL,
+            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                break
+            if all(_listening(p, ip, port) for p, ip, port in self.listen) and self.pidfile.exists():
+                time.sleep(0.3)  # let the workers finish their start-up
+                return
+            time.sleep(0.1)
+        text = self.log_text()
+        self.stop()
+        raise RuntimeError(f"kamailio did not come up:\n{text[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, 10.0)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -230,6 +230,10 @@ class _Leg:
                 continue
             packets += 1
             nbytes += n
+        self._account(packets, nbytes, probes, foreign, nodest, senderr, recverr)
+
+    def _account(self, packets: int, nbytes: int, probes: int, foreign: int, nodest: int, senderr: int, recverr: int) -> None:
+        """Add one wake-up's local counters to the leg's (once per wake-up, not per packet)."""
         if packets:
             self.packets += packets
             self.bytes += nbytes
@@ -318,15 +322,7 @@ class _Leg:
                 continue
             packets += 1
             nbytes += n
-        if packets:
-            self.packets += packets
-            self.bytes += nbytes
-        if probes or foreign or nodest or senderr or recverr:
-            self.probes += probes
-            self.drop_foreign += foreign
-            self.drop_nodest += nodest
-            self.send_errors += senderr
-            self.recv_errors += recverr
+        self._account(packets, nbytes, probes, foreign, nodest, senderr, recverr)
         if auth or replay or srtperr:
             self.srtp_auth += auth
             self.srtp_replay += replay
