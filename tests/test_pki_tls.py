@@ -328,3 +328,24 @@ def test_describe_misc():
     assert tls.describe_handshake_error(e) == "peer rejected our certificate (alert received: certificate unknown)"
     e.reason = "WRONG_VERSION_NUMBER"
     assert tls.describe_handshake_error(e) == "wrong version number"
+
+
+def test_node_sends_its_full_chain_built_from_the_trust_store(tmp_path) -> None:
+    """Seed 003 §3.1 / §14 case 6: a certificate file holding only the leaf still goes out
+    with its issuers when they are in the trusted CA store."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from edgeway.security import pki
+    from edgeway.security.tls import full_chain_pem
+
+    root, root_key = pki.make_ca("Root CA")
+    leaf, leaf_key = pki.make_cert(root, root_key, "edge.test", ["edge.test"])
+    leaf_only = tmp_path / "leaf.pem"
+    leaf_only.write_bytes(leaf.public_bytes(Encoding.PEM))
+    store = tmp_path / "store.pem"
+    other, _ = pki.make_ca("Unrelated CA")
+    store.write_bytes(other.public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM))
+    chain = x509.load_pem_x509_certificates(full_chain_pem(leaf_only, store))
+    assert [c.subject for c in chain] == [leaf.subject, root.subject]
+    assert [c.subject for c in x509.load_pem_x509_certificates(full_chain_pem(leaf_only, None))] == [leaf.subject]

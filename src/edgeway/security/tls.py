@@ -65,6 +65,46 @@ def _harden(ctx: ssl.SSLContext, min_version: str | ssl.TLSVersion) -> None:
         ctx.options |= ssl.OP_NO_RENEGOTIATION
 
 
+def full_chain_pem(cert_file: str | Path, ca_file: str | Path | None) -> bytes:
+    """The node's certificate followed by its issuers, as PEM bytes.
+
+    Seed 003 §3.1: the node sends its full chain, built from its trust store. Starting
+    from the certificates in ``cert_file`` (a leaf alone, or leaf + chain), the issuer of
+    the last one is looked up by subject in ``ca_file`` (the trusted CA store) and
+    appended, until a self-signed certificate or no issuer is found."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    chain = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())
+    store = x509.load_pem_x509_certificates(Path(ca_file).read_bytes()) if ca_file else []
+    by_subject = {c.subject: c for c in store}
+    seen = {c.fingerprint(c.signature_hash_algorithm) for c in chain if c.signature_hash_algorithm}
+    while chain[-1].issuer != chain[-1].subject:
+        issuer = by_subject.get(chain[-1].issuer)
+        if issuer is None or issuer.fingerprint(issuer.signature_hash_algorithm) in seen:
+            break
+        seen.add(issuer.fingerprint(issuer.signature_hash_algorithm))
+        chain.append(issuer)
+    return b"".join(c.public_bytes(Encoding.PEM) for c in chain)
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_file, key_file, ca_file) -> None:
+    """``load_cert_chain`` with the chain completed from the trust store (see
+    :func:`full_chain_pem`); ssl only reads chains from files, so a private temporary
+    file carries it for the duration of the call."""
+    import os
+    import tempfile
+
+    pem = full_chain_pem(cert_file, ca_file)
+    fd, path = tempfile.mkstemp(prefix="edgeway-chain-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        ctx.load_cert_chain(path, None if key_file is None else str(key_file))
+    finally:
+        os.unlink(path)
+
+
 def server_context(
     cert_file: PathLike,
     key_file: PathLike,
@@ -101,7 +141,7 @@ def server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx, min_version)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    ctx.load_cert_chain(str(cert_file), str(key_file))
+    _load_chain(ctx, cert_file, key_file, ca_file)
     ctx.check_hostname = False
     if ca_file is not None:
         ctx.load_verify_locations(cafile=str(ca_file))
@@ -146,7 +186,7 @@ def client_context(
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if cert_file is not None:
-        ctx.load_cert_chain(str(cert_file), None if key_file is None else str(key_file))
+        _load_chain(ctx, cert_file, key_file, ca_file)
     return ctx
 
 
