@@ -134,6 +134,13 @@ class Proxy:
         self.stats = {"calls_attempted": 0, "calls_connected": 0, "calls_rejected": 0}
         transport.on_message = self.on_message
         transport.on_bad_message = self.on_bad_message
+        prev_closed = transport.on_connection_closed
+
+        def closed(conn: Connection) -> None:
+            self._fail_branches_on(conn)
+            prev_closed(conn)
+
+        transport.on_connection_closed = closed
 
     # ------------------------------------------------------------------ helpers
     def now(self) -> float:
@@ -815,6 +822,14 @@ class Proxy:
             hop = self.traversal.hop_for_address(ip, port, transport)
             src.conn = hop.conn if hop else None
         self.send_response_stateless(up, src)
+
+    def _fail_branches_on(self, conn: Connection) -> None:
+        """A connection closed under pending client transactions: they get a 503 at
+        once (RFC 3261 §8.1.3.1 transport error) so the next target can be tried."""
+        for ct in list(self.clients.values()):
+            if ct.conn is conn and ct.done is not None and not ct.done.done():
+                reason = conn.attrs.get("close_reason", "connection closed")
+                ct.done.set_result(Response(503, "Service Unavailable", Headers([["Warning", f'399 {self.cfg.sip.public_ip} "{reason}"']])))
 
     # ------------------------------------------------------------ ACK and CANCEL
     async def forward_stateless_ack(self, req: Request, src: Source) -> None:

@@ -153,6 +153,7 @@ class TransportLayer:
         self.udp: dict[tuple[str, int], _UdpProtocol] = {}
         self.servers: list[asyncio.base_events.Server] = []
         self.conns: dict[tuple[str, str, int], Connection] = {}
+        self.listen_socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
         self.client_ssl: ssl.SSLContext | None = None
 
@@ -172,42 +173,97 @@ class TransportLayer:
 
     async def listen_stream(self, ip: str, port: int, *, tls: ssl.SSLContext | None = None, listener: str = "sip") -> None:
         """Listen for TCP (``tls`` None) or TLS connections on ip:port."""
-        transport = "tls" if tls else "tcp"
+        if tls is not None:
+            await self._listen_tls(ip, port, tls, listener)
+            return
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             peer = writer.get_extra_info("peername")[:2]
             local = writer.get_extra_info("sockname")[:2]
-            conn = Connection(transport, local, peer, writer, listener=listener)
-            if tls is not None:
-                if not await self._handshake(conn, tls, server_side=True):
-                    return
-            await self._run_connection(conn, reader)
+            await self._run_connection(Connection("tcp", local, peer, writer, listener=listener), reader)
 
         server = await asyncio.start_server(accept, ip, port, limit=MAX_MESSAGE_SIZE * 2)
         self.servers.append(server)
 
-    async def _handshake(self, conn: Connection, ctx: ssl.SSLContext, *, server_side: bool) -> bool:
-        from ..security.tls import describe_handshake_error, peer_identities, subject_name_matches
+    async def _listen_tls(self, ip: str, port: int, ctx: ssl.SSLContext, listener: str) -> None:
+        """TLS listener whose handshake starts on the accepted socket itself.
 
-        # Stop reading the plain socket now: wait_for() runs start_tls() in a new task,
-        # one loop turn later, and a ClientHello read in that turn would land in the
-        # plain StreamReader and be lost to TLS (the handshake then hangs until the
-        # timeout). start_tls() resumes reading once its TLS protocol is in place.
+        A client may send its ClientHello together with the TCP handshake (Kamailio,
+        openssl s_client do); accepting as plain TCP and upgrading afterwards can read
+        those bytes into the plain stream where TLS never sees them. Here the TLS
+        protocol owns the socket from the first byte, and a failed handshake still
+        becomes one ``tls handshake failed`` event with its cause."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind((ip, port))
+        lsock.listen(128)
+        lsock.setblocking(False)
+        self.listen_socks.append(lsock)
+
+        async def handle(csock: socket.socket) -> None:
+            try:
+                peer, local = csock.getpeername()[:2], csock.getsockname()[:2]
+            except OSError:
+                csock.close()
+                return
+            reader = asyncio.StreamReader(limit=MAX_MESSAGE_SIZE * 2)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                tr, _ = await loop.connect_accepted_socket(lambda: protocol, csock, ssl=ctx, ssl_handshake_timeout=CONNECT_TIMEOUT_S)
+            except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                self._handshake_failed(exc, "inbound", listener, peer, None, [])
+                csock.close()
+                return
+            conn = Connection("tls", local, peer, asyncio.StreamWriter(tr, protocol, reader, loop), listener=listener)
+            if self._after_handshake(conn, server_side=True):
+                await self._run_connection(conn, reader)
+
+        async def accept_loop() -> None:
+            while True:
+                try:
+                    csock, _ = await loop.sock_accept(lsock)
+                except OSError:
+                    if lsock.fileno() < 0:
+                        return
+                    await asyncio.sleep(0.05)
+                    continue
+                self._spawn(handle(csock))
+
+        self._spawn(accept_loop())
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _handshake_failed(self, exc: BaseException, direction: str, listener: str, peer: tuple, zone: str | None, names: list[str]) -> None:
+        from ..security.tls import describe_handshake_error
+
+        self.events.emit(
+            "tls handshake failed", direction=direction, listener=listener, zone=zone,
+            peer=f"{peer[0]}:{peer[1]}", peer_names=names, cause=describe_handshake_error(exc),
+        )
+
+    async def _handshake(self, conn: Connection, ctx: ssl.SSLContext, *, server_side: bool) -> bool:
+        """Upgrade an open stream to TLS (outbound connections: we speak first, so no
+        bytes can be lost in the upgrade) and run the identity checks."""
         conn.writer.transport.pause_reading()
         try:
             await asyncio.wait_for(conn.writer.start_tls(ctx), CONNECT_TIMEOUT_S)
         except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
-            self.events.emit(
-                "tls handshake failed",
-                direction="inbound" if server_side else "outbound",
-                listener=conn.listener,
-                zone=conn.attrs.get("zone"),
-                peer=f"{conn.remote[0]}:{conn.remote[1]}",
-                peer_names=_names_from_failed(conn),
-                cause=describe_handshake_error(exc),
-            )
+            self._handshake_failed(exc, "inbound" if server_side else "outbound", conn.listener, conn.remote,
+                                   conn.attrs.get("zone"), _names_from_failed(conn))
             conn.close()
             return False
+        return self._after_handshake(conn, server_side=server_side)
+
+    def _after_handshake(self, conn: Connection, *, server_side: bool) -> bool:
+        """Peer identities, the zone's verify subject name (outbound) and the layers'
+        own checks; one event either way. Closes the connection when refused."""
+        from ..security.tls import peer_identities, subject_name_matches
+
         sslobj = conn.writer.get_extra_info("ssl_object")
         conn.peer_names = peer_identities(sslobj) if sslobj is not None else []
         verify_name = conn.attrs.get("verify_name")
@@ -245,6 +301,7 @@ class TransportLayer:
                     break
                 if not data:
                     break
+                conn.attrs["received"] = True
                 for ev in framer.feed(data):
                     if ev == "ping":
                         conn.writer.write(b"\r\n")
@@ -259,7 +316,13 @@ class TransportLayer:
                     # already framed go out before closing (RFC 4475 §3.3.3 mcl01).
                     await asyncio.sleep(FRAMING_CLOSE_GRACE_S)
                     break
-        except (ConnectionError, OSError, ssl.SSLError):
+        except ssl.SSLError as exc:
+            if conn.outbound and not conn.attrs.get("received"):
+                # TLS 1.3: the server checks our certificate after the client's side of
+                # the handshake is done, so its refusal arrives with the first read.
+                self._handshake_failed(exc, "outbound", conn.listener, conn.remote, conn.attrs.get("zone"), conn.peer_names)
+                conn.attrs["close_reason"] = "peer rejected the TLS handshake"
+        except (ConnectionError, OSError):
             pass
         finally:
             conn.close()
@@ -332,6 +395,9 @@ class TransportLayer:
     async def close(self) -> None:
         for s in self.servers:
             s.close()
+        for ls in self.listen_socks:
+            ls.close()
+        self.listen_socks.clear()
         for c in list(self.conns.values()):
             c.close()
         for p in self.udp.values():
