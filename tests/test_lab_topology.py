@@ -93,7 +93,7 @@ def test_configs_validate_and_follow_the_plan(built):
     assert [(c.username, c.password) for c in edge.credentials] == [("core", built.password)]
     assert [(r.name, r.priority, r.pattern, r.source_zone, r.target_zone, r.progress) for r in edge.search_rules] == [
         ("Hybrid inbound", 5, "", HYBRID_ZONE, TRAVERSAL_ZONE, "stop"),
-        ("Hybrid outbound", 50, r".*@.*\.cloud\.edgeway\.test", TRAVERSAL_ZONE, HYBRID_ZONE, "stop"),
+        ("Hybrid outbound", 50, r".*@(.*\.)?cloud\.edgeway\.test", TRAVERSAL_ZONE, HYBRID_ZONE, "stop"),
         ("Inbound to core", 10, ".*@%localdomains%", None, TRAVERSAL_ZONE, "stop"),
         ("Outbound to DNS", 100, "(?!.*@%localdomains%$).*", TRAVERSAL_ZONE, DNS_ZONE, "stop"),
     ]

@@ -389,7 +389,8 @@ class LabTopology:
             {"name": "Hybrid inbound", "priority": 5, "mode": "any_alias", "pattern_type": "prefix",
              "behaviour": "strip", "source_zone": HYBRID_ZONE, "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
             {"name": "Hybrid outbound", "priority": 50, "pattern_type": "regex",
-             "pattern": rf".*@.*\.{CLOUD_DOMAIN.replace('.', chr(92) + '.')}", "source_zone": TRAVERSAL_ZONE,
+             # the cloud domain and its org subdomains (seed 003: <org>.call.ciscospark.com)
+             "pattern": r".*@(.*\.)?" + CLOUD_DOMAIN.replace(".", "\\."), "source_zone": TRAVERSAL_ZONE,
              "target_zone": HYBRID_ZONE, "progress": "stop"},
             {"name": "Inbound to core", "priority": 10, "pattern_type": "regex",
              "pattern": ".*@%localdomains%", "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
