@@ -1,24 +1,116 @@
-"""``edgeway lab`` end to end: set-up, two calls with RTP, report, exit status 0."""
+"""``edgeway lab`` end to end: set-up, four calls with RTP (two plain, two hybrid with the
+cloud calling service stand-in over mutual TLS and SRTP), report, exit status 0."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 
+def _section(out: str, title: str) -> str:
+    """The report section of one call: from its heading to the next one."""
+    start = out.index(title)
+    nxt = re.search(r"\n (PASS|FAIL) ", out[start:])
+    return out[start: start + nxt.start()] if nxt else out[start:]
+
+
 def test_edgeway_lab_passes(tmp_path: Path) -> None:
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "edgeway", "lab", "--workdir", str(tmp_path / "lab"), "--media-seconds", "1"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"},
+        capture_output=True, text=True, timeout=150, env={**os.environ, "COLUMNS": "160"},
     )
     elapsed = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     out = proc.stdout
-    assert "2/2 calls passed" in out
+    assert "4/4 calls passed" in out
     for hop in ("bob(127.0.0.5) → edge", "edge → core", "core → alice(127.0.0.4)", "edge → bob(127.0.0.5)"):
         assert hop in out, hop
+
+    # the hybrid zone: the cloud's certificate SAN classified its TLS connection
+    assert re.search(r"edge: TLS from cloud \(127\.0\.0\.6:\d+, listener \w+\) classified into "
+                     r"'Hybrid Call Services DNS' \(certificate name callservice\.cloud\.edgeway\.test matched\)", out), out
+
+    inbound = _section(out, "call 3: hybrid inbound")
+    for hop in ("cloud(127.0.0.6) → edge  INVITE sip:alice@corp.edgeway.test", "edge → core  INVITE",
+                "core → alice(127.0.0.4)  INVITE", "edge → cloud(127.0.0.6)  200 OK (INVITE)"):
+        assert hop in inbound, (hop, inbound)
+    assert "cloud(127.0.0.6) ⇄ edge SRTP AES_CM_128" in inbound and "core ⇄ alice(127.0.0.4) RTP" in inbound, inbound
+    assert "SRTP: cloud SRTP (0 auth failures), alice plain RTP" in inbound, inbound
+    assert "search rule 'Hybrid inbound' → Traversal Zone" in inbound
+    assert "encryption OK" in inbound
+
+    outbound = _section(out, "call 4: hybrid outbound")
+    for hop in ("alice(127.0.0.4) → core  INVITE", "core → edge  INVITE", "edge → cloud(127.0.0.6)  INVITE",
+                "cloud(127.0.0.6) → edge  200 OK (INVITE)"):
+        assert hop in outbound, (hop, outbound)
+    assert "edge ⇄ cloud(127.0.0.6) SRTP AES_CM_128" in outbound and "alice(127.0.0.4) ⇄ core RTP" in outbound, outbound
+    assert "SRTP: alice plain RTP, cloud SRTP (0 auth failures)" in outbound, outbound
+    assert "search rule 'Hybrid outbound' → Hybrid Call Services DNS" in outbound
+    assert "(Modify DNS request): callservice.cloud.edgeway.test" in outbound and "tls:127.0.0.6:5062" in outbound
+    assert "edge's client certificate names: edge.corp.edgeway.test" in outbound
+    assert "encryption OK" in outbound
     assert elapsed < 60
+
+
+def test_hybrid_verdict_needs_srtp_on_the_cloud_leg_and_rtp_inside() -> None:
+    """Report logic only (no network): the media legs come from the INVITE path and the
+    relays' ``media closed`` SRTP sides; a hybrid call fails when alice got SRTP, the
+    cloud got plain RTP, or the cloud saw authentication failures."""
+    from rich.console import Console
+
+    from edgeway.lab.report import CallReport, media_legs
+    from edgeway.lab.ua import CallResult, CallStats
+
+    cid = "hyb-1@cloud.edgeway.test"
+    names = {"127.0.0.2": "edge", "127.0.0.3": "core", "127.0.0.4": "alice", "127.0.0.6": "cloud"}
+
+    def sip(ts, node, d, peer, line):
+        return {"ts": ts, "node": node, "event": "sip message", "dir": d, "peer": peer, "call_id": cid, "line": line}
+
+    def closed(node, a_srtp, b_srtp, auth=0):
+        side = lambda s: {"srtp_inbound": s, "srtp_outbound": s}
+        return {"ts": 10.0, "node": node, "event": "media closed", "call_id": cid, "session": "s",
+                "stats": {"a": side(a_srtp), "b": side(b_srtp), "a_to_b": {"rtp_packets": 50, "srtp_auth_failures": auth},
+                          "b_to_a": {"rtp_packets": 50, "srtp_auth_failures": 0}, "dropped": auth}}
+
+    events = [
+        sip(1.000, "edge", "in", "127.0.0.6:40000", "INVITE sip:alice@corp.edgeway.test SIP/2.0"),
+        sip(1.001, "edge", "out", "127.0.0.3:5061", "INVITE sip:alice@corp.edgeway.test SIP/2.0"),
+        sip(1.002, "core", "out", "127.0.0.4:5060", "INVITE sip:alice@corp.edgeway.test SIP/2.0"),
+        {"ts": 1.01, "node": "edge", "event": "srtp keyed", "call_id": cid, "side": "a", "suite": "AES_CM_128_HMAC_SHA1_80"},
+    ]
+
+    def build(cloud_srtp=True, alice_srtp=False, cloud_auth=0, relay_auth=0):
+        evs = events + [closed("edge", "AES_CM_128_HMAC_SHA1_80", None, relay_auth), closed("core", None, None)]
+        res = CallResult(call_id=cid, ok=True, status=200, reason="OK", rtp_sent=50, rtp_received=50,
+                         srtp=cloud_srtp, srtp_suite="AES_CM_128_HMAC_SHA1_80" if cloud_srtp else None,
+                         srtp_auth_failures=cloud_auth)
+        stats = CallStats(call_id=cid, answered=True, ended=True, rtp_sent=50, rtp_received=50, srtp=alice_srtp)
+        return CallReport.build("call 3", "cloud", "alice", "sip:alice@corp.edgeway.test", res, stats, evs,
+                                host_names=names, expect_srtp={"cloud": True, "alice": False})
+
+    good = build()
+    assert good.passed and good.srtp_ok, good.srtp_problems()
+    assert good.legs == [("cloud(127.0.0.6)", "edge", "SRTP AES_CM_128_HMAC_SHA1_80"), ("edge", "core", "RTP"),
+                         ("core", "alice(127.0.0.4)", "RTP")]
+    console = Console(record=True, width=200, color_system=None)
+    good.render(console)
+    text = console.export_text()
+    assert "media legs: cloud(127.0.0.6) ⇄ edge SRTP AES_CM_128_HMAC_SHA1_80, edge ⇄ core RTP" in text
+    assert "SRTP: cloud SRTP (0 auth failures), alice plain RTP; relay keyed: edge side a" in text
+    assert "encryption OK" in text
+
+    leaked = build(alice_srtp=True)
+    assert not leaked.passed and "alice used SRTP, expected plain RTP" in leaked.srtp_problems()
+    assert ("core", "alice(127.0.0.4)", "mismatch: only alice(127.0.0.4) uses SRTP") in leaked.legs
+    plain = build(cloud_srtp=False)
+    assert not plain.passed and "cloud used plain RTP, expected SRTP" in plain.srtp_problems()
+    assert not build(cloud_auth=3).passed
+    assert not build(relay_auth=2).passed
+    # a leg nobody reports on
+    assert media_legs(["x", "n", "y"], None, None, {}) == [("x", "n", "?"), ("n", "y", "?")]

@@ -508,3 +508,183 @@ def test_uas_retransmits_2xx_until_ack_then_hangs_up() -> None:
     assert bye.uri == f"sip:peer@{IP}:{port}"  # remote target = the INVITE's Contact
     assert bye.from_tag == oks[0].to_tag and bye.to_tag == "p1" and bye.call_id == "raw-call-1"
     assert received["raw-call-1"].end_reason == "local BYE (no ACK)"
+
+
+# --------------------------------------------------------------------------- TLS and SRTP
+
+
+def _pki(tmp_path, *, other_ca: bool = False):
+    """A throw-away lab PKI: ``alice`` and ``bob`` certificates (serverAuth +
+    clientAuth) from one CA; with ``other_ca`` also ``mallory`` from another CA."""
+    from edgeway.security.pki import write_lab_pki
+
+    out = write_lab_pki(tmp_path / "pki", {
+        "alice": {"common_name": "alice.corp.edgeway.test", "ip_sans": [IP]},
+        "bob": {"common_name": "bob.corp.edgeway.test", "dns_sans": ["bob.corp.edgeway.test", "svc.corp.edgeway.test"],
+                "ip_sans": [IP]},
+    })
+    if other_ca:
+        out.update(write_lab_pki(tmp_path / "pki-other", {"mallory": {"common_name": "alice.corp.edgeway.test"}}))
+    return out
+
+
+def _tls_ua(name: str, pki: dict, rtp_base: int, **kw) -> LabUserAgent:
+    certs = pki[name]
+    return LabUserAgent(name, IP, 0, transport="tls", domain=DOMAIN, rtp_port_base=rtp_base,
+                        tls_cert=certs["cert"], tls_key=certs["key"], tls_ca=kw.pop("tls_ca", certs["ca"]), **kw)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_mutual_tls_srtp_call(tmp_path, loop_kind: str) -> None:
+    pki = _pki(tmp_path)
+
+    async def main():
+        a = _tls_ua("alice", pki, 50000, srtp=True, tls_server_name="svc.corp.edgeway.test")
+        b = _tls_ua("bob", pki, 52000, srtp=True, tls_require_client_cert=True)
+        async with a, b:
+            res = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "tls"), from_user="alice",
+                               media_seconds=0.6)
+            stats = await b.wait_call_ended(res.call_id, 3.0)
+            conns = [(c.transport, c.peer_names) for c in b._all_conns]
+            a_conns = len(a._all_conns)
+        return res, stats, conns, a_conns, b.port
+
+    res, stats, conns, a_conns, b_port = run(main(), loop_kind)
+    assert res.ok and res.bye_status == 200, res
+    assert res.transport == stats.transport == "tls"
+    assert all(f"{IP}:{b_port} (tls)" in line for line in res.ladder), res.ladder
+    assert in_order(first_lines(res.ladder), ["→ INVITE", "← 200 OK (INVITE)", "→ ACK", "→ BYE", "← 200 OK (BYE)"])
+    # one connection, reused for the ACK and the BYE; the server saw the client's certificate
+    assert a_conns == 1
+    assert conns == [("tls", ["alice.corp.edgeway.test", "alice.corp.edgeway.test"])]
+    # SRTP both ways: counters count packets that authenticated and decrypted
+    for side in (res, stats):
+        assert side.srtp and side.srtp_suite.startswith("AES_CM_128_HMAC_SHA1_80"), side
+        assert side.srtp_auth_failures == 0 and side.srtp_errors == 0
+        assert side.rtp_received >= 20 and side.rtcp_received >= 1
+    assert res.rtp_lost == 0 and stats.rtp_lost == 0
+
+
+def test_srtp_offer_and_answer_on_the_wire_and_auth_failures(tmp_path) -> None:
+    """The INVITE offers RTP/SAVP with SDES lines; a callee without ``srtp`` answers
+    it with one a=crypto; a plain offer to an ``srtp`` callee gets 488; a stream
+    keyed with the wrong key is dropped and counted as authentication failures."""
+
+    async def main():
+        async with two_uas("udp") as (a, b):
+            a.srtp = True
+            res = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "udp"), from_user="alice",
+                               media_seconds=0.4)
+            stats = await b.wait_call_ended(res.call_id, 3.0)
+            a.srtp, b.srtp = False, True
+            rejected = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "udp"), from_user="alice")
+            # wrong keys: each side unprotects with a key the other did not use
+            from edgeway.sip.sdes import make_offer
+
+            m1, m2 = await a._open_media(), await b._open_media()
+            k1, k2, k3 = make_offer()[:3]
+            m1.key_srtp(k1, k2)
+            m2.key_srtp(k3, k1)  # m2 sends with k3, m1 expects k2
+            sdp = lambda m: parse_sdp(build_sdp("x", 1, IP, m.port, [(8, "PCMA/8000")]))
+            m1.set_remote(sdp(m2), 8)
+            m2.set_remote(sdp(m1), 8)
+            m1.start(0.3), m2.start(0.3)
+            await asyncio.gather(m1.done.wait(), m2.done.wait())
+            await asyncio.sleep(0.05)
+            counts = (m1.rtp_received, m1.srtp_auth_failures, m2.rtp_received, m2.srtp_auth_failures)
+            m1.close(), m2.close()
+            return res, stats, rejected, counts
+
+    res, stats, rejected, counts = run(main())
+    assert res.ok and res.srtp and stats.srtp, (res, stats)
+    assert res.rtp_received > 0 and stats.rtp_received > 0
+    assert res.srtp_auth_failures == stats.srtp_auth_failures == 0
+    assert not rejected.ok and rejected.status == 488 and "SRTP required" in rejected.reason
+    m1_rx, m1_auth, m2_rx, m2_auth = counts
+    assert m1_rx == 0 and m1_auth >= 10  # k3-protected packets fail against k2
+    assert m2_rx >= 10 and m2_auth == 0  # k1 is right for m2
+
+
+def test_srtp_sdp_helpers() -> None:
+    from edgeway.sip.sdes import make_offer
+
+    offer = make_offer()
+    body = build_sdp("alice", 1, IP, 40000, [(8, "PCMA/8000")], crypto=offer).decode()
+    assert "m=audio 40000 RTP/SAVP 8\r\n" in body
+    assert body.count("a=crypto:") == len(offer) and f"a=crypto:{offer[0]}\r\n" in body
+    info = parse_sdp(body.encode())
+    assert info.savp and info.proto == "RTP/SAVP"
+    assert [str(a) for a in info.crypto_attributes()] == [str(a) for a in offer]
+    plain = parse_sdp(build_sdp("alice", 1, IP, 40000, [(8, "PCMA/8000")]))
+    assert not plain.savp and plain.crypto == []
+
+
+def test_tls_rejects_untrusted_client_and_wrong_server_name(tmp_path) -> None:
+    pki = _pki(tmp_path, other_ca=True)
+
+    async def main():
+        b = _tls_ua("bob", pki, 52000, tls_require_client_cert=True)
+        # mallory's certificate comes from another CA: bob's handshake fails
+        m = _tls_ua("mallory", pki, 50000, tls_ca=pki["bob"]["ca"])
+        # alice trusts the CA but wants another name than bob's certificate carries
+        a = _tls_ua("alice", pki, 50100, tls_server_name="nobody.corp.edgeway.test")
+        async with b, m, a:
+            t0 = time.monotonic()
+            untrusted = await m.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "tls"), from_user="mallory",
+                                     timer_t1=0.05, timeout_s=1.0)
+            wrong_name = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "tls"), from_user="alice")
+            elapsed = time.monotonic() - t0
+            received = dict(b.calls_received)
+        return untrusted, wrong_name, elapsed, received
+
+    untrusted, wrong_name, elapsed, received = run(main())
+    # TLS 1.3: mallory's handshake "succeeds" and bob's rejection arrives on the first
+    # read; the INVITE transaction fails at once with 503 (RFC 3261 §17.1.4), no Timer B
+    assert not untrusted.ok and untrusted.status == 503 and "transport error" in untrusted.error, untrusted
+    assert not wrong_name.ok and wrong_name.status == 503
+    assert "nobody.corp.edgeway.test" in wrong_name.error and "bob.corp.edgeway.test" in wrong_name.error
+    assert received == {} and elapsed < 0.9
+
+
+def test_tls_keepalive_and_options(tmp_path) -> None:
+    """CRLFCRLF over TLS gets a CRLF; an OPTIONS on the same connection gets 200."""
+    import ssl as _ssl
+
+    from edgeway.security.tls import client_context
+
+    pki = _pki(tmp_path)
+
+    async def main():
+        b = _tls_ua("bob", pki, 52000, tls_require_client_cert=True)
+        async with b:
+            ctx = client_context(pki["alice"]["cert"], pki["alice"]["key"], pki["alice"]["ca"])
+            reader, writer = await asyncio.open_connection(IP, b.port, ssl=ctx, server_hostname=IP)
+            try:
+                writer.write(b"\r\n\r\n")
+                pong = await asyncio.wait_for(reader.readexactly(2), 2)
+                port = writer.get_extra_info("sockname")[1]
+                writer.write((
+                    f"OPTIONS sip:bob@{IP}:{b.port} SIP/2.0\r\nVia: SIP/2.0/TLS {IP}:{port};branch=z9hG4bKtls1\r\n"
+                    "Max-Forwards: 70\r\nFrom: <sip:alice@corp.edgeway.test>;tag=1\r\nTo: <sip:bob@corp.edgeway.test>\r\n"
+                    "Call-ID: tls-opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode())
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            # without a client certificate the handshake is refused
+            bare = client_context(None, None, pki["alice"]["ca"])
+            refused = False
+            try:
+                r2, w2 = await asyncio.open_connection(IP, b.port, ssl=bare, server_hostname=IP)
+                w2.write(b"\r\n\r\n")
+                refused = await asyncio.wait_for(r2.read(2), 2) == b""
+                w2.close()
+            except (_ssl.SSLError, ConnectionError, OSError):
+                refused = True
+        return pong, head, refused
+
+    pong, head, refused = run(main())
+    assert pong == b"\r\n"
+    assert head.startswith(b"SIP/2.0 200 OK\r\n") and b"SIP/2.0/TLS" in head
+    assert refused

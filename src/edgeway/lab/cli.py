@@ -1,9 +1,11 @@
 """``edgeway lab``: run the loopback demonstration, or keep a lab up for real clients.
 
-* ``edgeway lab [--workdir DIR] [--media-seconds S]`` builds a fresh lab in
-  ``DIR`` (default ``./lab-run``), places one call each way through the
-  core/edge pair, prints the report and exits 0 only when every call and its
-  media succeeded.
+* ``edgeway lab [--workdir DIR] [--media-seconds S] [--no-hybrid]`` builds a
+  fresh lab in ``DIR`` (default ``./lab-run``), places one call each way
+  through the core/edge pair and, unless ``--no-hybrid``, one each way with the
+  cloud calling service stand-in (127.0.0.6:5062, mutual TLS, SRTP on the cloud
+  leg, plain RTP inside), prints the report and exits 0 only when every call,
+  its media and (for the hybrid calls) its media encryption were as expected.
 * ``edgeway lab up [--workdir DIR]`` starts DNS, edge and core, prints where to
   point clients, and runs until Ctrl-C / SIGTERM.
 """
@@ -25,14 +27,23 @@ from rich.text import Text
 from edgeway.cli.loop import install_event_loop_policy
 from edgeway.lab.report import LabReport
 from edgeway.lab.runner import Lab, LabError
-from edgeway.lab.topology import TRAVERSAL_ZONE, LabTopology
+from edgeway.lab.topology import (
+    CLOUD_DOMAIN,
+    CLOUD_IP,
+    CLOUD_SERVICE_FQDN,
+    HYBRID_ZONE,
+    MTLS_PORT,
+    TRAVERSAL_ZONE,
+    LabTopology,
+)
 
 __all__ = ["lab_app", "fresh_workdir", "MARKER"]
 
 lab_app = typer.Typer(
     invoke_without_command=True,
     add_completion=False,
-    help="Loopback lab: private CA, lab DNS, edge 127.0.0.2, core 127.0.0.3; demo calls both ways.",
+    help="Loopback lab: private CA, lab DNS, edge 127.0.0.2, core 127.0.0.3, cloud stand-in 127.0.0.6;"
+         " demo calls both ways, plain and hybrid (mutual TLS + SRTP).",
 )
 
 #: File that marks a directory as a lab work directory (safe to wipe and rebuild).
@@ -80,14 +91,17 @@ def lab(
                                         help="seconds of RTP per call"),
     traversal_timeout: float = typer.Option(20.0, "--traversal-timeout", min=1.0,
                                             help="seconds to wait for the traversal zone"),
+    hybrid: bool = typer.Option(True, "--hybrid/--no-hybrid",
+                                help="also place the two hybrid calls with the cloud stand-in"),
 ) -> None:
-    """Run the demonstration: a call outside → inside and one inside → outside."""
+    """Run the demonstration: a call outside → inside and one inside → outside, then a
+    hybrid call cloud → inside and one inside → cloud (mutual TLS, SRTP on the cloud leg)."""
     if ctx.invoked_subcommand is not None:
         return
     console = Console()
     install_event_loop_policy()
     try:
-        report = asyncio.run(_demo(console, workdir, media_seconds, traversal_timeout))
+        report = asyncio.run(_demo(console, workdir, media_seconds, traversal_timeout, hybrid))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; lab stopped[/yellow]")
         raise typer.Exit(130)
@@ -95,7 +109,8 @@ def lab(
     raise typer.Exit(report.exit_code)
 
 
-async def _demo(console: Console, workdir: Path, media_seconds: float, traversal_timeout: float) -> LabReport:
+async def _demo(console: Console, workdir: Path, media_seconds: float, traversal_timeout: float,
+                hybrid: bool = True) -> LabReport:
     say = _progress(console)
     try:
         wd = fresh_workdir(workdir)
@@ -104,7 +119,7 @@ async def _demo(console: Console, workdir: Path, media_seconds: float, traversal
     try:
         async with Lab(wd, progress=say) as lab:
             await lab.wait_traversal(traversal_timeout)
-            return await lab.run_demo(media_seconds)
+            return await lab.run_demo(media_seconds, hybrid=hybrid)
     except LabError as exc:
         return LabReport(workdir=wd, error=str(exc))
 
@@ -135,10 +150,14 @@ def _addresses(lab: Lab) -> Table:
     table.add_column(overflow="fold")
     table.add_row("edge SIP", f"{t.edge_ip}:{t.sip_port} udp/tcp, {t.edge_ip}:{t.tls_port} tls  (outside clients)")
     table.add_row("traversal", f"{t.edge_ip}:{t.traversal_port} mutual TLS, zone {TRAVERSAL_ZONE!r} (core → edge)")
+    table.add_row("hybrid", f"{t.edge_ip}:{MTLS_PORT} mutual TLS; certificates naming {CLOUD_SERVICE_FQDN} are"
+                  f" zone {HYBRID_ZONE!r} (SRTP)")
     table.add_row("core SIP", f"{t.core_ip}:{t.sip_port} udp/tcp, {t.core_ip}:{t.tls_port} tls  (inside clients)")
     table.add_row("call control", f"{t.call_control_ip}:{t.call_control_port}/{t.call_control_transport} expected"
                   f" (the core sends *@{t.domain} here)")
     table.add_row("outside UA", f"{t.partner_ip}:{t.partner_port} (ua.{t.partner_domain}; the edge finds it by DNS)")
+    table.add_row("cloud service", f"{CLOUD_IP}:{MTLS_PORT} tls expected (*@*.{CLOUD_DOMAIN}; the edge finds it by"
+                  f" SRV _sips._tcp.{CLOUD_SERVICE_FQDN}; certificate pki/cloud.pem)")
     table.add_row("lab DNS", f"{t.dns_ip}:{t.dns_port} udp/tcp")
     table.add_row("domains", f"{t.domain} (local), {t.partner_domain} (outside)")
     table.add_row("users", f"sip:{t.alice} (inside), sip:{t.bob} (outside)")

@@ -8,8 +8,12 @@ running anything:
   ``sip message`` events (``ts``, ``node``, ``dir`` ``"in"``/``"out"``,
   ``transport``, ``peer`` ``"ip:port"``, ``call_id``, ``line``) make the
   nodes' part of the ladder, ``traversal connected`` / ``traversal
-  disconnected`` the zone history and ``media closed`` (``stats``) the relay
-  counters;
+  disconnected`` the zone history, ``tls classified`` the zone an inbound TLS
+  connection was put in by its certificate (hybrid calling), ``media closed``
+  (``stats``) the relay counters and which relay sides were SRTP
+  (``stats["a"|"b"]["srtp_inbound"]``), ``srtp keyed`` when a relay side got
+  its keys, and ``dns resolved`` (no Call-ID: matched by time) how a node
+  found the next hop;
 * the user agents' call results (:class:`edgeway.lab.ua.CallResult`, or
   anything with the same attribute names) and the callee's per-call stats.
 
@@ -39,7 +43,8 @@ from edgeway.lab.topology import HOST_NAMES
 
 __all__ = [
     "LadderEntry", "CallReport", "LabReport", "load_events", "parse_events", "events_for_call",
-    "node_ladder", "ua_ladder", "parse_ua_line", "normalize_line", "align_ladder", "merge_ladder", "format_ladder", "traversal_history", "relay_stats",
+    "node_ladder", "ua_ladder", "parse_ua_line", "normalize_line", "align_ladder", "merge_ladder", "format_ladder",
+    "traversal_history", "tls_classifications", "relay_stats", "media_path", "media_legs",
     "MEDIA_MIN_RATIO", "MAX_LADDER_LINES",
 ]
 
@@ -51,6 +56,10 @@ MAX_LADDER_LINES = 40
 #: this long before (seconds), with this much clock slack the other way.
 _PAIR_WINDOW_S = 2.0
 _PAIR_SLACK_S = 0.2
+#: A response logged at most this long before its request (clock and logging skew
+#: between loggers) is moved after the request.
+_CAUSAL_SLACK_S = 0.05
+_RESPONSE_LINE = re.compile(r"^\d{3}\b.*\((?P<method>[A-Z]+)\)$")
 
 
 # ---- event logs --------------------------------------------------------------------------------
@@ -317,7 +326,34 @@ def merge_ladder(*entry_lists: Iterable[LadderEntry]) -> list[LadderEntry]:
             e = LadderEntry(times[k], e.src, e.dst, e.line, e.transport, e.call_id, e.logger, e.dir)
         keep.append(e)
     keep.sort(key=lambda e: e.ts)
-    return keep
+    return _causal_order(keep)
+
+
+def _causal_order(entries: list[LadderEntry]) -> list[LadderEntry]:
+    """Move a response that sorts before its request (same method, reverse hop,
+    no such request earlier) to just after that request, when the two are at most
+    :data:`_CAUSAL_SLACK_S` apart: different loggers' clocks may put, e.g.,
+    ``alice → core 200 OK (BYE)`` a hair before ``core → alice BYE``."""
+    out = list(entries)
+    i = 0
+    while i < len(out):
+        e = out[i]
+        m = _RESPONSE_LINE.match(_key_line(e.line))
+        if m is not None:
+            method = m.group("method") + " "
+
+            def is_request(x: LadderEntry, e: LadderEntry = e, method: str = method) -> bool:
+                return x.src == e.dst and x.dst == e.src and x.line.startswith(method)
+
+            if not any(is_request(x) for x in out[:i]):
+                j = next((k for k in range(i + 1, len(out)) if is_request(out[k])), None)
+                if j is not None and out[j].ts - e.ts <= _CAUSAL_SLACK_S:
+                    del out[i]
+                    out.insert(j, LadderEntry(max(e.ts, out[j - 1].ts), e.src, e.dst, e.line, e.transport,
+                                              e.call_id, e.logger, e.dir))
+                    continue
+        i += 1
+    return out
 
 
 def format_ladder(entries: list[LadderEntry], t0: float | None = None,
@@ -345,6 +381,14 @@ def traversal_history(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     return out
 
 
+def tls_classifications(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``tls classified`` events (an inbound TLS connection put into a zone by the
+    peer certificate's CN/SAN) sorted by time."""
+    out = [dict(e) for e in events if e.get("event") == "tls classified"]
+    out.sort(key=lambda e: float(e.get("ts", 0.0)))
+    return out
+
+
 def relay_stats(events: Iterable[Mapping[str, Any]], call_id: str | None = None) -> list[dict[str, Any]]:
     """The relay counters of ``media closed`` events: per node and session,
     ``{"node", "session", "reason", "a_to_b", "b_to_a", "dropped"}`` where the
@@ -364,6 +408,64 @@ def relay_stats(events: Iterable[Mapping[str, Any]], call_id: str | None = None)
         out.append({"node": e.get("node", "?"), "session": e.get("session") or st.get("label"),
                     "reason": e.get("reason"), "a_to_b": pk("a_to_b"), "b_to_a": pk("b_to_a"),
                     "dropped": st.get("dropped"), "stats": dict(st)})
+    return out
+
+
+def media_path(ladder: Iterable[LadderEntry], caller: str, callee: str, relay_nodes: Iterable[str]) -> list[str]:
+    """The media path of a call: ``caller``, then the nodes in ``relay_nodes``
+    in the order the initial INVITE reached them (from the ladder), then
+    ``callee`` (all as ladder labels). Nodes that did not relay media are left
+    out: the media bypassed them."""
+    relays = set(relay_nodes)
+    path = [caller]
+    seen = {caller}
+    hop = caller
+    for e in ladder:
+        if not e.line.startswith("INVITE ") or e.src != hop or e.dst in seen:
+            continue
+        path.append(e.dst)
+        seen.add(e.dst)
+        hop = e.dst
+    nodes = [n for n in path[1:] if n in relays]
+    nodes += sorted(relays - set(nodes))
+    return [caller] + nodes + [callee]
+
+
+def media_legs(path: list[str], caller_srtp: str | bool | None, callee_srtp: str | bool | None,
+               relay_sides: Mapping[str, Mapping[str, str | None]]) -> list[tuple[str, str, str]]:
+    """Per leg of ``path``: ``(left, right, "SRTP <suite>" | "RTP" | "?" | "mismatch …")``.
+
+    What each end says about a leg: the caller/callee UA its ``srtp`` (a suite
+    string, True, or False), a relaying node the SRTP suite of its side facing
+    the leg (``relay_sides[node]["a"]`` toward the caller — side a is the
+    offerer — and ``["b"]`` toward the callee; None = plain RTP). Unknown
+    ends are left out; disagreeing ends give ``mismatch``."""
+    def said(who: str, facing: str, index: int) -> str | bool | None:
+        if index == 0:
+            return caller_srtp if caller_srtp is not None else "?"
+        if index == len(path) - 1:
+            return callee_srtp if callee_srtp is not None else "?"
+        sides = relay_sides.get(who)
+        if sides is None:
+            return "?"
+        return sides.get(facing) or False
+
+    out = []
+    for i in range(len(path) - 1):
+        left = said(path[i], "b", i)
+        right = said(path[i + 1], "a", i + 1)
+        views = [v for v in (left, right) if v != "?"]
+        if not views:
+            desc = "?"
+        elif all(v is False for v in views):
+            desc = "RTP"
+        elif all(v is not False for v in views):
+            suite = next((v for v in views if isinstance(v, str)), None)
+            desc = f"SRTP {suite}" if suite else "SRTP"
+        else:
+            enc = path[i] if left not in (False, "?") else path[i + 1]
+            desc = f"mismatch: only {enc} uses SRTP"
+        out.append((path[i], path[i + 1], desc))
     return out
 
 
@@ -414,6 +516,15 @@ class CallReport:
     ladder: list[LadderEntry] = field(default_factory=list)
     relays: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    caller_srtp: bool | None = None
+    callee_srtp: bool | None = None
+    caller_srtp_suite: str | None = None
+    callee_srtp_suite: str | None = None
+    caller_srtp_auth_failures: int | None = None
+    callee_srtp_auth_failures: int | None = None
+    expect_srtp: dict[str, bool] | None = None
+    legs: list[tuple[str, str, str]] = field(default_factory=list)
+    srtp_keyed: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -431,6 +542,8 @@ class CallReport:
         callee_t0: float | None = None,
         host_names: Mapping[str, str] = HOST_NAMES,
         notes: Iterable[str] = (),
+        expect_srtp: Mapping[str, bool] | None = None,
+        window: tuple[float, float] | None = None,
     ) -> CallReport:
         """Assemble a call's report from the caller's result (``None`` if the
         call could not be placed), the callee's stats (mapping or object with
@@ -439,7 +552,13 @@ class CallReport:
 
         ``caller_t0`` / ``callee_t0`` are the epoch times the UA ladders'
         offsets count from; when unknown the ladder is placed with
-        :func:`align_ladder` against the nodes' records."""
+        :func:`align_ladder` against the nodes' records.
+
+        ``expect_srtp`` maps the caller's and/or callee's name to whether its
+        media must be SRTP (the call only passes if so, with no SRTP
+        authentication failures). ``window`` = ``(start, end)`` epoch seconds
+        of the call: events without a Call-ID in it (``dns resolved``,
+        ``connect failed``) become notes."""
         ua_names = [caller, callee]
         call_id = _get(result, "call_id") if result is not None else None
         evs = events_for_call(node_events, call_id)
@@ -464,7 +583,46 @@ class CallReport:
             ladder=merge_ladder(*ladders),
             relays=relay_stats(evs),
             notes=list(notes),
+            expect_srtp=dict(expect_srtp) if expect_srtp is not None else None,
+            srtp_keyed=[e for e in evs if e.get("event") == "srtp keyed"],
         )
+        for prefix, src in (("caller", result), ("callee", callee_stats)):
+            if src is None:
+                continue
+            srtp = _get(src, "srtp")
+            setattr(rep, f"{prefix}_srtp", None if srtp is None else bool(srtp))
+            setattr(rep, f"{prefix}_srtp_suite", _get(src, "srtp_suite"))
+            setattr(rep, f"{prefix}_srtp_auth_failures", _get(src, "srtp_auth_failures"))
+        lab = _Labels(host_names, ua_names)
+        sides: dict[str, dict[str, str | None]] = {}
+        for r in rep.relays:
+            st = r.get("stats") or {}
+            node_sides = sides.setdefault(str(r["node"]), {"a": None, "b": None})
+            for side in ("a", "b"):
+                info = st.get(side)
+                if isinstance(info, Mapping) and info.get("srtp_inbound"):
+                    node_sides[side] = str(info["srtp_inbound"])
+        path = media_path(rep.ladder, lab.name(caller), lab.name(callee), sides)
+
+        def ua_view(srtp: bool | None, suite: str | None) -> str | bool | None:
+            return (suite or True) if srtp else srtp
+
+        if rep.status is not None and 200 <= rep.status < 300:  # no media legs for a call never answered
+            rep.legs = media_legs(path, ua_view(rep.caller_srtp, rep.caller_srtp_suite),
+                                  ua_view(rep.callee_srtp, rep.callee_srtp_suite), sides)
+        if window is not None:
+            for e in node_events:
+                if e.get("call_id") or not window[0] <= float(e.get("ts", 0.0)) <= window[1]:
+                    continue
+                node = e.get("node", "?")
+                if e.get("event") == "dns resolved":
+                    how = " (Modify DNS request)" if e.get("modify_dns_request") else ""
+                    queries = [str(q).split(":")[0] for q in e.get("queries") or [] if "additional" not in str(q)]
+                    rep.notes.append(f"{node}: DNS for zone {e.get('zone')!r}{how}: {e.get('host')} "
+                                     f"({', '.join(queries) or 'no queries'}) → "
+                                     f"{', '.join(e.get('targets') or []) or 'no targets'}")
+                elif e.get("event") == "connect failed":
+                    rep.notes.append(f"{node}: connect failed ({e.get('transport')} {e.get('peer')}: {e.get('cause')})")
         for e in evs:
             name, node = e.get("event"), e.get("node", "?")
             if name == "search completed":
@@ -473,7 +631,7 @@ class CallReport:
                 else:
                     rep.notes.append(f"{node}: no search rule matched {e.get('alias')!r}")
             elif name in ("call rejected", "next hop failed", "next hop timeout", "sdp rewrite failed",
-                          "media ports exhausted", "send failed"):
+                          "media ports exhausted", "send failed", "srtp interworking failed"):
                 detail = ", ".join(f"{k}={v}" for k, v in e.items()
                                    if k not in ("ts", "node", "event", "call_id"))
                 rep.notes.append(f"{node}: {name} ({detail})")
@@ -519,10 +677,60 @@ class CallReport:
         return (self.callee_rtp_received >= MEDIA_MIN_RATIO * self.caller_rtp_sent
                 and self.caller_rtp_received >= MEDIA_MIN_RATIO * self.callee_rtp_sent)
 
+    def srtp_problems(self) -> list[str]:
+        """Why the call's media encryption is not what :attr:`expect_srtp` asks for
+        (empty when it is, or when nothing is expected)."""
+        out: list[str] = []
+        for who, want in (self.expect_srtp or {}).items():
+            if who == self.caller:
+                got, auth = self.caller_srtp, self.caller_srtp_auth_failures
+            elif who == self.callee:
+                got, auth = self.callee_srtp, self.callee_srtp_auth_failures
+            else:
+                continue
+            if got is None:
+                out.append(f"{who}: media encryption unknown")
+            elif got != want:
+                out.append(f"{who} used {'SRTP' if got else 'plain RTP'}, expected {'SRTP' if want else 'plain RTP'}")
+            if auth:
+                out.append(f"{who}: {auth} SRTP authentication failure(s)")
+        for a, b, desc in self.legs:
+            if desc.startswith("mismatch"):
+                out.append(f"{a} ⇄ {b}: {desc}")
+        if self.expect_srtp:
+            for node, n in self.relay_srtp_auth_failures().items():
+                if n:
+                    out.append(f"{node} relay: {n} SRTP authentication failure(s)")
+        return out
+
+    def relay_srtp_auth_failures(self) -> dict[str, int]:
+        """Per node whose relay had SRTP keys for this call: packets it dropped
+        because SRTP/SRTCP authentication failed (both directions summed)."""
+        out: dict[str, int] = {}
+        keyed = {str(e.get("node", "?")) for e in self.srtp_keyed}
+        for r in self.relays:
+            st = r.get("stats") or {}
+            node = str(r["node"])
+            srtp = node in keyed or any(isinstance(st.get(x), Mapping) and st[x].get("srtp_inbound") for x in "ab")
+            if not srtp:
+                continue
+            n = 0
+            for direction in ("a_to_b", "b_to_a"):
+                d = st.get(direction)
+                if isinstance(d, Mapping):
+                    n += int(d.get("srtp_auth_failures") or 0)
+            out[node] = out.get(node, 0) + n
+        return out
+
+    @property
+    def srtp_ok(self) -> bool:
+        """Media encryption is as :attr:`expect_srtp` asks (True when nothing is expected)."""
+        return not self.srtp_problems()
+
     @property
     def passed(self) -> bool:
-        """Signalling succeeded and media flowed both ways."""
-        return self.ok and self.media_ok
+        """Signalling succeeded, media flowed both ways and was (not) encrypted as expected."""
+        return self.ok and self.media_ok and self.srtp_ok
 
     def render(self, console: Console, host_names: Mapping[str, str] = HOST_NAMES) -> None:
         """Print this call: heading, outcome, ladder, media table and notes."""
@@ -565,8 +773,31 @@ class CallReport:
                               highlight=False)
         if self.caller_rtcp_received is not None:
             console.print(f"  RTCP received by {self.caller}: {self.caller_rtcp_received}", markup=False, highlight=False)
+        if self.legs:
+            legs = ", ".join(f"{a} ⇄ {b} {desc}" for a, b, desc in self.legs)
+            console.print(f"  media legs: {legs}", markup=False, highlight=False, soft_wrap=True)
+        if self.expect_srtp or any(x for x in (self.caller_srtp, self.callee_srtp)):
+            parts = []
+            for who, srtp, auth in ((self.caller, self.caller_srtp, self.caller_srtp_auth_failures),
+                                    (self.callee, self.callee_srtp, self.callee_srtp_auth_failures)):
+                if srtp is None:
+                    parts.append(f"{who} n/a")
+                else:
+                    parts.append(f"{who} {'SRTP' if srtp else 'plain RTP'}"
+                                 + (f" ({auth or 0} auth failures)" if srtp else ""))
+            keyed = sorted({f"{e.get('node', '?')} side {e.get('side', '?')}" for e in self.srtp_keyed})
+            line = "  SRTP: " + ", ".join(parts)
+            if keyed:
+                line += f"; relay keyed: {', '.join(keyed)}"
+            for node, n in self.relay_srtp_auth_failures().items():
+                line += f"; {node} relay {n} auth failures"
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         media = "media OK" if self.media_ok else f"media FAILED (each side must receive ≥ {MEDIA_MIN_RATIO:.0%} of what the other sent)"
-        console.print(f"  {'signalling OK' if self.ok else 'signalling FAILED'}, {media}", markup=False, highlight=False)
+        verdicts = f"  {'signalling OK' if self.ok else 'signalling FAILED'}, {media}"
+        if self.expect_srtp:
+            problems = self.srtp_problems()
+            verdicts += ", encryption OK" if not problems else f", encryption FAILED ({'; '.join(problems)})"
+        console.print(verdicts, markup=False, highlight=False, soft_wrap=True)
         for n in self.notes:
             console.print(f"  · {n}", markup=False, highlight=False, soft_wrap=True)
 
@@ -578,6 +809,7 @@ class LabReport:
 
     calls: list[CallReport] = field(default_factory=list)
     traversal: list[dict[str, Any]] = field(default_factory=list)
+    classifications: list[dict[str, Any]] = field(default_factory=list)
     workdir: Path | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -619,6 +851,18 @@ class LabReport:
         changes = len(self.traversal)
         if changes > 2:
             console.print(f"  {changes} state changes recorded", markup=False, highlight=False)
+        seen: set[tuple[str, str, str, str]] = set()
+        for e in self.classifications:
+            peer_ip = _peer_ip(e.get("peer"))[0]
+            who = self.host_names.get(peer_ip, peer_ip)
+            key = (str(e.get("node", "?")), who, str(e.get("zone")), str(e.get("matched_identity")))
+            if key in seen:
+                continue
+            seen.add(key)
+            matched = e.get("matched_identity")
+            how = f"certificate name {matched} matched" if matched else "no certificate name matched"
+            console.print(f"  {key[0]}: TLS from {who} ({e.get('peer', '?')}, listener {e.get('listener', '?')}) "
+                          f"classified into {key[2]!r} ({how})", markup=False, highlight=False, soft_wrap=True)
         for c in self.calls:
             console.print()
             c.render(console, self.host_names)

@@ -30,8 +30,22 @@ from typing import IO, Any
 
 import edgeway
 from edgeway.lab.dns_server import LabDnsServer
-from edgeway.lab.report import CallReport, LabReport, load_events, traversal_history
-from edgeway.lab.topology import ZONE_APEX, LabFiles, LabTopology
+from edgeway.lab.report import (
+    CallReport,
+    LabReport,
+    load_events,
+    tls_classifications,
+    traversal_history,
+)
+from edgeway.lab.topology import (
+    CLOUD_DOMAIN,
+    CLOUD_IP,
+    CLOUD_SERVICE_FQDN,
+    MTLS_PORT,
+    ZONE_APEX,
+    LabFiles,
+    LabTopology,
+)
 
 __all__ = ["Lab", "LabError", "NODES", "STOP_GRACE_S"]
 
@@ -41,6 +55,16 @@ NODES = ("edge", "core")
 STOP_GRACE_S = 5.0
 #: Event names of traversal zone state changes.
 _UP, _DOWN = "traversal connected", "traversal disconnected"
+#: The cloud calling service stand-in's user agent name (report label) and the
+#: cloud-side user it calls as / is called at.
+CLOUD_UA = "cloud"
+CLOUD_USER = "carol"
+#: The domain of cloud users called from inside: like Webex's
+#: ``<org>.call.ciscospark.com``, a subdomain of the cloud domain — the edge's
+#: "Hybrid outbound" search rule matches ``.*@.*\.cloud\.edgeway\.test`` and its
+#: Modify DNS request then looks up ``_sips._tcp.callservice.cloud.edgeway.test``
+#: instead of this name.
+CLOUD_CALLEE_DOMAIN = f"lab.{CLOUD_DOMAIN}"
 
 
 class LabError(RuntimeError):
@@ -147,7 +171,7 @@ class Lab:
         """Fail early, with a clear message, when a node's address is taken."""
         t = self.topology
         wanted = [(t.edge_ip, t.sip_port, "udp"), (t.edge_ip, t.sip_port, "tcp"), (t.edge_ip, t.tls_port, "tcp"),
-                  (t.edge_ip, t.traversal_port, "tcp"), (t.core_ip, t.sip_port, "udp"),
+                  (t.edge_ip, MTLS_PORT, "tcp"), (t.edge_ip, t.traversal_port, "tcp"), (t.core_ip, t.sip_port, "udp"),
                   (t.core_ip, t.sip_port, "tcp"), (t.core_ip, t.tls_port, "tcp")]
         for ip, port, proto in wanted:
             if not port:
@@ -334,8 +358,26 @@ class Lab:
 
     # ------------------------------------------------------------------ the demo
 
-    async def run_demo(self, media_seconds: float = 3.0, *, call_timeout_s: float = 15.0) -> LabReport:
-        """Place the two demonstration calls and report what happened.
+    def cloud_user_agent(self) -> Any:
+        """The cloud calling service stand-in: a :class:`~edgeway.lab.ua.LabUserAgent`
+        named ``cloud`` on ``127.0.0.6:5062`` speaking mutual TLS with the
+        certificate ``pki/cloud.pem`` (SAN ``callservice.<cloud domain>``), trusting
+        the lab CA, requiring a client certificate, checking that the edge's
+        certificate names the edge, and using SRTP (SDES) for all its media."""
+        from edgeway.lab.ua import LabUserAgent
+
+        files = self._require_files()
+        pki = files.workdir / "pki"
+        return LabUserAgent(
+            CLOUD_UA, CLOUD_IP, MTLS_PORT, transport="tls", domain=CLOUD_DOMAIN,
+            tls_cert=getattr(files, "cloud_cert", None) or pki / "cloud.pem",
+            tls_key=getattr(files, "cloud_key", None) or pki / "cloud.key",
+            tls_ca=files.ca, tls_require_client_cert=True, tls_server_name=self.topology.edge_fqdn, srtp=True,
+        )
+
+    async def run_demo(self, media_seconds: float = 3.0, *, call_timeout_s: float = 15.0,
+                       hybrid: bool = True) -> LabReport:
+        """Place the demonstration calls and report what happened.
 
         1. bob (outside, 127.0.0.5:5060/udp) calls ``sip:alice@corp.edgeway.test``:
            he locates the edge by RFC 3263 through the lab DNS (NAPTR → SRV → A)
@@ -345,6 +387,18 @@ class Lab:
            neighbour zone) calls ``sip:bob@partner.edgeway.test`` through the core
            (127.0.0.3:5060/tcp); the edge finds bob by DNS.
 
+        With ``hybrid`` (default) two hybrid calls with the cloud calling service
+        stand-in (:meth:`cloud_user_agent`, 127.0.0.6:5062, mutual TLS, SRTP):
+
+        3. inbound: carol in the cloud calls ``sip:alice@corp.edgeway.test`` through
+           the edge's mutual-TLS port 127.0.0.2:5062; the edge classifies the
+           connection into the Hybrid Call Services DNS zone by the certificate's
+           SAN, decrypts the SRTP and passes plain RTP through the core to alice.
+        4. outbound: alice calls ``sip:carol@lab.cloud.edgeway.test`` through the core;
+           the edge finds the cloud by DNS (Modify DNS request: SRV
+           ``_sips._tcp.callservice.cloud.edgeway.test``), connects with mutual TLS
+           and encrypts the media toward the cloud.
+
         Each call carries ``media_seconds`` of RTP both ways. Never raises for call
         failures: they are in the report.
         """
@@ -353,20 +407,30 @@ class Lab:
 
         files = self._require_files()
         t = self.topology
-        report = LabReport(workdir=self.workdir, host_names=t.host_names)
+        host_names = dict(t.host_names)
+        if hybrid:
+            host_names.setdefault(CLOUD_IP, CLOUD_UA)
+        report = LabReport(workdir=self.workdir, host_names=host_names)
         bob = LabUserAgent("bob", t.partner_ip, t.partner_port, transport="udp", domain=t.partner_domain)
         alice = LabUserAgent("alice", t.call_control_ip, t.call_control_port, transport=t.call_control_transport,
                              domain=t.domain)
-        calls: list[tuple[str, str, str, str, Any, Any, Any, float | None, list[str]]] = []
+        uas = [bob, alice]
+        cloud = None
+        calls: list[dict[str, Any]] = []
         try:
             try:
                 await bob.start()
                 await alice.start()
-            except OSError as exc:
+                if hybrid:
+                    cloud = self.cloud_user_agent()
+                    uas.append(cloud)
+                    await cloud.start()
+            except (OSError, ValueError) as exc:
                 report.error = f"cannot start the lab user agents: {exc}"
                 return report
             self.progress(f"user agents up: bob {t.partner_ip}:{t.partner_port}/udp, "
-                          f"alice {t.call_control_ip}:{t.call_control_port}/{t.call_control_transport}")
+                          f"alice {t.call_control_ip}:{t.call_control_port}/{t.call_control_transport}"
+                          + (f", cloud {CLOUD_IP}:{MTLS_PORT}/tls (mutual TLS, SRTP)" if cloud else ""))
 
             # Call 1: outside → inside, edge located by RFC 3263.
             target1 = f"sip:{t.alice}"
@@ -389,8 +453,8 @@ class Lab:
             else:
                 notes1.append("bob: no usable (udp) target for corp.edgeway.test — call not placed")
             stats1 = await self._callee_stats(alice, result1)
-            calls.append(("call 1: outside → inside (bob → alice)", "bob", "alice", target1, result1, stats1,
-                          alice, wall1, notes1))
+            calls.append({"title": "call 1: outside → inside (bob → alice)", "caller": "bob", "callee": "alice",
+                          "target": target1, "result": result1, "stats": stats1, "wall": wall1, "notes": notes1})
 
             # Call 2: inside → outside, through the core.
             target2 = f"sip:{t.bob}"
@@ -399,18 +463,59 @@ class Lab:
             result2 = await alice.call(target2, proxy=(t.core_ip, t.sip_port, t.call_control_transport),
                                        from_user="alice", media_seconds=media_seconds, timeout_s=call_timeout_s)
             stats2 = await self._callee_stats(bob, result2)
-            calls.append(("call 2: inside → outside (alice → bob)", "alice", "bob", target2, result2, stats2,
-                          bob, wall2, []))
+            calls.append({"title": "call 2: inside → outside (alice → bob)", "caller": "alice", "callee": "bob",
+                          "target": target2, "result": result2, "stats": stats2, "wall": wall2, "notes": []})
+
+            if cloud is not None:
+                # Call 3: cloud → edge (mutual TLS, SRTP) → core → alice (RTP).
+                target3 = f"sip:{t.alice}"
+                self.progress(f"call 3: {CLOUD_USER}@{CLOUD_DOMAIN} (cloud) → {target3} via edge "
+                              f"{t.edge_ip}:{MTLS_PORT}/tls")
+                wall3 = time.time()
+                result3 = await cloud.call(target3, proxy=(t.edge_ip, MTLS_PORT, "tls"), from_user=CLOUD_USER,
+                                           media_seconds=media_seconds, timeout_s=call_timeout_s)
+                stats3 = await self._callee_stats(alice, result3)
+                seen = ", ".join(dict.fromkeys(getattr(result3, "tls_peer_names", []) or [])) or "none"
+                notes3 = [(f"cloud: mutual TLS to edge {t.edge_ip}:{MTLS_PORT}, presenting the certificate with SAN "
+                           f"{CLOUD_SERVICE_FQDN}; the edge's certificate names: {seen} (required: {t.edge_fqdn})")]
+                calls.append({"title": "call 3: hybrid inbound (cloud → edge → core → alice)", "caller": CLOUD_UA,
+                              "callee": "alice", "target": target3, "result": result3, "stats": stats3,
+                              "wall": wall3, "notes": notes3, "expect_srtp": {CLOUD_UA: True, "alice": False}})
+
+                # Call 4: alice → core → edge → cloud (found by DNS, mutual TLS, SRTP).
+                target4 = f"sip:{CLOUD_USER}@{CLOUD_CALLEE_DOMAIN}"
+                self.progress(f"call 4: alice → {target4} via core {t.core_ip}:{t.sip_port}/"
+                              f"{t.call_control_transport}")
+                wall4 = time.time()
+                result4 = await alice.call(target4, proxy=(t.core_ip, t.sip_port, t.call_control_transport),
+                                           from_user="alice", media_seconds=media_seconds, timeout_s=call_timeout_s)
+                stats4 = await self._callee_stats(cloud, result4)
+                notes4 = []
+                if stats4 is not None:
+                    seen = ", ".join(dict.fromkeys(stats4.tls_peer_names)) or "none"
+                    notes4.append(f"cloud: INVITE over {stats4.peer}; the edge's client certificate names: {seen}")
+                calls.append({"title": "call 4: hybrid outbound (alice → core → edge → cloud)", "caller": "alice",
+                              "callee": CLOUD_UA, "target": target4, "result": result4, "stats": stats4,
+                              "wall": wall4, "notes": notes4, "expect_srtp": {"alice": False, CLOUD_UA: True}})
         finally:
-            await asyncio.gather(bob.close(), alice.close(), return_exceptions=True)
+            await asyncio.gather(*(ua.close() for ua in uas), return_exceptions=True)
         await asyncio.sleep(0.3)  # let the nodes write their last events (media closed)
         node_events = self.events("edge") + self.events("core")
         report.traversal = traversal_history(node_events)
-        for title, caller, callee, target, result, stats, callee_ua, wall, notes in calls:
+        report.classifications = tls_classifications(node_events)
+        for i, c in enumerate(calls):
+            stats, result, wall = c["stats"], c["result"], c["wall"]
             callee_ladder = getattr(stats, "ladder", None) or []
+            # events without a Call-ID belong to the call when logged between its start
+            # and the next call's start
+            end = wall + getattr(result, "duration_ms", 0.0) / 1000.0 + 0.5 if wall is not None else None
+            later = [x["wall"] for x in calls[i + 1:] if x["wall"] is not None]
+            if end is not None and later:
+                end = min(end, later[0])
             report.calls.append(CallReport.build(
-                title, caller, callee, target, result, stats, node_events,
-                callee_ladder=callee_ladder, caller_t0=wall, host_names=t.host_names, notes=notes,
+                c["title"], c["caller"], c["callee"], c["target"], result, stats, node_events,
+                callee_ladder=callee_ladder, caller_t0=wall, host_names=host_names, notes=c["notes"],
+                expect_srtp=c.get("expect_srtp"), window=(wall, end) if wall is not None and end is not None else None,
             ))
         report.notes.append(f"configs, certificates and logs: {files.workdir}")
         return report

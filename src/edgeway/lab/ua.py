@@ -3,10 +3,14 @@
 ``edgeway lab`` uses :class:`LabUserAgent` as the phones at both ends of a call through
 the core/edge pair. It is a deliberately small but honest RFC 3261 UA:
 
-* **Transports** – UDP and/or TCP on ``ip:port``. TCP connections are accepted and
-  opened (bound to ``ip``), reused for responses and in-dialog requests, framed with
+* **Transports** – UDP and/or TCP, or TLS (optionally with UDP), on ``ip:port``.
+  TCP and TLS connections are accepted and opened (bound to ``ip``), reused for
+  responses and in-dialog requests, framed with
   :class:`~edgeway.sip.message.StreamFramer`; CRLFCRLF keepalives get a CRLF (RFC 5626
-  §3.5.1).
+  §3.5.1). TLS uses the standard library :mod:`ssl` (contexts from
+  :mod:`edgeway.security.tls`): the server side can require a client certificate
+  (mutual TLS), the client side always verifies the server's chain against
+  ``tls_ca`` and, with ``tls_server_name``, its CN/DNS SAN.
 * **UAS** – answers INVITE with 100 Trying, 180 Ringing and 200 OK carrying an SDP
   answer (PCMA/8, PCMU/0, telephone-event/101), a Contact with its own address and a
   To tag; retransmits the 2xx over UDP until the ACK (RFC 3261 §13.3.1.4); handles
@@ -18,6 +22,13 @@ the core/edge pair. It is a deliberately small but honest RFC 3261 UA:
   non-2xx hop by hop on the INVITE branch, ACKs 2xx end to end through the route set
   (Record-Route reversed, loose or strict routing, RFC 3261 §12.1.2, §12.2.1.1),
   CANCELs a call that rings past its timeout, exchanges RTP/RTCP, then sends BYE.
+* **SRTP** – with ``srtp=True`` the UA offers ``RTP/SAVP`` with SDES keys
+  (:func:`edgeway.sip.sdes.make_offer`) and insists on an SRTP answer; as callee it
+  rejects plain offers with 488. Any UA answers an ``RTP/SAVP`` offer with SDES
+  (:func:`~edgeway.sip.sdes.choose_answer`). Once keyed, everything it sends is
+  protected and everything it receives unprotected (:class:`~edgeway.media.srtp.SrtpContext`);
+  packets failing authentication are dropped and counted. RTP/RTCP counters count
+  packets that were successfully unprotected.
 * **Media** – a real RTP stream (RFC 3550: V=2, sequence numbers, timestamps +8 per
   ms, random SSRC, G.711 silence payload) sent from the same socket it is received on
   (symmetric RTP), always to the address in the peer's SDP (the relay does the
@@ -42,6 +53,7 @@ import math
 import random
 import secrets
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -49,6 +61,14 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ..media.ports import PortAllocator, PortPair
+from ..media.srtp import UNENCRYPTED_SRTCP_SUPPORTED, SrtpContext, SrtpError
+from ..security.tls import (
+    client_context,
+    peer_identities,
+    server_context,
+    subject_name_matches,
+)
+from ..sip import sdes
 from ..sip.message import (
     MAGIC_COOKIE,
     Message,
@@ -60,6 +80,7 @@ from ..sip.message import (
     make_response,
     parse_message,
 )
+from ..sip.sdes import CryptoAttribute, SdesError
 from ..sip.uri import UriError, parse_name_addr, parse_uri
 
 __all__ = [
@@ -85,6 +106,10 @@ _CODECS = {"pcma/8000": (8, "PCMA/8000"), "pcmu/8000": (0, "PCMU/8000")}
 _STATIC_PT = {0: "pcmu/8000", 8: "pcma/8000"}
 _TELEPHONE_EVENT = "telephone-event/8000"
 _SILENCE = {8: b"\xd5", 0: b"\xff"}  # G.711 A-law / µ-law silence octets
+#: Transports carried over a byte stream (framed, connection reuse).
+_STREAM = ("tcp", "tls")
+#: Seconds a TLS handshake may take (both directions).
+TLS_HANDSHAKE_TIMEOUT = 5.0
 
 
 # =========================================================================== results
@@ -97,7 +122,10 @@ class CallResult:
     ``ok`` is True when the INVITE got a 2xx, media could be set up and the BYE was
     answered with a 2xx (or the far end hung up first). ``status``/``reason`` are the
     INVITE's final response (0 when no response at all was received; 408 after a
-    timeout, 503 after a transport error). ``ladder`` has one line per SIP message
+    timeout, 503 after a transport error). ``srtp``/``srtp_suite``/
+    ``srtp_auth_failures``/``srtp_errors``/``transport``/``tls_peer_names`` as in
+    :class:`CallStats`.
+    ``ladder`` has one line per SIP message
     sent or received for this call: ``"<offset> ms <→|←> <peer> (<transport>) <first
     line>"``, responses followed by their CSeq method in parentheses. Packet counters
     are RTP/RTCP datagrams. ``setup_ms`` is INVITE sent → 2xx received. ``error`` is
@@ -121,6 +149,12 @@ class CallResult:
     remote_rtp: tuple[str, int] | None = None
     rtp_source: tuple[str, int] | None = None
     duration_ms: float = 0.0
+    srtp: bool = False
+    srtp_suite: str | None = None
+    srtp_auth_failures: int = 0
+    srtp_errors: int = 0
+    transport: str = ""
+    tls_peer_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,7 +163,13 @@ class CallStats:
     ``ua.calls_answered``) so the lab report can print packets per leg.
 
     Packet counters are final once ``ended`` is True (they are refreshed when the
-    call ends and by :meth:`LabUserAgent.refresh_stats`).
+    call ends and by :meth:`LabUserAgent.refresh_stats`). ``srtp`` is True when the
+    call's media was SRTP (SDES-keyed; ``srtp_suite`` names the suite);
+    ``srtp_auth_failures`` counts received packets dropped because their
+    authentication tag did not verify, ``srtp_errors`` other unprotect failures
+    (replays, malformed packets). ``transport`` is the INVITE's transport;
+    ``tls_peer_names`` the names (CN, DNS SANs) in the certificate the TLS peer of
+    the INVITE's connection presented.
     """
 
     call_id: str
@@ -149,6 +189,12 @@ class CallStats:
     remote_rtp: tuple[str, int] | None = None
     rtp_source: tuple[str, int] | None = None
     ladder: list[str] = field(default_factory=list)
+    srtp: bool = False
+    srtp_suite: str | None = None
+    srtp_auth_failures: int = 0
+    srtp_errors: int = 0
+    transport: str = ""
+    tls_peer_names: list[str] = field(default_factory=list)
 
 
 # =========================================================================== SDP (tiny)
@@ -161,7 +207,9 @@ class SdpInfo:
     ``ip``: connection address; ``port``: RTP port (0 = rejected stream);
     ``pts``: payload types in m= order; ``rtpmap``: PT → ``"name/rate"`` lower
     case (static 0/8 filled in); ``rtcp_port`` from ``a=rtcp`` (RFC 3605) or None;
-    ``ptime`` in ms or None.
+    ``ptime`` in ms or None; ``proto`` the m= line's transport protocol
+    (``RTP/AVP``, ``RTP/SAVP``…); ``crypto`` the stream's ``a=crypto`` values
+    (text after ``a=crypto:``, RFC 4568), in order.
     """
 
     ip: str
@@ -170,9 +218,26 @@ class SdpInfo:
     rtpmap: dict[int, str]
     rtcp_port: int | None = None
     ptime: int | None = None
+    proto: str = "RTP/AVP"
+    crypto: list[str] = field(default_factory=list)
 
     def codec_name(self, pt: int) -> str | None:
         return self.rtpmap.get(pt) or _STATIC_PT.get(pt)
+
+    @property
+    def savp(self) -> bool:
+        """True for an SRTP profile (``RTP/SAVP`` or ``RTP/SAVPF``)."""
+        return self.proto.upper() in ("RTP/SAVP", "RTP/SAVPF")
+
+    def crypto_attributes(self) -> list[CryptoAttribute]:
+        """The parsed ``a=crypto`` attributes; malformed ones are skipped."""
+        out = []
+        for value in self.crypto:
+            try:
+                out.append(CryptoAttribute.parse(value))
+            except SdesError:
+                continue
+        return out
 
 
 def parse_sdp(body: bytes) -> SdpInfo:
@@ -185,6 +250,8 @@ def parse_sdp(body: bytes) -> SdpInfo:
     pts: list[int] = []
     rtpmap: dict[int, str] = {}
     rtcp_port = ptime = None
+    proto = "RTP/AVP"
+    crypto: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
         if len(line) < 2 or line[1] != "=":
@@ -203,6 +270,7 @@ def parse_sdp(body: bytes) -> SdpInfo:
                 if not 0 <= port <= 65535:
                     raise ValueError(f"bad m= port in {line!r}")
                 pts = [int(p) for p in parts[3:] if p.isdigit() and int(p) < 128]
+                proto = parts[2]
                 found = in_audio = True
         elif key == "c":
             parts = val.split()
@@ -225,6 +293,8 @@ def parse_sdp(body: bytes) -> SdpInfo:
                     rtcp_port = int(rest.split()[0])
                 elif name == "ptime":
                     ptime = int(float(rest.strip()))
+                elif name == "crypto":
+                    crypto.append(rest.strip())
             except (ValueError, IndexError):
                 continue
     if not found:
@@ -236,12 +306,24 @@ def parse_sdp(body: bytes) -> SdpInfo:
         ipaddress.ip_address(ip)
     except ValueError:
         raise ValueError(f"c= address {ip!r} is not an IP address") from None
-    return SdpInfo(ip=ip, port=port, pts=pts, rtpmap=rtpmap, rtcp_port=rtcp_port, ptime=ptime)
+    return SdpInfo(ip=ip, port=port, pts=pts, rtpmap=rtpmap, rtcp_port=rtcp_port, ptime=ptime,
+                   proto=proto, crypto=crypto)
 
 
-def build_sdp(user: str, sess_id: int, ip: str, port: int, pts: list[tuple[int, str]], ptime_ms: int = 20) -> bytes:
+def build_sdp(
+    user: str,
+    sess_id: int,
+    ip: str,
+    port: int,
+    pts: list[tuple[int, str]],
+    ptime_ms: int = 20,
+    *,
+    crypto: list[CryptoAttribute] | list[str] | None = None,
+) -> bytes:
     """An SDP body with one sendrecv audio stream. ``pts`` are ``(payload type,
-    "NAME/rate")`` pairs in preference order (telephone-event gets ``a=fmtp 0-16``)."""
+    "NAME/rate")`` pairs in preference order (telephone-event gets ``a=fmtp 0-16``).
+    With ``crypto`` (SDES attributes, RFC 4568) the stream is ``RTP/SAVP`` and
+    carries one ``a=crypto`` line per attribute; else ``RTP/AVP``."""
     fam = "IP6" if ":" in ip else "IP4"
     user = "".join(c for c in user if not c.isspace()) or "-"
     lines = [
@@ -250,12 +332,14 @@ def build_sdp(user: str, sess_id: int, ip: str, port: int, pts: list[tuple[int, 
         "s=Edgeway lab call",
         f"c=IN {fam} {ip}",
         "t=0 0",
-        f"m=audio {port} RTP/AVP {' '.join(str(pt) for pt, _ in pts)}",
+        f"m=audio {port} {'RTP/SAVP' if crypto else 'RTP/AVP'} {' '.join(str(pt) for pt, _ in pts)}",
     ]
     for pt, name in pts:
         lines.append(f"a=rtpmap:{pt} {name}")
         if name.lower() == _TELEPHONE_EVENT:
             lines.append(f"a=fmtp:{pt} 0-16")
+    for attr in crypto or []:
+        lines.append(f"a=crypto:{attr}")
     lines += [f"a=ptime:{ptime_ms}", "a=sendrecv"]
     return ("\r\n".join(lines) + "\r\n").encode()
 
@@ -389,7 +473,12 @@ class _MediaProtocol(asyncio.DatagramProtocol):
 
 class _Media:
     """One call's RTP/RTCP endpoint: a bound even/odd UDP port pair, a sender task
-    and receive counters. Symmetric: sends from the socket it receives on."""
+    and receive counters. Symmetric: sends from the socket it receives on.
+
+    After :meth:`key_srtp` everything sent is SRTP/SRTCP and everything received
+    must be; what fails to unprotect is dropped and counted (``srtp_auth_failures``
+    for a bad authentication tag, ``srtp_errors`` otherwise), never counted as RTP.
+    ``srtp_offer`` holds the SDES attributes this side offered, until the answer."""
 
     def __init__(self, ua: "LabUserAgent", pair: PortPair):
         self.ua = ua
@@ -415,6 +504,49 @@ class _Media:
         self._rtcp_t: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task | None = None
         self._bye_sent = False
+        self.tx_srtp: SrtpContext | None = None
+        self.rx_srtp: SrtpContext | None = None
+        self.srtp_offer: list[CryptoAttribute] | None = None
+        self.srtp_ours: CryptoAttribute | None = None
+        self.srtp_theirs: CryptoAttribute | None = None
+        self.srtp_auth_failures = self.srtp_errors = 0
+
+    @property
+    def srtp(self) -> bool:
+        return self.tx_srtp is not None and self.rx_srtp is not None
+
+    @property
+    def srtp_suite(self) -> str | None:
+        if self.srtp_ours is None or not self.srtp:
+            return None
+        return self.srtp_ours.suite + (" UNENCRYPTED_SRTCP" if self.srtp_ours.unencrypted_srtcp else "")
+
+    def key_srtp(self, ours: CryptoAttribute, theirs: CryptoAttribute) -> None:
+        """Protect what we send with ``ours`` and unprotect what we receive with
+        ``theirs`` (RFC 4568 §6.1). A key that did not change keeps its context (and
+        so its rollover counter and replay window). Raises SdesError."""
+        if self.srtp_ours is None or (self.srtp_ours.suite, self.srtp_ours.key_salt, self.srtp_ours.session_params) != (
+                ours.suite, ours.key_salt, ours.session_params):
+            self.tx_srtp = SrtpContext.from_crypto(ours, "outbound")
+        if self.srtp_theirs is None or (self.srtp_theirs.suite, self.srtp_theirs.key_salt,
+                                        self.srtp_theirs.session_params) != (theirs.suite, theirs.key_salt,
+                                                                             theirs.session_params):
+            self.rx_srtp = SrtpContext.from_crypto(theirs, "inbound")
+        self.srtp_ours, self.srtp_theirs = ours, theirs
+
+    def _unprotect(self, data: bytes, rtcp: bool) -> bytes | None:
+        ctx = self.rx_srtp
+        if ctx is None:
+            return data
+        try:
+            return ctx.unprotect_rtcp(data) if rtcp else ctx.unprotect_rtp(data)
+        except SrtpError as exc:
+            if exc.kind == "auth":
+                self.srtp_auth_failures += 1
+            else:
+                self.srtp_errors += 1
+            log.debug("media %s: %s dropped: %s", self.label, "SRTCP" if rtcp else "SRTP", exc)
+            return None
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -441,6 +573,14 @@ class _Media:
         if 72 <= pt <= 76:  # RTCP multiplexed on the RTP port (RFC 5761)
             self.on_rtcp(data, addr)
             return
+        if self.rx_srtp is not None:
+            plain = self._unprotect(data, rtcp=False)
+            if plain is None:
+                return
+            hdr = parse_rtp_header(plain)
+            if hdr is None:
+                self.bad_packets += 1
+                return
         self.rtp_received += 1
         if self.rtp_source is None:
             self.rtp_source = addr
@@ -448,6 +588,14 @@ class _Media:
         self.recv.update(hdr[1], hdr[2], hdr[3], arrival)
 
     def on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.rx_srtp is not None:
+            if len(data) < 8 or data[0] >> 6 != 2:
+                self.bad_packets += 1
+                return
+            plain = self._unprotect(data, rtcp=True)
+            if plain is None:
+                return
+            data = plain
         if not _rtcp_valid(data):
             self.bad_packets += 1
             return
@@ -483,10 +631,12 @@ class _Media:
                 if self.remote is not None and self._rtp_t is not None:
                     pkt = build_rtp_packet(self.pt, self.seq, self.ts, self.ssrc, payload, marker=(n == 0))
                     try:
+                        if self.tx_srtp is not None:
+                            pkt = self.tx_srtp.protect_rtp(pkt)
                         self._rtp_t.sendto(pkt, self.remote)
                         self.rtp_sent += 1
                         self.rtp_octets += len(payload)
-                    except (OSError, ValueError, TypeError) as exc:
+                    except (OSError, ValueError, TypeError, SrtpError) as exc:
                         log.debug("media %s: RTP send to %s failed: %s", self.label, self.remote, exc)
                 if now >= next_rtcp:
                     self._send_rtcp()
@@ -528,9 +678,12 @@ class _Media:
         if self.remote_rtcp is None or self._rtcp_t is None or self.closed:
             return
         try:
-            self._rtcp_t.sendto(self._rtcp_packet(bye), self.remote_rtcp)
+            pkt = self._rtcp_packet(bye)
+            if self.tx_srtp is not None:
+                pkt = self.tx_srtp.protect_rtcp(pkt)
+            self._rtcp_t.sendto(pkt, self.remote_rtcp)
             self.rtcp_sent += 1
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, SrtpError) as exc:
             log.debug("media %s: RTCP send failed: %s", self.label, exc)
 
     def stop(self) -> None:
@@ -559,6 +712,8 @@ class _Media:
         obj.rtcp_sent, obj.rtcp_received = self.rtcp_sent, self.rtcp_received
         obj.rtp_lost = self.recv.lost
         obj.local_rtp, obj.remote_rtp, obj.rtp_source = (self.ip, self.port), self.remote, self.rtp_source
+        obj.srtp, obj.srtp_suite = self.srtp, self.srtp_suite
+        obj.srtp_auth_failures, obj.srtp_errors = self.srtp_auth_failures, self.srtp_errors
 
 
 # =========================================================================== SIP plumbing
@@ -582,7 +737,7 @@ def _clean_reason(text: str) -> str:
 
 @dataclass(eq=False)
 class _Flow:
-    """Where a message goes: UDP to ``addr``, or over TCP connection ``conn``."""
+    """Where a message goes: UDP to ``addr``, or over TCP/TLS connection ``conn``."""
 
     transport: str
     addr: tuple[str, int]
@@ -594,13 +749,31 @@ class _Flow:
 
 
 class _TcpConn:
-    """One TCP connection (accepted or opened): framed reads, dispatch, writes."""
+    """One TCP or TLS connection (accepted or opened): framed reads, dispatch, writes.
 
-    def __init__(self, ua: "LabUserAgent", reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: tuple[str, int]):
+    ``peer_names`` are the names (CN, then DNS SANs) of the certificate the TLS peer
+    presented (empty for TCP, or a TLS client that sent none)."""
+
+    def __init__(self, ua: "LabUserAgent", reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 peer: tuple[str, int], transport: str = "tcp"):
         self.ua, self.reader, self.writer, self.peer = ua, reader, writer, peer
+        self.transport = transport
         self.framer = StreamFramer()
         self.closed = False
-        self.flow = _Flow("tcp", peer, self)
+        self.close_reason = "closed"
+        self.flow = _Flow(transport, peer, self)
+        self.peer_names: list[str] = []
+        if transport == "tls":
+            sslobj = writer.get_extra_info("ssl_object")
+            if sslobj is not None:
+                try:
+                    self.peer_names = peer_identities(sslobj)
+                except Exception:  # informational only
+                    log.debug("%s: cannot read the TLS peer certificate of %s", ua.name, peer, exc_info=True)
+
+    @property
+    def key(self) -> tuple[str, tuple[str, int]]:
+        return (self.transport, self.peer)
 
     def write(self, data: bytes) -> bool:
         if self.closed or self.writer.is_closing():
@@ -609,7 +782,7 @@ class _TcpConn:
             self.writer.write(data)
             return True
         except Exception as exc:  # noqa: BLE001 - a dead socket must not crash the UA
-            log.debug("%s: TCP write to %s failed: %s", self.ua.name, self.peer, exc)
+            log.debug("%s: %s write to %s failed: %s", self.ua.name, self.transport.upper(), self.peer, exc)
             self.close()
             return False
 
@@ -618,6 +791,7 @@ class _TcpConn:
             while not self.closed:
                 data = await self.reader.read(65536)
                 if not data:
+                    self.close_reason = "closed by the peer"
                     break
                 for ev in self.framer.feed(data):
                     if isinstance(ev, str):
@@ -632,9 +806,10 @@ class _TcpConn:
         except asyncio.CancelledError:
             raise
         except (ConnectionError, OSError) as exc:
-            log.debug("%s: TCP connection %s: %s", self.ua.name, self.peer, exc)
+            self.close_reason = str(exc) or type(exc).__name__
+            log.debug("%s: %s connection %s: %s", self.ua.name, self.transport.upper(), self.peer, exc)
         except Exception:
-            log.exception("%s: TCP connection %s failed", self.ua.name, self.peer)
+            log.exception("%s: %s connection %s failed", self.ua.name, self.transport.upper(), self.peer)
         finally:
             self.close()
 
@@ -667,6 +842,16 @@ class _ClientTx:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Response | None] = asyncio.Queue()
         self.ack: tuple[Request, _Flow, bool] | None = None  # (ACK, flow, for_2xx)
+        self.conn: _TcpConn | None = None  # the connection the request went out on
+
+
+class _TransportError(Response):
+    """What a client transaction gets when its connection dies before a final
+    response (RFC 3261 §17.1.4: a transport error is reported as 503)."""
+
+    def __init__(self, detail: str):
+        super().__init__(503, "Service Unavailable")
+        self.detail = detail
 
 
 class _ServerTx:
@@ -735,7 +920,9 @@ class LabUserAgent:
         name: user part of its Contact and SDP ``o=`` user; also the log label.
         ip: local IP address to bind SIP (and, by default, media) sockets to.
         port: SIP port; 0 picks a free one (read :attr:`port` after :meth:`start`).
-        transport: ``"udp"``, ``"tcp"`` or ``"both"`` – what it listens on.
+        transport: what it listens on: ``"udp"``, ``"tcp"``, ``"tls"``, ``"both"``
+            (= ``"udp+tcp"``) or ``"udp+tls"`` (TCP and TLS share the port number,
+            so not both).
         domain: host part of the From URIs it sends (``sip:<user>@<domain>``).
         media_ip: address for RTP sockets and SDP ``c=`` (default ``ip``).
         rtp_port_base: first RTP port (even, rounded up); pairs are allocated
@@ -746,6 +933,17 @@ class LabUserAgent:
         resolver: optional ``async (host, port) -> (ip, port)`` for host names in
             Route/Contact URIs (e.g. the lab DNS); default: the system resolver.
             IP literals are never resolved.
+        tls_cert, tls_key: PEM certificate (chain) and key; required for
+            ``"tls"`` (server side), also presented as client certificate.
+        tls_ca: PEM CA bundle that server and client certificates must chain to
+            (default for outgoing connections: the system trust store).
+        tls_require_client_cert: as TLS server, fail handshakes without a client
+            certificate chaining to ``tls_ca`` (mutual TLS).
+        tls_server_name: when set, an outgoing TLS connection is dropped unless the
+            server's certificate has this name as CN or DNS SAN.
+        srtp: offer SRTP (``RTP/SAVP``, SDES) on calls placed, require an SRTP answer,
+            and reject plain RTP offers with 488. (``RTP/SAVP`` offers are answered
+            with SDES either way.)
 
     Public attributes a lab may set: ``ring_seconds`` (delay between 180 and the
     final response), ``answer_status`` (200 to answer, or a 3xx–6xx to reject).
@@ -766,18 +964,34 @@ class LabUserAgent:
         rtp_port_range: int = 2000,
         timer_t1: float = 0.5,
         resolver: Callable[[str, int], Awaitable[tuple[str, int]]] | None = None,
+        tls_cert: str | Any | None = None,
+        tls_key: str | Any | None = None,
+        tls_ca: str | Any | None = None,
+        tls_require_client_cert: bool = False,
+        tls_server_name: str | None = None,
+        srtp: bool = False,
     ):
-        t = transport.lower()
-        if t in ("both", "udp+tcp", "tcp+udp"):
-            self._transports = {"udp", "tcp"}
-        elif t in ("udp", "tcp"):
-            self._transports = {t}
-        else:
-            raise ValueError(f"transport must be 'udp', 'tcp' or 'both', not {transport!r}")
+        t = transport.lower().strip()
+        parts = {x.strip() for x in ("udp+tcp" if t == "both" else t).replace(",", "+").split("+")}
+        if not parts or not parts <= {"udp", "tcp", "tls"} or {"tcp", "tls"} <= parts:
+            raise ValueError(f"transport must be 'udp', 'tcp', 'tls', 'both' or 'udp+tls', not {transport!r}")
+        if "tls" in parts and (tls_cert is None or tls_key is None):
+            raise ValueError("transport 'tls' needs tls_cert and tls_key")
+        if tls_require_client_cert and tls_ca is None:
+            raise ValueError("tls_require_client_cert needs tls_ca")
+        self._transports = parts
+        #: the stream transport it listens on ("tcp", "tls") or None
+        self._stream = next((x for x in _STREAM if x in parts), None)
         self.name = name
         self.ip = ip
         self.port = port
-        self.transport = "udp" if "udp" in self._transports and t != "tcp" else "tcp"
+        self.transport = "tls" if "tls" in parts else ("udp" if "udp" in parts and t != "tcp" else "tcp")
+        self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
+        self.tls_require_client_cert = tls_require_client_cert
+        self.tls_server_name = tls_server_name
+        self.srtp = srtp
+        self._server_ssl: ssl.SSLContext | None = None
+        self._client_ssl: ssl.SSLContext | None = None
         self.domain = domain
         self.media_ip = media_ip or ip
         self.rtp_port_base = rtp_port_base
@@ -791,9 +1005,9 @@ class LabUserAgent:
         self._ports = PortAllocator(self.media_ip, rtp_port_base, min(65535, rtp_port_base + rtp_port_range - 1))
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._conns: dict[tuple[str, int], _TcpConn] = {}
+        self._conns: dict[tuple[str, tuple[str, int]], _TcpConn] = {}  # (transport, peer) → connection
         self._all_conns: set[_TcpConn] = set()
-        self._conn_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._conn_locks: dict[tuple[str, tuple[str, int]], asyncio.Lock] = {}
         self._client_tx: dict[tuple[str, str], _ClientTx] = {}
         self._server_tx: dict[tuple, _ServerTx] = {}
         self._dialogs: dict[tuple[str, str, str], _Dialog] = {}
@@ -821,7 +1035,10 @@ class LabUserAgent:
         return f"sip:{user or self.name}@{_hostport(self.ip, self.port)}"
 
     async def start(self) -> None:
-        """Bind the SIP listeners (UDP and/or TCP on ``ip:port``)."""
+        """Bind the SIP listeners (UDP and/or TCP or TLS on ``ip:port``).
+
+        Raises OSError (``ssl.SSLError`` included) when a socket cannot be bound or a
+        TLS certificate/key/CA file cannot be loaded."""
         if self._started:
             return
         loop = asyncio.get_running_loop()
@@ -830,8 +1047,15 @@ class LabUserAgent:
             if "udp" in self._transports:
                 self._udp, _ = await loop.create_datagram_endpoint(lambda: _SipUdp(self), local_addr=(self.ip, self.port))
                 self.port = self._udp.get_extra_info("sockname")[1]
-            if "tcp" in self._transports:
-                self._server = await asyncio.start_server(self._on_tcp_accept, self.ip, self.port)
+            if "tls" in self._transports:
+                self._server_ssl = server_context(self.tls_cert, self.tls_key, self.tls_ca,
+                                                  require_client_cert=self.tls_require_client_cert)
+                self._client_ssl = client_context(self.tls_cert, self.tls_key, self.tls_ca)
+            if self._stream is not None:
+                kw: dict[str, Any] = {}
+                if self._stream == "tls":
+                    kw = {"ssl": self._server_ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
+                self._server = await asyncio.start_server(self._on_tcp_accept, self.ip, self.port, **kw)
                 self.port = self._server.sockets[0].getsockname()[1]
         except BaseException:
             await self.close()
@@ -921,11 +1145,14 @@ class LabUserAgent:
             self._accept_tasks.add(task)
             task.add_done_callback(self._accept_tasks.discard)
         peer = writer.get_extra_info("peername")
-        conn = _TcpConn(self, reader, writer, (peer[0], peer[1]))
+        conn = _TcpConn(self, reader, writer, (peer[0], peer[1]), self._stream or "tcp")
         if self._closed:
             conn.close()
             return
-        self._conns[conn.peer] = conn
+        if conn.peer_names:
+            log.info("%s: TLS connection from %s, certificate names %s", self.name, _hostport(*conn.peer),
+                     ", ".join(conn.peer_names))
+        self._conns[conn.key] = conn
         self._all_conns.add(conn)
         try:
             await conn.run()
@@ -934,8 +1161,15 @@ class LabUserAgent:
 
     def _conn_closed(self, conn: _TcpConn) -> None:
         self._all_conns.discard(conn)
-        if self._conns.get(conn.peer) is conn:
-            del self._conns[conn.peer]
+        if self._conns.get(conn.key) is conn:
+            del self._conns[conn.key]
+        if self._closed:
+            return
+        for tx in list(self._client_tx.values()):
+            if tx.conn is conn and tx.ack is None:
+                tx.queue.put_nowait(_TransportError(
+                    f"{conn.transport.upper()} connection to {_hostport(*conn.peer)} lost before a final response:"
+                    f" {conn.close_reason}"))
 
     async def _resolve(self, host: str, port: int) -> tuple[str, int]:
         h = host[1:-1] if host.startswith("[") else host
@@ -951,26 +1185,42 @@ class LabUserAgent:
             raise OSError(f"cannot resolve {host!r}")
         return (infos[0][4][0], port)
 
-    async def _get_conn(self, addr: tuple[str, int], timeout: float = 5.0) -> _TcpConn:
-        lock = self._conn_locks.setdefault(addr, asyncio.Lock())
+    async def _get_conn(self, addr: tuple[str, int], transport: str = "tcp", timeout: float = 5.0) -> _TcpConn:
+        """An open ``transport`` connection to ``addr``: an existing one (accepted or
+        opened), else a new one from ``ip`` (TLS: handshake, server chain checked
+        against ``tls_ca`` and, with ``tls_server_name``, its name)."""
+        key = (transport, addr)
+        lock = self._conn_locks.setdefault(key, asyncio.Lock())
         async with lock:
-            c = self._conns.get(addr)
+            c = self._conns.get(key)
             if c is not None and not c.closed:
                 return c
             if self._closed:
                 raise _UaClosed()
             local = (self.ip, 0)
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(addr[0], addr[1], local_addr=local), timeout)
-            conn = _TcpConn(self, reader, writer, addr)
-            self._conns[addr] = conn
+            if transport == "tls":
+                if self._client_ssl is None:
+                    raise OSError(f"{self.name} has no TLS client context")
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    addr[0], addr[1], local_addr=local, ssl=self._client_ssl,
+                    server_hostname=self.tls_server_name or addr[0], ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                ), timeout + TLS_HANDSHAKE_TIMEOUT)
+            else:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(addr[0], addr[1], local_addr=local), timeout)
+            conn = _TcpConn(self, reader, writer, addr, transport)
+            if transport == "tls" and self.tls_server_name and not subject_name_matches(conn.peer_names, self.tls_server_name):
+                writer.close()
+                raise OSError(f"TLS server {_hostport(*addr)} is not {self.tls_server_name!r}"
+                              f" (certificate names: {', '.join(conn.peer_names) or 'none'})")
+            self._conns[key] = conn
             self._all_conns.add(conn)
             self._spawn(conn.run())
             return conn
 
     async def _flow_to(self, host: str, port: int, transport: str) -> _Flow:
         addr = await self._resolve(host, port)
-        if transport == "tcp":
-            return (await self._get_conn(addr)).flow
+        if transport in _STREAM:
+            return (await self._get_conn(addr, transport)).flow
         return _Flow("udp", addr)
 
     def _send(self, msg: Message, flow: _Flow, retransmit: bool = False) -> bool:
@@ -980,9 +1230,10 @@ class LabUserAgent:
         data = msg.to_bytes()
         self._trace("→", msg, flow, retransmit)
         try:
-            if flow.transport == "tcp":
+            if flow.transport in _STREAM:
                 if flow.conn is None or flow.conn.closed:
-                    log.warning("%s: TCP connection to %s is gone; %r not sent", self.name, flow.label, msg)
+                    log.warning("%s: %s connection to %s is gone; %r not sent", self.name, flow.transport.upper(),
+                                flow.label, msg)
                     return False
                 return flow.conn.write(data)
             if self._udp is None:
@@ -1113,8 +1364,8 @@ class LabUserAgent:
 
     def _contact(self, user: str, transport: str) -> str:
         uri = f"sip:{user}@{_hostport(self.ip, self.port)}"
-        if transport == "tcp":
-            uri += ";transport=tcp"
+        if transport in _STREAM:
+            uri += f";transport={transport}"
         return f"<{uri}>"
 
     # ------------------------------------------------------------------ UAS
@@ -1132,6 +1383,8 @@ class LabUserAgent:
             to_uri=str(req.to.uri),
             peer=tx.flow.label,
             ladder=clog.lines,
+            transport=tx.flow.transport,
+            tls_peer_names=list(tx.flow.conn.peer_names) if tx.flow.conn is not None else [],
         )
         tx.stats = stats
         self.calls_received[call_id] = stats
@@ -1158,9 +1411,43 @@ class LabUserAgent:
             if _answer_pts(offer)[1] is None:
                 self._final_non2xx(tx, 488, "Not Acceptable Here (no common codec: PCMA/PCMU)")
                 return
-        tx.task = self._spawn(self._uas_answer(tx, stats, offer))
+        chosen: tuple[CryptoAttribute, CryptoAttribute] | None = None
+        if offer is not None:
+            reason = self._srtp_offer_problem(offer)
+            if reason is not None:
+                self._final_non2xx(tx, 488, f"Not Acceptable Here ({reason})")
+                return
+            if offer.savp:
+                chosen = sdes.choose_answer(offer.crypto_attributes(), allow_unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED)
+        tx.task = self._spawn(self._uas_answer(tx, stats, offer, chosen))
 
-    async def _uas_answer(self, tx: _ServerTx, stats: CallStats, offer: SdpInfo | None) -> None:
+    def _srtp_offer_problem(self, offer: SdpInfo) -> str | None:
+        """Why an offer's media protocol/keys cannot be answered, or None."""
+        if offer.proto.upper() not in ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"):
+            return f"unsupported media protocol {offer.proto}"
+        if offer.savp:
+            if sdes.choose_answer(offer.crypto_attributes(), allow_unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED) is None:
+                return "no usable a=crypto in the RTP/SAVP offer"
+        elif self.srtp:
+            return f"SRTP required, offer is {offer.proto}"
+        return None
+
+    def _srtp_from_answer(self, media: _Media, answer: SdpInfo) -> None:
+        """Check an SDP answer against what ``media`` offered and key SRTP from it.
+        Raises ValueError (SdesError) when it does not fit the offer."""
+        offered = media.srtp_offer
+        if offered is None:
+            if answer.savp:
+                raise ValueError(f"{answer.proto} answer to a plain RTP offer")
+            return
+        if not answer.savp:
+            raise ValueError(f"plain {answer.proto} answer to an SRTP (RTP/SAVP) offer")
+        ours, theirs = sdes.accept_answer(offered, [CryptoAttribute.parse(v) for v in answer.crypto])
+        media.key_srtp(ours, theirs)
+        media.srtp_offer = None
+
+    async def _uas_answer(self, tx: _ServerTx, stats: CallStats, offer: SdpInfo | None,
+                          chosen: tuple[CryptoAttribute, CryptoAttribute] | None = None) -> None:
         req = tx.request
         media: _Media | None = None
         try:
@@ -1173,13 +1460,20 @@ class LabUserAgent:
                 self._final_non2xx(tx, self.answer_status)
                 return
             media = await self._open_media()
+            crypto: list[CryptoAttribute] | None = None
             if offer is not None:
                 pts, send_pt = _answer_pts(offer)
                 media.set_remote(offer, send_pt)
                 ptime = offer.ptime or 20
+                if chosen is not None:  # SDES answer: the offer's tag and suite, our key
+                    theirs, ours = chosen
+                    media.key_srtp(ours, theirs)
+                    crypto = [ours]
             else:
                 pts, ptime = list(_OFFER_PTS), 20
-            body = build_sdp(self.name, random.randrange(1, 2**31), self.media_ip, media.port, pts, ptime)
+                if self.srtp:  # we offer in the 2xx; the answer comes in the ACK
+                    media.srtp_offer = crypto = sdes.make_offer(include_unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED)
+            body = build_sdp(self.name, random.randrange(1, 2**31), self.media_ip, media.port, pts, ptime, crypto=crypto)
             media.ptime = ptime
             cseq = req.cseq[0]
             d = _Dialog(
@@ -1273,10 +1567,28 @@ class LabUserAgent:
         if d is None or d.media is None:
             self._respond(tx, 481, tag=False)
             return
+        media = d.media
+        crypto: list[CryptoAttribute] | None = [media.srtp_ours] if media.srtp and media.srtp_ours else None
         if req.body:
             try:
                 sdp = parse_sdp(req.body)
-                d.media.set_remote(sdp, _answer_pts(sdp)[1])
+                problem = self._srtp_offer_problem(sdp)
+                if problem is not None:
+                    raise ValueError(problem)
+                if sdp.savp:
+                    chosen = sdes.choose_answer(sdp.crypto_attributes(), allow_unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED)
+                    assert chosen is not None  # checked by _srtp_offer_problem
+                    theirs, ours = chosen
+                    cur = media.srtp_ours
+                    if cur is not None and (cur.suite, cur.session_params) == (ours.suite, ours.session_params):
+                        # same suite: keep our key (and outbound context), answer with the new tag
+                        ours = CryptoAttribute(ours.tag, cur.suite, cur.key_salt, session_params=list(cur.session_params))
+                    media.key_srtp(ours, theirs)
+                    crypto = [ours]
+                else:
+                    media.tx_srtp = media.rx_srtp = media.srtp_ours = media.srtp_theirs = None
+                    crypto = None
+                media.set_remote(sdp, _answer_pts(sdp)[1])
             except ValueError as exc:
                 self._respond(tx, 488, f"Not Acceptable Here ({_clean_reason(str(exc))})", tag=False)
                 return
@@ -1286,7 +1598,7 @@ class LabUserAgent:
                 d.remote_target = str(parse_name_addr(contact).uri)
             except UriError:
                 pass
-        body = build_sdp(self.name, 1, self.media_ip, d.media.port, list(_OFFER_PTS), d.media.ptime)
+        body = build_sdp(self.name, 1, self.media_ip, d.media.port, list(_OFFER_PTS), d.media.ptime, crypto=crypto)
         ev = d.ack_events.setdefault(req.cseq[0], asyncio.Event())
         resp = self._respond(tx, 200, body=body, extra=[("Contact", self._contact(d.contact_user, d.transport))], tag=False)
         self._later(64 * self.timer_t1, lambda: self._server_tx.pop(tx.key, None))
@@ -1307,6 +1619,7 @@ class LabUserAgent:
         if d.media is not None and d.offer_sent_in_2xx and d.media.remote is None and req.body:
             try:
                 sdp = parse_sdp(req.body)
+                self._srtp_from_answer(d.media, sdp)
                 d.media.set_remote(sdp, _first_audio_pt(sdp))
             except ValueError as exc:
                 log.warning("%s: bad SDP answer in ACK: %s", self.name, exc)
@@ -1375,22 +1688,23 @@ class LabUserAgent:
         return req, next_hop
 
     async def _dialog_flow(self, d: _Dialog, next_hop: str) -> _Flow:
-        """Where an in-dialog request goes: the next hop's address; over TCP an open
-        connection to it, else the connection the dialog was set up on."""
+        """Where an in-dialog request goes: the next hop's address; over TCP/TLS an
+        open connection to it, else the connection the dialog was set up on (a
+        transport this UA does not use falls back to the dialog's)."""
         uri = parse_uri(next_hop)
-        transport = uri.transport or d.transport
-        if transport not in ("udp", "tcp"):
+        transport = (uri.transport or "").lower() or ("tls" if uri.scheme == "sips" else d.transport)
+        if transport not in self._transports:
             transport = d.transport
         host = uri.params.get("maddr") or uri.host
-        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        port = uri.port or (5061 if uri.scheme == "sips" or transport == "tls" else 5060)
         addr = await self._resolve(host, port)
-        if transport == "tcp":
-            c = self._conns.get(addr)
+        if transport in _STREAM:
+            c = self._conns.get((transport, addr))
             if c is not None and not c.closed:
                 return c.flow
-            if d.flow.transport == "tcp" and d.flow.conn is not None and not d.flow.conn.closed:
+            if d.flow.transport == transport and d.flow.conn is not None and not d.flow.conn.closed:
                 return d.flow
-            return (await self._get_conn(addr)).flow
+            return (await self._get_conn(addr, transport)).flow
         return _Flow("udp", addr)
 
     async def _send_bye(self, d: _Dialog, reason: str) -> Response | None:
@@ -1483,9 +1797,11 @@ class LabUserAgent:
         the final response, or None after 64*T1."""
         key = (req.branch or "", req.method)
         tx = self._new_client_tx(key)
+        tx.conn = flow.conn
         loop = asyncio.get_running_loop()
         try:
-            self._send(req, flow)
+            if not self._send(req, flow) and flow.conn is not None and flow.conn.closed:
+                return _TransportError(f"{flow.label} is closed ({flow.conn.close_reason})")
             deadline = loop.time() + 64 * t1
             interval = t1
             next_retx = loop.time() + t1 if flow.transport == "udp" else math.inf
@@ -1543,7 +1859,7 @@ class LabUserAgent:
         call_id = f"{secrets.token_hex(10)}@{self.domain}"
         clog = _CallLog(loop.time(), [])
         self._call_logs[call_id] = clog
-        result = CallResult(call_id=call_id, ladder=clog.lines)
+        result = CallResult(call_id=call_id, ladder=clog.lines, transport=ptrans)
         media: _Media | None = None
         d: _Dialog | None = None
         try:
@@ -1558,6 +1874,8 @@ class LabUserAgent:
                 result.status, result.reason = 503, "Service Unavailable"
                 result.error = f"transport error reaching {_hostport(host, pport)}/{ptrans}: {exc!r}"
                 return result
+            if flow.conn is not None:
+                result.tls_peer_names = list(flow.conn.peer_names)
             d = await self._uac_invite(result, target_uri, to_uri, flow, from_user, media, ptime_ms, timer_t1, timeout, extra_headers)
             if d is None:
                 return result
@@ -1632,12 +1950,20 @@ class LabUserAgent:
         for n, v in extra_headers or []:
             h.add(n, v)
         h.add("Content-Type", "application/sdp")
-        invite.body = build_sdp(from_user, random.randrange(1, 2**31), self.media_ip, media.port, list(_OFFER_PTS), ptime_ms)
+        crypto = None
+        if self.srtp:
+            media.srtp_offer = crypto = sdes.make_offer(include_unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED)
+        invite.body = build_sdp(from_user, random.randrange(1, 2**31), self.media_ip, media.port, list(_OFFER_PTS),
+                                ptime_ms, crypto=crypto)
         tx = self._new_client_tx((branch, "INVITE"))
+        tx.conn = flow.conn
         key = (branch, "INVITE")
         started = loop.time()
-        self._send(invite, flow)
-        final, got_1xx = await self._invite_wait(tx, invite, flow, t1, started + timeout)
+        if not self._send(invite, flow) and flow.conn is not None and flow.conn.closed:
+            final: Response | None = _TransportError(f"{flow.label} is closed ({flow.conn.close_reason})")
+            got_1xx = False
+        else:
+            final, got_1xx = await self._invite_wait(tx, invite, flow, t1, started + timeout)
         cancelled = False
         if final is None and got_1xx:
             cancelled = True
@@ -1652,6 +1978,11 @@ class LabUserAgent:
             await self._non_invite(cancel, flow, t1)
             final, _ = await self._invite_wait(tx, invite, flow, t1, loop.time() + 64 * t1, retransmit=False)
         self._later(64 * t1, lambda: self._client_tx.pop(key, None))
+        if isinstance(final, _TransportError):
+            result.status, result.reason = final.status, final.reason
+            result.error = f"transport error: {final.detail}"
+            self._client_tx.pop(key, None)
+            return None
         if final is None:
             result.status, result.reason = 408, "Request Timeout"
             if got_1xx:
@@ -1715,6 +2046,7 @@ class LabUserAgent:
                 pt = _first_audio_pt(answer)
                 if pt is None or not any(pt == p for p, _ in _OFFER_PTS):
                     raise ValueError("no offered audio codec in the answer")
+                self._srtp_from_answer(media, answer)
                 media.set_remote(answer, pt)
             except ValueError as exc:
                 result.ok, result.error = False, f"unusable SDP answer: {exc}"
