@@ -77,10 +77,8 @@ _register_domain()
 
 
 def _register_lab() -> None:
-    try:
-        from ..lab.cli import lab_app
-    except ImportError:  # the lab is optional while it is being built
-        return
+    from ..lab.cli import lab_app
+
     app.add_typer(lab_app, name="lab")
 
 

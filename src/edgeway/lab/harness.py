@@ -153,18 +153,34 @@ class Baresip:
     terminal). :meth:`write_config` writes ``config``, ``accounts`` and an empty
     ``contacts`` into ``confdir``; :meth:`start` runs ``baresip -f confdir -t
     max_seconds`` in its own session (``-t`` makes baresip quit by itself even if
-    this process dies), output in ``confdir/baresip.out``; :meth:`command` sends a
-    long command (``dial``, ``hangup``, ``quit``, …) and returns the response;
+    this process dies; ``args`` are added, e.g. ``["-s"]`` for a SIP trace or
+    ``["-v"]``), output in ``confdir/baresip.out``; :meth:`command` sends a long
+    command (``dial``, ``hangup``, ``callstat``, …) and returns the response;
     :meth:`wait_event` waits for a ``ua`` event (``CALL_ESTABLISHED``, …);
-    :meth:`stop` quits it (SIGINT, then SIGKILL) by PID.
+    :meth:`call_summary` reads the per-call packet table baresip prints when a call
+    ends; :meth:`stop` quits it (SIGINT, then SIGKILL) by PID.
+
+    baresip 1.0 / libre 1.1 behaviour to know about:
+
+    * ``sip_cafile`` is loaded ("ua: adding SIP CA") but the server certificate is
+      *not enforced*: libre accepts any certificate, and baresip 1.0 has no
+      ``sip_verify_server`` setting. Check the peer's certificate separately.
+    * ``net_interface <ip>`` puts ``ip`` in SDP, but the RTP/RTCP sockets are bound
+      to the wildcard address (ports from ``rtp_ports``) and TLS/TCP client
+      connections are not bound either, so on loopback packets leave from
+      127.0.0.1. ``sip_listen`` sockets (TLS on port + 1) are bound to ``ip``.
+    * With SRTP it still sends two RTCP packets per call in clear: an RTCP APP
+      "PING" at media start (besides its SRTCP copy) and the RTCP BYE + SDES at
+      hangup.
     """
 
-    MODULES = ["g711", "ausine", "aubridge", "srtp", "rtcpsummary"]
-    APP_MODULES = ["menu", "ctrl_tcp"]
+    MODULES = ("g711", "ausine", "aubridge", "srtp")
+    APP_MODULES = ("menu", "ctrl_tcp")
 
     def __init__(self, confdir: Path, *, account: str, listen: str, ca_file: Path | None = None,
-                 ctrl: tuple[str, int] | None = None, rtp_ports: tuple[int, int] = (41000, 41099),
-                 max_seconds: int = 60, extra_config: dict[str, str] | None = None):
+                 ctrl: tuple[str, int] | None = None, rtp_ports: tuple[int, int] = (61000, 61099),
+                 max_seconds: int = 60, extra_config: dict[str, str] | None = None,
+                 args: list[str] | None = None):
         self.confdir = Path(confdir)
         self.account = account
         self.listen = listen
@@ -174,6 +190,7 @@ class Baresip:
         self.rtp_ports = rtp_ports
         self.max_seconds = max_seconds
         self.extra_config = extra_config or {}
+        self.args = list(args or [])
         self.proc: subprocess.Popen | None = None
         self.out = self.confdir / "baresip.out"
         self.events: list[dict] = []
@@ -223,11 +240,12 @@ class Baresip:
         import socket
 
         self.write_config()
-        self.proc = subprocess.Popen(
-            ["baresip", "-f", str(self.confdir), "-t", str(self.max_seconds)],
-            stdin=subprocess.DEVNULL, stdout=open(self.out, "w"), stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=self.confdir,
-        )
+        with open(self.out, "w") as out:
+            self.proc = subprocess.Popen(
+                ["baresip", "-f", str(self.confdir), "-t", str(self.max_seconds), *self.args],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=self.confdir,
+            )
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -248,13 +266,11 @@ class Baresip:
     def _read_messages(self, timeout_s: float) -> None:
         """Read what arrives within ``timeout_s``; complete netstrings go to
         ``events`` (``"event": true``) or to the pending command responses."""
-        import socket
-
         assert self._sock is not None
         self._sock.settimeout(max(timeout_s, 0.01))
         try:
             data = self._sock.recv(65536)
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             return
         if not data:
             raise RuntimeError(f"baresip closed its ctrl_tcp connection:\n{self.log()[-2000:]}")
@@ -304,6 +320,26 @@ class Baresip:
                 return None
             self._read_messages(min(left, 0.5))
 
+    def call_summary(self) -> dict[str, dict[str, int]] | None:
+        """The last per-call table baresip printed on hangup (``rtp_stats``)::
+
+            audio           Transmit:     Receive:
+            packets:            151          150
+            errors:               0            0
+
+        as ``{"audio": {"tx_packets", "rx_packets", "tx_errors", "rx_errors"}}``, or
+        None when there is none. Received packets are those that passed SRTP
+        authentication (the srtp module drops the others before the stream sees them).
+        """
+        import re
+
+        found = None
+        for m in re.finditer(r"^(\w+)\s+Transmit:\s+Receive:\s*\n\s*packets:\s+(\d+)\s+(\d+)\s*\n"
+                             r"(?:.*\n)*?\s*errors:\s+(-?\d+)\s+(-?\d+)", self.log(), re.MULTILINE):
+            found = {m.group(1): {"tx_packets": int(m.group(2)), "rx_packets": int(m.group(3)),
+                                  "tx_errors": int(m.group(4)), "rx_errors": int(m.group(5))}}
+        return found
+
     def stop(self, grace_s: float = 5.0) -> None:
         """Close the control connection and stop baresip (its session) by PID."""
         if self._sock is not None:
@@ -340,7 +376,7 @@ def kamailio_available() -> bool:
 
 def _listening(proto: str, ip: str, port: int) -> bool:
     """True when a socket is bound (UDP) / listening (TCP) on ip:port (IPv4, /proc/net)."""
-    want = "%08X:%04X" % (int.from_bytes(bytes(int(x) for x in ip.split(".")), "little"), port)
+    want = f"{int.from_bytes(bytes(int(x) for x in ip.split('.')), 'little'):08X}:{port:04X}"
     try:
         lines = Path(f"/proc/net/{proto}").read_text().splitlines()[1:]
     except OSError:
@@ -380,6 +416,7 @@ class Kamailio:
         self.pidfile = self.rundir / f"{name}.pid"
         self.log = self.workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
+        self._logf = None
 
     @staticmethod
     def _render(text: str, values: dict[str, str], source: Path) -> str:
@@ -412,15 +449,16 @@ class Kamailio:
     def check(self) -> None:
         """``kamailio -c``: raise RuntimeError with its output when the config is invalid."""
         self.render()
-        res = subprocess.run(self.command("-c"), capture_output=True, text=True, timeout=30)
+        res = subprocess.run(self.command("-c"), capture_output=True, text=True, timeout=30, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"kamailio -c {self.cfg} failed:\n{(res.stdout + res.stderr)[-3000:]}")
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.render()
+        self._logf = open(self.log, "w")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
             self.command("-DD", "-E"), cwd=self.workdir, stdin=subprocess.DEVNULL,
-            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
@@ -437,6 +475,9 @@ class Kamailio:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, signal.SIGTERM, 10.0)
+        if self._logf is not None:
+            self._logf.close()
+            self._logf = None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

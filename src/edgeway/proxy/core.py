@@ -633,7 +633,12 @@ class Proxy:
 
     def _b2bua_response(self, up: Response, st: "_ServerTxn") -> None:
         call = self._b2b_call(up)
-        if call is None or up.status < 101 or st.req.method not in ("INVITE", "UPDATE", "SUBSCRIBE"):
+        if call is None or up.status < 101:
+            return
+        if st.req.method not in ("INVITE", "UPDATE", "SUBSCRIBE"):
+            # No dialog target to keep: a Contact here (e.g. in the 200 to a BYE) would
+            # only leak the other side's address.
+            up.headers.remove("Contact")
             return
         src = st.src
         ip, port = (src.conn.local if src.conn is not None and src.conn.listener == "traversal" else (src.local_ip, src.local_port))
