@@ -123,3 +123,4 @@ class Node:
         if self.relay:
             self.relay.close()
         self.events.emit("node stopped")
+        self.events.close()  # the node owns its event log, whoever opened it

@@ -454,23 +454,6 @@ class _RecvStats:
         )
 
 
-class _MediaProtocol(asyncio.DatagramProtocol):
-    def __init__(self, media: "_Media", rtcp: bool):
-        self.media, self.rtcp = media, rtcp
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        try:
-            if self.rtcp:
-                self.media.on_rtcp(data, (addr[0], addr[1]))
-            else:
-                self.media.on_rtp(data, (addr[0], addr[1]))
-        except Exception:  # never let a bad packet kill the endpoint
-            log.exception("media %s: dropping bad packet from %s", self.media.label, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("media %s: socket error %s", self.media.label, exc)
-
-
 class _Media:
     """One call's RTP/RTCP endpoint: a bound even/odd UDP port pair, a sender task
     and receive counters. Symmetric: sends from the socket it receives on.
@@ -500,8 +483,7 @@ class _Media:
         self.done = asyncio.Event()
         self.started = False
         self.closed = False
-        self._rtp_t: asyncio.DatagramTransport | None = None
-        self._rtcp_t: asyncio.DatagramTransport | None = None
+        self._readers: list[int] = []
         self._task: asyncio.Task | None = None
         self._bye_sent = False
         self.tx_srtp: SrtpContext | None = None
@@ -549,9 +531,29 @@ class _Media:
             return None
 
     async def open(self) -> None:
+        """Start reading the RTP and RTCP sockets (``loop.add_reader``, as the relay does)."""
         loop = asyncio.get_running_loop()
-        self._rtp_t, _ = await loop.create_datagram_endpoint(lambda: _MediaProtocol(self, False), sock=self.pair.rtp_sock)
-        self._rtcp_t, _ = await loop.create_datagram_endpoint(lambda: _MediaProtocol(self, True), sock=self.pair.rtcp_sock)
+        for sock, rtcp in ((self.pair.rtp_sock, False), (self.pair.rtcp_sock, True)):
+            loop.add_reader(sock.fileno(), self._drain, sock, rtcp)
+            self._readers.append(sock.fileno())
+
+    def _drain(self, sock, rtcp: bool) -> None:
+        """Read every datagram waiting on ``sock``; a bad packet is dropped, never raised."""
+        for _ in range(64):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("media %s: socket error %s", self.label, exc)
+                continue
+            try:
+                if rtcp:
+                    self.on_rtcp(data, (addr[0], addr[1]))
+                else:
+                    self.on_rtp(data, (addr[0], addr[1]))
+            except Exception:  # never let a bad packet kill the endpoint
+                log.exception("media %s: dropping bad packet from %s", self.label, addr)
 
     def set_remote(self, sdp: SdpInfo, pt: int | None) -> None:
         """Send to the SDP's c=/m= address (RTCP to a=rtcp or port + 1)."""
@@ -628,12 +630,12 @@ class _Media:
                 now = loop.time()
                 if now >= end:
                     break
-                if self.remote is not None and self._rtp_t is not None:
+                if self.remote is not None and self._readers:
                     pkt = build_rtp_packet(self.pt, self.seq, self.ts, self.ssrc, payload, marker=(n == 0))
                     try:
                         if self.tx_srtp is not None:
                             pkt = self.tx_srtp.protect_rtp(pkt)
-                        self._rtp_t.sendto(pkt, self.remote)
+                        self.pair.rtp_sock.sendto(pkt, self.remote)
                         self.rtp_sent += 1
                         self.rtp_octets += len(payload)
                     except (OSError, ValueError, TypeError, SrtpError) as exc:
@@ -675,13 +677,13 @@ class _Media:
         return pkt
 
     def _send_rtcp(self, bye: bool = False) -> None:
-        if self.remote_rtcp is None or self._rtcp_t is None or self.closed:
+        if self.remote_rtcp is None or not self._readers or self.closed:
             return
         try:
             pkt = self._rtcp_packet(bye)
             if self.tx_srtp is not None:
                 pkt = self.tx_srtp.protect_rtcp(pkt)
-            self._rtcp_t.sendto(pkt, self.remote_rtcp)
+            self.pair.rtcp_sock.sendto(pkt, self.remote_rtcp)
             self.rtcp_sent += 1
         except (OSError, ValueError, TypeError, SrtpError) as exc:
             log.debug("media %s: RTCP send failed: %s", self.label, exc)
@@ -701,10 +703,15 @@ class _Media:
             return
         self.stop()
         self.closed = True
-        for t in (self._rtp_t, self._rtcp_t):
-            if t is not None:
-                t.close()
-        self.ua._media_closed(self)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # closed after the loop: nothing is registered any more
+            loop = None
+        for fd in self._readers:
+            if loop is not None:
+                loop.remove_reader(fd)
+        self._readers.clear()
+        self.ua._media_closed(self)  # releases (closes) the socket pair
 
     def fill(self, obj: CallResult | CallStats) -> None:
         """Copy the counters into a result/stats record."""
