@@ -87,6 +87,7 @@ __all__ = [
     "LabUserAgent",
     "CallResult",
     "CallStats",
+    "MediaCounters",
     "build_rtp_packet",
     "parse_rtp_header",
     "build_sdp",
@@ -115,40 +116,28 @@ TLS_HANDSHAKE_TIMEOUT = 5.0
 # =========================================================================== results
 
 
-@dataclass
-class CallResult:
-    """What :meth:`LabUserAgent.call` reports about one outgoing call.
-
-    ``ok`` is True when the INVITE got a 2xx, media could be set up and the BYE was
-    answered with a 2xx (or the far end hung up first). ``status``/``reason`` are the
-    INVITE's final response (0 when no response at all was received; 408 after a
-    timeout, 503 after a transport error). ``srtp``/``srtp_suite``/
-    ``srtp_auth_failures``/``srtp_errors``/``transport``/``tls_peer_names`` as in
+@dataclass(kw_only=True)
+class MediaCounters:
+    """Media and transport facts of one call, common to :class:`CallResult` and
     :class:`CallStats`.
-    ``ladder`` has one line per SIP message
-    sent or received for this call: ``"<offset> ms <→|←> <peer> (<transport>) <first
-    line>"``, responses followed by their CSeq method in parentheses. Packet counters
-    are RTP/RTCP datagrams. ``setup_ms`` is INVITE sent → 2xx received. ``error`` is
-    a human-readable explanation when ``ok`` is False.
+
+    Packet counters are RTP/RTCP datagrams (with SRTP: the ones that decrypted).
+    ``srtp`` is True when the call's media was SRTP (SDES-keyed; ``srtp_suite`` names
+    the suite); ``srtp_auth_failures`` counts received packets dropped because their
+    authentication tag did not verify, ``srtp_errors`` other unprotect failures
+    (replays, malformed packets). ``transport`` is the INVITE's transport;
+    ``tls_peer_names`` the names (CN, DNS SANs) in the certificate the TLS peer of the
+    INVITE's connection presented.
     """
 
-    call_id: str
-    ok: bool = False
-    status: int = 0
-    reason: str = ""
-    ladder: list[str] = field(default_factory=list)
     rtp_sent: int = 0
     rtp_received: int = 0
-    rtcp_received: int = 0
-    setup_ms: float | None = None
-    error: str | None = None
     rtcp_sent: int = 0
+    rtcp_received: int = 0
     rtp_lost: int = 0
-    bye_status: int | None = None
     local_rtp: tuple[str, int] | None = None
     remote_rtp: tuple[str, int] | None = None
     rtp_source: tuple[str, int] | None = None
-    duration_ms: float = 0.0
     srtp: bool = False
     srtp_suite: str | None = None
     srtp_auth_failures: int = 0
@@ -158,18 +147,38 @@ class CallResult:
 
 
 @dataclass
-class CallStats:
+class CallResult(MediaCounters):
+    """What :meth:`LabUserAgent.call` reports about one outgoing call.
+
+    ``ok`` is True when the INVITE got a 2xx, media could be set up and the BYE was
+    answered with a 2xx (or the far end hung up first). ``status``/``reason`` are the
+    INVITE's final response (0 when no response at all was received; 408 after a
+    timeout, 503 after a transport error). ``ladder`` has one line per SIP message
+    sent or received for this call: ``"<offset> ms <→|←> <peer> (<transport>) <first
+    line>"``, responses followed by their CSeq method in parentheses. ``setup_ms`` is
+    INVITE sent → 2xx received. ``error`` is a human-readable explanation when ``ok``
+    is False. Media fields: :class:`MediaCounters`.
+    """
+
+    call_id: str
+    ok: bool = False
+    status: int = 0
+    reason: str = ""
+    ladder: list[str] = field(default_factory=list)
+    setup_ms: float | None = None
+    error: str | None = None
+    bye_status: int | None = None
+    duration_ms: float = 0.0
+
+
+@dataclass
+class CallStats(MediaCounters):
     """Per-call record kept by the answering side (``ua.calls_received`` /
     ``ua.calls_answered``) so the lab report can print packets per leg.
 
     Packet counters are final once ``ended`` is True (they are refreshed when the
-    call ends and by :meth:`LabUserAgent.refresh_stats`). ``srtp`` is True when the
-    call's media was SRTP (SDES-keyed; ``srtp_suite`` names the suite);
-    ``srtp_auth_failures`` counts received packets dropped because their
-    authentication tag did not verify, ``srtp_errors`` other unprotect failures
-    (replays, malformed packets). ``transport`` is the INVITE's transport;
-    ``tls_peer_names`` the names (CN, DNS SANs) in the certificate the TLS peer of
-    the INVITE's connection presented.
+    call ends and by :meth:`LabUserAgent.refresh_stats`). Media fields:
+    :class:`MediaCounters`.
     """
 
     call_id: str
@@ -180,21 +189,7 @@ class CallStats:
     answered: bool = False
     ended: bool = False
     end_reason: str = ""
-    rtp_sent: int = 0
-    rtp_received: int = 0
-    rtcp_sent: int = 0
-    rtcp_received: int = 0
-    rtp_lost: int = 0
-    local_rtp: tuple[str, int] | None = None
-    remote_rtp: tuple[str, int] | None = None
-    rtp_source: tuple[str, int] | None = None
     ladder: list[str] = field(default_factory=list)
-    srtp: bool = False
-    srtp_suite: str | None = None
-    srtp_auth_failures: int = 0
-    srtp_errors: int = 0
-    transport: str = ""
-    tls_peer_names: list[str] = field(default_factory=list)
 
 
 # =========================================================================== SDP (tiny)
