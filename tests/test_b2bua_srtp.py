@@ -138,7 +138,7 @@ def test_rtp_inside_srtp_toward_the_cloud(tmp_path) -> None:
     assert inv.call_id == result.call_id
     assert inv.headers.get("X-TAATag") == "3f1c" and inv.headers.get("Session-ID").startswith("ab" * 16)
     contact = inv.headers.get("Contact")
-    assert contact.startswith(f"<sip:b2b-") and f"@{NODE}:5060;transport=udp>" in contact, contact
+    assert contact.startswith("<sip:b2b-") and f"@{NODE}:5060;transport=udp>" in contact, contact
     assert inv.headers.get("Session-Expires") == "1800;refresher=uac" and inv.headers.get("Min-SE") == "500"
     assert inv.uri == "sip:svc@cloud.test"
     # The BYE alice sent to our Contact reached the cloud's real Contact.
