@@ -41,6 +41,8 @@ A typical driver::
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Union
@@ -300,6 +302,11 @@ class _Transaction:
         self.state: State
         self._deadlines: dict[str, float] = {}
         self._intervals: dict[str, float] = {}
+        #: The :class:`TransactionTable` this transaction was added to (it is told of
+        #: every timer armed, to keep its deadline heap), or None.
+        self._table: "TransactionTable | None" = None
+        #: Free slot for the transaction user (the proxy's branch or response context).
+        self.tu: object = None
 
     # -- timers ----------------------------------------------------------------
     def next_timer(self) -> float | None:
@@ -330,7 +337,10 @@ class _Transaction:
         return [TransportError(), *self._terminate()]
 
     def _arm(self, name: str, now: float, delay: float) -> None:
-        self._deadlines[name] = now + delay
+        deadline = now + delay
+        self._deadlines[name] = deadline
+        if self._table is not None:
+            self._table._push(deadline, self)
 
     def _cancel(self, *names: str) -> None:
         for n in names:
@@ -693,13 +703,21 @@ class TransactionTable:
     ``due(now)`` fires every due timer and drops the transactions that
     terminated; ``next_deadline()`` is when to call ``due`` next. Transactions that
     terminate through :meth:`on_message` and friends are removed by the caller
-    (``remove``) when it sees :class:`Terminated`. ``next_deadline`` and ``due``
-    scan all transactions (O(n)).
+    (``remove``) when it sees :class:`Terminated`.
+
+    Timers are kept in a heap: every timer a member transaction arms is pushed as it
+    is armed, entries of cancelled or fired timers are dropped when they reach the top,
+    so ``next_deadline`` and ``due`` cost O(log n) per timer, not a scan of the table.
     """
 
     def __init__(self) -> None:
         self._server: dict[tuple, _ServerTransaction] = {}
         self._client: dict[tuple, _ClientTransaction] = {}
+        self._heap: list[tuple[float, int, _Transaction]] = []
+        self._seq = itertools.count()
+
+    def _push(self, deadline: float, tx: "_Transaction") -> None:
+        heapq.heappush(self._heap, (deadline, next(self._seq), tx))
 
     def add(self, tx: Transaction) -> None:
         """Add ``tx``; raises ``ValueError`` when its key is already taken."""
@@ -707,12 +725,17 @@ class TransactionTable:
         if tx.key in table:
             raise ValueError(f"a transaction with key {tx.key!r} exists")
         table[tx.key] = tx  # type: ignore[assignment]
+        tx._table = self
+        nt = tx.next_timer()
+        if nt is not None:
+            self._push(nt, tx)
 
     def remove(self, tx: Transaction) -> None:
         """Remove ``tx`` if present (no error otherwise)."""
         table = self._client if tx.is_client else self._server
         if table.get(tx.key) is tx:
             del table[tx.key]
+        tx._table = None
 
     def find_server(self, req: Request) -> _ServerTransaction | None:
         """The server transaction ``req`` belongs to (RFC 3261 §17.2.3), or None.
@@ -757,26 +780,41 @@ class TransactionTable:
         """The client transaction filed under ``key`` exactly, or None."""
         return self._client.get(key)
 
+    def _member(self, tx: "_Transaction") -> bool:
+        table = self._client if tx.is_client else self._server
+        return table.get(tx.key) is tx
+
+    def _clean_top(self) -> None:
+        """Drop heap entries of removed transactions and of timers no longer armed."""
+        heap = self._heap
+        while heap:
+            deadline, _, tx = heap[0]
+            if tx._table is self and deadline in tx._deadlines.values():
+                return
+            heapq.heappop(heap)
+
     def due(self, now: float) -> list[tuple[Transaction, list[Action]]]:
         """Fire the timers due at ``now`` on every transaction; returns
         ``(tx, actions)`` for each transaction that produced actions. Terminated
         transactions are removed from the table."""
         out: list[tuple[Transaction, list[Action]]] = []
-        for table in (self._server, self._client):
-            for key, tx in list(table.items()):
-                nt = tx.next_timer()
-                if nt is not None and nt <= now:
-                    actions = tx.on_timer(now)
-                    if actions:
-                        out.append((tx, actions))  # type: ignore[arg-type]
-                if tx.state == State.TERMINATED:
-                    del table[key]
+        heap = self._heap
+        while True:
+            self._clean_top()
+            if not heap or heap[0][0] > now:
+                break
+            _, _, tx = heapq.heappop(heap)
+            actions = tx.on_timer(now)
+            if actions:
+                out.append((tx, actions))  # type: ignore[arg-type]
+            if tx.state == State.TERMINATED:
+                self.remove(tx)  # type: ignore[arg-type]
         return out
 
     def next_deadline(self) -> float | None:
         """The earliest armed timer over all transactions (seconds), or None."""
-        times = [t for tx in self for t in (tx.next_timer(),) if t is not None]
-        return min(times, default=None)
+        self._clean_top()
+        return self._heap[0][0] if self._heap else None
 
     def __iter__(self):
         yield from list(self._server.values())
