@@ -293,6 +293,11 @@ def _neighbour_call(in_transport: str, out_transport: str) -> dict:
     return run(scenario())
 
 
+def _rr_hostport(value: str) -> str:
+    """A Record-Route value's URI without its user part (a flow token)."""
+    return str(parse_name_addr(value).uri.copy(user=None))
+
+
 def _assert_forwarded_invite(out: dict, in_transport: str, out_transport: str) -> Request:
     result, alice, bob = out["result"], out["alice"], out["bob"]
     assert result.ok, (result, result.ladder)
@@ -320,11 +325,13 @@ def test_forward_udp_in_tcp_out_two_record_routes() -> None:
     out = _neighbour_call("udp", "tcp")
     inv = _assert_forwarded_invite(out, "udp", "tcp")
     rr = inv.headers.get_all("Record-Route")
-    # Ingress and egress differ (RFC 5658 double Record-Route): egress on top.
-    assert [str(parse_name_addr(r).uri) for r in rr] == [
+    # Ingress and egress differ (RFC 5658 double Record-Route): egress on top; the entry
+    # facing the TCP connection names it with a flow token (RFC 5626 §5.3 style).
+    assert [_rr_hostport(r) for r in rr] == [
         f"sip:{NODE_IP}:{NODE_PORT};transport=tcp;lr",
         f"sip:{NODE_IP}:{NODE_PORT};transport=udp;lr",
     ], rr
+    assert parse_name_addr(rr[0]).uri.user.startswith("ew") and parse_name_addr(rr[1]).uri.user is None, rr
     # The in-dialog BYE followed the route set through the node, which removed both of
     # its Route entries, and the call's relay sessions were freed.
     result, bob = out["result"], out["bob"]
@@ -344,11 +351,17 @@ def test_forward_same_transport_one_record_route() -> None:
     assert out["relay_after"] == 0
 
 
-def test_forward_tcp_in_tcp_out_one_record_route() -> None:
+def test_forward_tcp_in_tcp_out_two_record_routes_with_flow_tokens() -> None:
+    """Both sides are connections: each Record-Route entry names its own connection by
+    a flow token, so the entries differ and both are inserted (RFC 5658, RFC 5626 §5.3);
+    in-dialog requests then travel on the connection of the side they go to."""
     out = _neighbour_call("tcp", "tcp")
     inv = _assert_forwarded_invite(out, "tcp", "tcp")
     rr = inv.headers.get_all("Record-Route")
-    assert [str(parse_name_addr(r).uri) for r in rr] == [f"sip:{NODE_IP}:{NODE_PORT};transport=tcp;lr"], rr
+    assert [_rr_hostport(r) for r in rr] == [f"sip:{NODE_IP}:{NODE_PORT};transport=tcp;lr"] * 2, rr
+    users = [parse_name_addr(r).uri.user for r in rr]
+    assert all(u and u.startswith("ew") for u in users) and users[0] != users[1], rr
+    assert out["result"].bye_status == 200
     assert out["relay_after"] == 0
 
 
@@ -467,26 +480,76 @@ def test_request_validation_483_420_416() -> None:
     run(scenario())
 
 
+async def _raw_dialog(peer: "UdpPeer", target: "UdpPeer") -> tuple[Response, tuple[str, int]]:
+    """Set up a dialog through the node between two raw UDP peers (``peer`` calls,
+    ``target`` is the "Partner Proxy" neighbour and answers 200): returns the 200 as the
+    caller received it and the node's address it came from."""
+    data, cid = build_request("INVITE", "sip:bob@partner.test", via=udp_via(peer),
+                              contact=f"<sip:alice@{peer.ip}:{peer.port}>")
+    peer.send(data)
+    inv, addr = await target.recv()
+    ok = make_response(inv, 200, to_tag="dlg1", extra=[("Contact", f"<sip:bob@{target.ip}:{target.port}>")])
+    for rr in inv.headers.get_all("Record-Route"):
+        ok.headers.add("Record-Route", rr)
+    target.send(ok.to_bytes(), addr)
+    _prov, final = await peer.final(cid)
+    assert final.status == 200, final
+    return final, addr
+
+
+def _in_dialog_request(method: str, ok: Response, peer: "UdpPeer", *, max_forwards: int = 70, cseq: int = 1,
+                       ruri: str | None = None) -> bytes:
+    """A request of the caller inside the dialog of 2xx ``ok``: Route from its
+    Record-Route (reversed), Request-URI its Contact (or ``ruri``)."""
+    target = ruri or str(parse_name_addr(ok.headers.get("Contact")).uri)
+    lines = [f"{method} {target} SIP/2.0", f"Via: {udp_via(peer)}", f"Max-Forwards: {max_forwards}",
+             f"From: {ok.headers.get('From')}", f"To: {ok.headers.get('To')}", f"Call-ID: {ok.call_id}",
+             f"CSeq: {cseq} {method}"]
+    lines += [f"Route: {r}" for r in reversed(ok.headers.get_all("Record-Route"))]
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 def test_ack_out_of_hops_is_dropped() -> None:
-    """An ACK (for a 2xx: no transaction here) cannot be answered 483: with
-    Max-Forwards 0 it is dropped, with 1 it goes on with 0. Regression test for a fix in
-    Proxy.forward_stateless_ack (it went out with "Max-Forwards: -1")."""
+    """An ACK for a 2xx (no transaction here, it follows the dialog) cannot be answered
+    483: with Max-Forwards 0 it is dropped, with 1 it goes on with 0. Regression test for
+    a fix in the stateless ACK forwarding (it went out with "Max-Forwards: -1")."""
 
     async def scenario() -> None:
-        async with UdpPeer(CALLEE_IP) as target, UdpPeer(CALLER_IP) as peer, running_node(node_config()):
-            for mf in (0, 1):
-                data, cid = build_request("ACK", f"sip:bob@{target.ip}:{target.port}", via=udp_via(peer),
-                                          to_tag="dlg1", max_forwards=mf)
-                peer.send(data)
-                got = [parse_message(d) for d in await target.quiet(0.2)]
-                if mf == 0:
-                    assert got == []
-                else:
-                    assert [(m.call_id, m.headers.get("Max-Forwards")) for m in got] == [(cid, "0")]
-                    assert vias(got[0])[0].host == NODE_IP
+        async with UdpPeer(CALLEE_IP) as target, UdpPeer(CALLER_IP) as peer:
+            cfg = node_config(
+                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": target.ip, "port": target.port, "transport": "udp"}],
+                rules=[any_alias_rule("Partner Proxy")])
+            async with running_node(cfg):
+                ok, _ = await _raw_dialog(peer, target)
+                for mf in (0, 1):
+                    peer.send(_in_dialog_request("ACK", ok, peer, max_forwards=mf))
+                    got = [parse_message(d) for d in await target.quiet(0.2)]
+                    if mf == 0:
+                        assert got == []
+                    else:
+                        assert [(m.method, m.call_id, m.headers.get("Max-Forwards")) for m in got] == [("ACK", ok.call_id, "0")]
+                        assert vias(got[0])[0].host == NODE_IP
 
     run(scenario())
 
+
+def test_in_dialog_request_without_dialog_is_481_and_goes_nowhere() -> None:
+    """Issue 6 item 4: an in-dialog-looking request (To tag) that matches no dialog of
+    this node is refused with 481, whatever its Route and Request-URI name: the node
+    is never an open relay toward an address the sender chose."""
+
+    async def scenario() -> None:
+        async with UdpPeer(CALLEE_IP) as carol, UdpPeer(CALLER_IP) as peer, running_node(node_config()):
+            for extra in ([("Route", f"<sip:{NODE_IP}:{NODE_PORT};lr>"), ("Route", f"<sip:{carol.ip}:{carol.port};lr>")], []):
+                data, cid = build_request("BYE", f"sip:x@{carol.ip}:{carol.port};transport=udp", via=udp_via(peer),
+                                          to_tag="forged", extra=extra)
+                peer.send(data)
+                _prov, final = await peer.final(cid)
+                assert final.status == 481, final
+            assert await carol.quiet(0.3) == []
+
+    run(scenario())
 
 def test_loop_through_own_address_is_482() -> None:
     """A neighbour zone pointing at the node itself: the forwarded request comes back
@@ -715,7 +778,7 @@ def test_cancel_is_retransmitted_and_unanswered_invite_given_up() -> None:
                 cancels = [m for m in got if isinstance(m, Request) and m.method == "CANCEL"]
                 assert len(cancels) >= 3, [m for m in got]
                 assert {vias(c)[0].branch for c in cancels} == {vias(inv)[0].branch}
-                assert not node.proxy.clients and not node.proxy._tasks
+                assert not [t for t in node.proxy.core.table if t.is_client], list(node.proxy.core.table)
                 assert any(e["event"] == "next hop timeout" and "cancelled INVITE" in e.get("cause", "")
                            for e in node.events.records)
 
@@ -727,40 +790,42 @@ def test_cancel_is_retransmitted_and_unanswered_invite_given_up() -> None:
 
 def test_loose_route_naming_the_node_is_removed() -> None:
     """Route entries naming the node (loose, ``;lr``) are taken off (RFC 3261 §16.4).
-    In dialog the next Route entry is the next hop (carol), whatever the search rules
-    say (they point at bob); an initial request whose only Route is us is then routed
-    by the search rules."""
+    In dialog the request then goes where the dialog says (the callee), never to a
+    Route or Request-URI of the sender's choosing; an initial request whose only Route
+    is us is routed by the search rules."""
 
     async def scenario() -> None:
-        bob, carol = callee("udp"), callee("udp", ip="127.0.0.25", name="carol")
-        async with uas(bob, carol), UdpPeer(CALLER_IP) as peer:
+        async with UdpPeer(CALLEE_IP) as bob, UdpPeer("127.0.0.25") as carol, UdpPeer(CALLER_IP) as peer:
             cfg = node_config(
-                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": CALLEE_IP, "port": bob.port, "transport": "udp"}],
+                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": bob.ip, "port": bob.port, "transport": "udp"}],
                 rules=[any_alias_rule("Partner Proxy")],
             )
             async with running_node(cfg):
-                # 1. In dialog, Route: us, then carol (both loose): ours is removed, carol's
-                #    stays and is the next hop; the Request-URI is left alone.
-                ruri = "sip:carol@elsewhere.test"
-                carol_route = f"<sip:{carol.ip}:{carol.port};lr>"
-                data, cid = build_request("OPTIONS", ruri, via=udp_via(peer), to_tag="dlg7",
-                                          extra=[("Route", f"<sip:{NODE_IP}:{NODE_PORT};lr>"), ("Route", carol_route)])
-                peer.send(data)
-                _prov, final = await peer.final(cid)
-                assert final.status == 200, final
-                assert not bob.requests("OPTIONS", cid)
-                got = carol.requests("OPTIONS", cid)[0]
-                assert got.uri == ruri
-                assert got.headers.get_all("Route") == [carol_route]
+                # 1. In dialog: our Record-Route entry (now a Route) is removed and the
+                #    request reaches the callee of the dialog.
+                ok, _ = await _raw_dialog(peer, bob)
+                peer.send(_in_dialog_request("OPTIONS", ok, peer, cseq=2))
+                got, addr = await bob.recv()
+                assert isinstance(got, Request) and got.method == "OPTIONS" and got.call_id == ok.call_id
+                bob.send(make_response(got, 200).to_bytes(), addr)
+                assert got.headers.get_all("Route") == [], got.headers.get_all("Route")
                 assert vias(got)[0].host == NODE_IP and got.headers.get("Max-Forwards") == "69"
+                #    The same with an extra Route toward carol after ours: still the callee's
+                #    address (the dialog's), carol gets nothing.
+                data = _in_dialog_request("INFO", ok, peer, cseq=3).replace(
+                    b"Content-Length", f"Route: <sip:{carol.ip}:{carol.port};lr>\r\nContent-Length".encode())
+                peer.send(data)
+                got, addr = await bob.recv()
+                assert isinstance(got, Request) and got.method == "INFO"
+                bob.send(make_response(got, 200).to_bytes(), addr)
+                assert await carol.quiet(0.2) == []
                 # 2. Initial, Route: only us (as ;lr, no port): removed, then routed by the
                 #    search rules to bob.
                 data, cid = build_request("OPTIONS", "sip:bob@partner.test", via=udp_via(peer),
                                           extra=[("Route", f"<sip:{NODE_IP};lr>")])
                 peer.send(data)
-                _prov, final = await peer.final(cid)
-                assert final.status == 200, final
-                got = bob.requests("OPTIONS", cid)[0]
+                got, _addr = await bob.recv()
+                assert isinstance(got, Request) and got.call_id == cid
                 assert got.uri == "sip:bob@partner.test"
                 assert got.headers.get_all("Route") == []
                 assert vias(got)[0].params.get("egress-zone") == "PartnerProxy"
@@ -773,29 +838,29 @@ def test_strict_routing_previous_hop_restores_request_uri() -> None:
     real target last in Route (RFC 3261 §16.4): the node puts it back."""
 
     async def scenario() -> None:
-        bob = callee("udp")
-        # No zones, no search rules: only the restored Request-URI can route.
-        async with uas(bob), UdpPeer(CALLER_IP) as peer, running_node(node_config()):
-            target = f"sip:bob@{CALLEE_IP}:{bob.port}"
-            # In-dialog (To tag): routed by the restored Request-URI alone.
-            data, cid = build_request("OPTIONS", f"sip:{NODE_IP}:{NODE_PORT};transport=udp", via=udp_via(peer),
-                                      to=target, to_tag="remote1", extra=[("Route", f"<{target}>")])
-            peer.send(data)
-            _prov, final = await peer.final(cid)
-            assert final.status == 200, final
-            got = bob.requests("OPTIONS", cid)[0]
-            assert got.uri == target
-            assert got.headers.get_all("Route") == []
-            # With a route left before the real target: that one stays in Route.
-            other = f"sip:{CALLEE_IP}:{bob.port};lr"
-            data, cid = build_request("OPTIONS", f"sip:{NODE_IP}:{NODE_PORT}", via=udp_via(peer), to=target,
-                                      to_tag="remote2", extra=[("Route", f"<{other}>"), ("Route", f"<{target}>")])
-            peer.send(data)
-            _prov, final = await peer.final(cid)
-            assert final.status == 200, final
-            got = bob.requests("OPTIONS", cid)[0]
-            assert got.uri == target
-            assert got.headers.get_all("Route") == [f"<{other}>"]
+        async with UdpPeer(CALLEE_IP) as bob, UdpPeer(CALLER_IP) as peer:
+            cfg = node_config(
+                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": bob.ip, "port": bob.port, "transport": "udp"}],
+                rules=[any_alias_rule("Partner Proxy")],
+            )
+            async with running_node(cfg):
+                target = f"sip:bob@{CALLEE_IP}:{bob.port}"
+                data, cid = build_request("OPTIONS", f"sip:{NODE_IP}:{NODE_PORT};transport=udp", via=udp_via(peer),
+                                          to=target, extra=[("Route", f"<{target}>")])
+                peer.send(data)
+                got, _ = await bob.recv()
+                assert isinstance(got, Request) and got.call_id == cid
+                assert got.uri == target
+                assert got.headers.get_all("Route") == []
+                # With a route left before the real target: that one stays in Route.
+                other = f"sip:{CALLEE_IP}:{bob.port};lr"
+                data, cid = build_request("OPTIONS", f"sip:{NODE_IP}:{NODE_PORT}", via=udp_via(peer), to=target,
+                                          extra=[("Route", f"<{other}>"), ("Route", f"<{target}>")])
+                peer.send(data)
+                got, _ = await bob.recv()
+                assert isinstance(got, Request) and got.call_id == cid
+                assert got.uri == target
+                assert got.headers.get_all("Route") == [f"<{other}>"]
 
     run(scenario())
 

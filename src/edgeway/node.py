@@ -1,8 +1,12 @@
 """One Edgeway node (edge or core) assembled from its configuration.
 
-Starts the SIP listeners (UDP, TCP, TLS), the traversal server listener (edge,
-mutual TLS) or traversal client links (core), the media relay and the proxy, and
-stops them all on :meth:`Node.close`.
+Starts the SIP listeners (UDP, TCP, TLS, mutual TLS), the traversal server listener
+(edge) or traversal client links (core), the media relay and the proxy, wires them into
+one explicit inbound chain and stops them all on :meth:`Node.close`::
+
+    transport ─▶ TLS checks (traversal identity, classification by TLS identity)
+              ─▶ traversal link (authentication, keepalive probes)
+              ─▶ proxy driver ─▶ sans-IO proxy core
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import asyncio
 from .config.models import DnsZone, NodeConfig
 from .diag.events import EventLog
 from .media.relay import MediaRelay
-from .proxy.core import Hop, Proxy
-from .proxy.media import MediaAnchor
+from .proxy.driver import ProxyDriver
 from .routing.zones import classify_by_tls_identity
 from .security.tls import client_context, server_context
-from .transport.layer import TransportLayer
+from .sip.message import ParseError, Request, Response
+from .sip.target import Hop
+from .transport.layer import Connection, Source, TransportLayer
 from .traversal.link import TRAVERSAL_LISTENER, Traversal
 
 __all__ = ["Node", "MTLS_LISTENER"]
@@ -34,25 +39,30 @@ class Node:
         self.events = events or EventLog(cfg.name, cfg.log.file, sip_messages=cfg.log.sip_messages)
         self.tl = TransportLayer(self.events)
         self.relay: MediaRelay | None = None
-        self.proxy: Proxy | None = None
+        self.proxy: ProxyDriver | None = None
         self.traversal: Traversal | None = None
         self.resolver = None
 
     async def _resolve(self, uri, default_transport: str, zone: str) -> list[Hop]:
+        """RFC 3263 targets of ``uri`` for DNS zone ``zone`` (or the zone a dialog party
+        is in), through the node's own DNS servers only."""
         from .routing.resolver import resolve
 
         if self.resolver is None:
             return []
         z = next((z for z in self.cfg.zones if z.name == zone), None)
-        override = z.dns_request_domain if isinstance(z, DnsZone) and z.modify_dns_request else None
-        verify = z.tls_verify_subject_name if isinstance(z, DnsZone) and z.tls_verify_mode else None
+        dns_zone = isinstance(z, DnsZone)
+        override = z.dns_request_domain if dns_zone and z.modify_dns_request else None
+        verify = z.tls_verify_subject_name if dns_zone and z.tls_verify_mode else None
         trace: list = []
         targets = await resolve(uri.host, uri.port, uri.transport, uri.scheme == "sips", self.resolver,
                                 default_transport=default_transport, srv_override_domain=override, trace=trace)
         self.events.emit("dns resolved", host=override or uri.host, zone=zone, modify_dns_request=bool(override),
                          queries=[f"{n} {t}: {o}" for n, t, o in trace],
                          targets=[f"{t.transport}:{t.host}:{t.port}" for t in targets])
-        return [Hop(t.transport, t.host, t.port, zone, verify_name=verify if t.transport == "tls" else None) for t in targets]
+        origin = "dns" if dns_zone else "dialog"
+        return [Hop(t.transport, t.host, t.port, zone, origin=origin, verify_name=verify if t.transport == "tls" else None)
+                for t in targets]
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -63,6 +73,15 @@ class Node:
         if t.cert_file and t.key_file:
             client_ssl = client_context(t.cert_file, t.key_file, t.ca_file, min_version=t.min_version)
             self.tl.client_ssl = client_ssl
+        self.relay = MediaRelay(loop, inactivity_timeout_s=cfg.media.inactivity_timeout_s)
+        if cfg.dns.servers:
+            from .routing.resolver import make_resolver
+
+            self.resolver = make_resolver(cfg.dns.nameservers, cfg.dns.timeout_s)
+        self.proxy = ProxyDriver(cfg, self.tl, self.relay, self.events, self._resolve)
+        self.traversal = Traversal(cfg, self.tl, self.events, client_ssl)
+        self.traversal.on_zone_change = self.proxy.zone_changed
+        self._wire_inbound_chain()
         if s.udp_port:
             await self.tl.listen_udp(s.listen_ip, s.udp_port)
         if s.tcp_port:
@@ -81,44 +100,57 @@ class Node:
                     raise RuntimeError(f"zone {z.name!r}: a traversal server needs tls.cert_file, tls.key_file and tls.ca_file")
                 mtls = server_context(t.cert_file, t.key_file, t.ca_file, require_client_cert=True, min_version=t.min_version)
                 await self.tl.listen_stream(s.listen_ip, z.port, tls=mtls, listener=TRAVERSAL_LISTENER)
-        self.relay = MediaRelay(loop, inactivity_timeout_s=cfg.media.inactivity_timeout_s)
-        anchor = MediaAnchor(cfg, self.relay, self.events)
-        if cfg.dns.servers:
-            from .routing.resolver import make_resolver
-
-            self.resolver = make_resolver(cfg.dns.nameservers, cfg.dns.timeout_s)
-        self.proxy = Proxy(cfg, self.tl, anchor, self.events, self._resolve)
-        self.traversal = Traversal(cfg, self.tl, self.proxy, self.events, client_ssl)
-        self._install_tls_classification()
         self.traversal.start()
         self.events.emit("node started", role=cfg.role, listen_ip=s.listen_ip, udp=s.udp_port, tcp=s.tcp_port, tls=s.tls_port)
 
-    def _install_tls_classification(self) -> None:
-        """Classify inbound TLS connections into DNS zones by peer identity (seed 003
-        §3.2): the zone's TLS verify subject name as CN or DNS SAN, first match wins;
-        otherwise the connection's requests fall to DefaultZone."""
-        prev = self.tl.on_tls_established
+    # ------------------------------------------------------------ inbound chain
+    def _wire_inbound_chain(self) -> None:
+        self.tl.on_tls_established = self._tls_established
+        self.tl.on_message = self._inbound
+        self.tl.on_bad_message = self._inbound_bad
+        self.tl.on_connection_closed = self._connection_closed
 
-        def classify(conn) -> bool:
-            if not prev(conn):
-                return False
-            if not conn.outbound and conn.listener != TRAVERSAL_LISTENER and conn.peer_names:
-                got = classify_by_tls_identity(self.cfg, conn.peer_names)
-                if got.zone is not None:
-                    conn.zone = got.zone
-                self.events.emit("tls classified", peer=f"{conn.remote[0]}:{conn.remote[1]}", listener=conn.listener,
-                                 zone=got.zone or "DefaultZone", matched_identity=got.identity,
-                                 candidates="".join(got.candidates))
-            return True
+    def _tls_established(self, conn: Connection) -> bool:
+        """Traversal identity check, then classification by TLS identity (seed 003 §3.2):
+        an inbound connection whose certificate carries a DNS zone's TLS verify subject
+        name (CN or DNS SAN, first match) belongs to that zone; otherwise its requests
+        fall to DefaultZone."""
+        assert self.traversal is not None
+        if not self.traversal.check_peer(conn):
+            return False
+        if not conn.outbound and conn.listener != TRAVERSAL_LISTENER and conn.peer_names:
+            got = classify_by_tls_identity(self.cfg, conn.peer_names)
+            if got.zone is not None:
+                conn.zone = got.zone
+            self.events.emit("tls classified", peer=f"{conn.remote[0]}:{conn.remote[1]}", listener=conn.listener,
+                             zone=got.zone or "DefaultZone", matched_identity=got.identity,
+                             candidates="".join(got.candidates))
+        return True
 
-        self.tl.on_tls_established = classify
+    def _inbound(self, msg: Request | Response, src: Source) -> None:
+        assert self.traversal is not None and self.proxy is not None
+        if src.conn is not None and src.conn.listener == TRAVERSAL_LISTENER:
+            if type(msg) is Request:
+                if self.traversal.intercept_request(msg, src):
+                    return
+            elif self.traversal.intercept_response(msg, src):
+                return
+        self.proxy.receive(msg, src)
+
+    def _inbound_bad(self, exc: ParseError, src: Source) -> None:
+        assert self.proxy is not None
+        self.proxy.bad_message(exc, src)
+
+    def _connection_closed(self, conn: Connection) -> None:
+        assert self.traversal is not None and self.proxy is not None
+        self.traversal.connection_closed(conn)
+        self.proxy.connection_closed(conn)
 
     async def close(self) -> None:
         if self.traversal:
             await self.traversal.close()
         if self.proxy:
             await self.proxy.close()
-            self.proxy.media.close()
         await self.tl.close()
         if self.relay:
             self.relay.close()

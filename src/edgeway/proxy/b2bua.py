@@ -32,12 +32,15 @@ MIN_SE = "500"
 _ALWAYS_KEPT = ("transport", "user", "lr")
 
 
-def rewrite_contact(msg: Request | Response, our_hostport: str, transport: str, *, preserve: bool) -> tuple[str, str] | None:
+def rewrite_contact(msg: Request | Response, our_hostport: str, transport: str, *, preserve: bool,
+                    token: str | None = None) -> tuple[str, str] | None:
     """Replace the (single) Contact of ``msg`` by one of ours.
 
     ``our_hostport``: "ip:port" (str) the other side reaches us at; ``transport``
-    "udp"/"tcp"/"tls". Returns ``(token, original contact URI as str)`` or None when
-    there is no usable Contact (``*``, several, malformed: left alone)."""
+    "udp"/"tcp"/"tls"; ``token``: the token to put in the user part (default: a fresh
+    random one; a call keeps one per party). Returns ``(token, original contact URI as
+    str)`` or None when there is no usable Contact (``*``, several, malformed: left
+    alone)."""
     values = msg.headers.get_all("Contact")
     if len(values) != 1:
         return None
@@ -47,7 +50,7 @@ def rewrite_contact(msg: Request | Response, our_hostport: str, transport: str, 
         return None
     if na.uri is None:
         return None
-    token = secrets.token_hex(8)
+    token = token or secrets.token_hex(8)
     params = dict(na.params) if preserve else {}
     params.pop("expires", None)
     new = NameAddr(uri=None, display=na.display, params=params)

@@ -1,283 +1,450 @@
-"""The stateful proxy of both roles (RFC 3261 §16), with media anchoring.
+"""The stateful proxy of both roles as a sans-IO machine (RFC 3261 §16; DESIGN.md §8).
 
-Composes the sans-IO pieces: the parser, transactions (``sip.transaction``), the
-routing engine (``routing``), SDP rewriting (``sip.sdp``) and the media relay. This
-module is the asyncio glue: it owns no protocol rules of its own beyond the order in
-which §16 applies them.
+:class:`ProxyCore` owns every §16 decision and no I/O. Its driver feeds it what happens
+and carries out the :mod:`~edgeway.proxy.actions` it returns::
 
-Processing of a new request (RFC 3261 §16.3–§16.6, seed 003 §2.3 and §6.1):
-validate (416/483/420/482) → classify the source zone → Route processing (strict
-and loose routing, our own Route entries removed) → for an initial request:
-transforms → search rules → target zones tried in order (DNS targets in RFC 3263
-order with fail-over) → forward with our Via (``egress-zone=``), Record-Route on
-both sides when ingress and egress differ (RFC 5658), Max-Forwards − 1, SDP
-rewritten to our relay ports. No route → 404 with ``Warning: 399 <host> "Policy
-Response"``.
+    core = ProxyCore(cfg)
+    actions = core.receive(msg, flow, now, zone=None)   # a parsed request or response
+    actions = core.bad_message(exc, flow, now)          # a malformed one (400 when possible)
+    actions = core.resolved(query_id, hops, now)        # answer to a Resolve action
+    actions = core.connected(connect_id, flow, cause, now)
+    actions = core.media_ready(alloc_id, ports, cause, now)
+    actions = core.flow_closed(flow, now, reason)       # a connection ended
+    actions = core.zone_changed(zone, flows, now)       # a traversal zone's live connections
+    actions = core.timers(now)                          # at or after core.next_deadline()
+
+Processing of a new request: validate (§16.3: 416/483/420/482) → classify the source
+zone → route processing (§16.4) → an initial request goes through transforms → call
+policy → search rules → target zones tried in order (DNS targets in RFC 3263 order with
+fail-over); an in-dialog request is routed by the dialog this node holds, or refused
+with 481 → forwarded on a branch (§16.6) with our Via (``egress-zone=``), Record-Route
+on both sides when they differ (RFC 5658; flow tokens for connections, RFC 5626 §5.3),
+Max-Forwards − 1, SDP anchored on the relay. Responses are collected by the request's
+:class:`~edgeway.proxy.reply.ResponseContext` (§16.7).
+
+Flows (issue 6 item 3): a party that reached the node over a connection is reached for
+the life of its dialog over that connection; when it has gone, a traversal zone's
+replacement connection is used, a TLS party gets ``430 Flow Failed`` (RFC 5626 §5.3),
+others are reached at their Contact by RFC 3263.
+
+On the edge, calls crossing between a traversal zone and any other zone are
+topology-hidden toward the outside (:mod:`~edgeway.proxy.hiding`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import heapq
 import itertools
 import secrets
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import Any
 
 from ..config.models import NodeConfig, zone_token
-from ..diag.events import EventLog
-from ..routing.policy import evaluate_policy
-from ..routing.search import plan_search
-from ..routing.transforms import apply_transforms
-from ..sip import transaction as tx
-from ..sip.message import (
-    MAGIC_COOKIE,
-    Headers,
-    ParseError,
-    Request,
-    Response,
-    Via,
-    make_response,
-)
+from ..sip import transaction as txn
+from ..sip.dialog import ack_for_2xx, bye_after_2xx
+from ..sip.message import Headers, ParseError, Request, Response, make_response
+from ..sip.sdp import SdpError
+from ..sip.target import Flow, FlowTokens, Hop, is_ip_literal, response_hop
 from ..sip.uri import Uri, UriError, format_params, parse_name_addr, parse_uri
-from ..transport.layer import Connection, Source, TransportError, TransportLayer
-from .checks import check_request, loop_hash, response_next_hop_forbidden
-from . import b2bua
-from .media import MediaAnchor
+from . import b2bua, hiding
+from .actions import AllocateMedia, Connect, Event, ReleaseMedia, Resolve, Send
+from .checks import response_next_hop_forbidden
+from .dialogs import DIALOG_METHODS, Call, CallTable, Dialog, DialogSide, other_side
+from .forward import branch_request, cancel_for, new_branch, record_route_entry, via_value
+from .media import CallMedia, MediaPlanner
+from .reply import FAILOVER_STATUSES, NEXT_CANDIDATE_STATUSES, Branch, ResponseContext, choose_best, upstream_response
+from .request import BRANCH_PREFIX, is_loop, plan_initial, process_routes, stamp_received, validate
 
-if TYPE_CHECKING:
-    from ..traversal.link import Traversal
+__all__ = ["ProxyCore", "BRANCH_PREFIX"]
 
-__all__ = ["Proxy", "Hop"]
-
-#: Statuses after which the next target (DNS target or search-rule candidate) is
-#: tried (RFC 3263 §4.3: fail over on transport error, timeout or 503).
-FAILOVER_STATUSES = frozenset({408, 503})
-#: Statuses after which the next search-rule candidate (progress "continue") is tried.
-NEXT_CANDIDATE_STATUSES = frozenset({404, 408, 480, 503, 604})
-_BRANCH_PREFIX = MAGIC_COOKIE + "ew"
-
-
-@dataclass
-class Hop:
-    """A concrete next hop: ``transport`` ("udp"/"tcp"/"tls"), ``ip``, ``port``, the
-    stream connection to use when already known, and the egress ``zone`` name."""
-
-    transport: str
-    ip: str
-    port: int
-    zone: str
-    conn: Connection | None = None
-    may_connect: bool = True
-    ssl: object | None = None
-    verify_name: str | None = None
-    """TLS: the name the peer certificate must carry (a DNS zone's verify subject name)."""
+_BRANCH_PREFIX = BRANCH_PREFIX  # the name earlier code and tests use
+#: Methods whose responses keep a (masked) Contact: they establish or refresh a target.
+_TARGET_METHODS = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
+#: Seconds a call without activity is kept (a BYE that never came).
+CALL_IDLE_S = 12 * 3600.0
+_ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
-@dataclass
-class _ServerTxn:
-    txn: object
-    req: Request
-    src: Source
-    clients: list = field(default_factory=list)
-    final_sent: bool = False
-    cancelled: bool = False
-    timer: asyncio.TimerHandle | None = None
+def _contact_uri(msg: Request | Response) -> str | None:
+    values = msg.headers.get_all("Contact")
+    if len(values) != 1:
+        return None
+    try:
+        na = parse_name_addr(values[0])
+    except UriError:
+        return None
+    return str(na.uri) if na.uri is not None else None
 
 
-@dataclass
-class _ClientTxn:
-    txn: object
-    req: Request
-    hop: Hop
-    on_response: object
-    provisional: bool = False
-    timer: asyncio.TimerHandle | None = None
-    cancel_sent: bool = False
-    server: _ServerTxn | None = None
-    conn: Connection | None = None
-    done: asyncio.Future | None = None
-    #: Fix (see Proxy._send_cancel): gives the INVITE branch up 64*T1 after its CANCEL.
-    give_up: asyncio.TimerHandle | None = None
+class ProxyCore:
+    """One node's proxy decisions (edge or core role).
 
-
-class Proxy:
-    """One node's stateful proxy.
-
-    ``cfg``: the node configuration; ``transport``: its transport layer (the proxy
-    installs its message handlers there); ``media``: the media anchor;
-    ``resolver_fn``: ``async (uri: Uri, default_transport) -> list[Hop]`` for DNS
-    zones; ``traversal``: the traversal link of the node (set after construction).
+    ``cfg``: the node configuration; ``tokens``: the node's flow-token authenticator
+    (default: a fresh secret); ``unencrypted_srtcp``: whether the SRTP library supports
+    UNENCRYPTED_SRTCP. Times are seconds on any monotonic clock, passed in.
     """
 
-    def __init__(self, cfg: NodeConfig, transport: TransportLayer, media: MediaAnchor, events: EventLog, resolver_fn=None):
+    def __init__(self, cfg: NodeConfig, *, tokens: FlowTokens | None = None, unencrypted_srtcp: bool = True):
         self.cfg = cfg
-        self.tl = transport
-        self.media = media
-        self.events = events
-        self.resolver_fn = resolver_fn
-        self.traversal: "Traversal | None" = None
-        self.timers = tx.TimerConfig(t1=cfg.timers.t1_ms / 1000, t2=cfg.timers.t2_ms / 1000, t4=cfg.timers.t4_ms / 1000)
-        #: Server transactions (RFC 3261 and RFC 2543 matching); each carries its
-        #: proxy-side state as ``txn.tu`` (a :class:`_ServerTxn`).
-        self.server_table = tx.TransactionTable()
-        self.clients: dict[tuple, _ClientTxn] = {}
-        self.local_waiters: dict[str, asyncio.Future] = {}
-        #: B2BUA Contact tokens → the real Contact URI (str), and the tokens per Call-ID.
-        self.b2b_contacts: dict[str, str] = {}
-        self.b2b_calls: dict[str, list[str]] = {}
-        self.local_request_handlers: dict[str, object] = {}
-        self._branch_ids = itertools.count(1)
-        self._tasks: set[asyncio.Task] = set()
-        self.ip = cfg.sip.listen_ip
-        self.host_tag = f"{cfg.sip.public_ip}"
-        self.zone_names = {z.name: z for z in cfg.zones}
-        self.stats = {"calls_attempted": 0, "calls_connected": 0, "calls_rejected": 0}
-        transport.on_message = self.on_message
-        transport.on_bad_message = self.on_bad_message
-        prev_closed = transport.on_connection_closed
-
-        def closed(conn: Connection) -> None:
-            self._fail_branches_on(conn)
-            prev_closed(conn)
-
-        transport.on_connection_closed = closed
-
-    # ------------------------------------------------------------------ helpers
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            self.events.emit("internal error", where="proxy task", error=repr(exc))
-
-    def our_ports(self) -> set[int]:
-        s = self.cfg.sip
+        self.role = cfg.role
+        s = cfg.sip
+        self.zones = {z.name: z for z in cfg.zones}
+        self.tx_timers = txn.TimerConfig(t1=cfg.timers.t1_ms / 1000, t2=cfg.timers.t2_ms / 1000, t4=cfg.timers.t4_ms / 1000)
+        self.table = txn.TransactionTable()
+        self.calls = CallTable()
+        self.planner = MediaPlanner(cfg, unencrypted_srtcp=unencrypted_srtcp)
+        self.tokens = tokens or FlowTokens()
+        self.ip = s.listen_ip
+        self.public = s.public_ip
+        self.udp_local = (s.listen_ip, s.udp_port or 5060)
+        hosts = {s.listen_ip.lower(), s.public_ip.lower()}
+        if s.hostname:
+            hosts.add(s.hostname.lower())
+        self.our_hosts = frozenset(hosts)
         ports = {p for p in (s.udp_port, s.tcp_port, s.tls_port) if p}
         if s.mtls_enabled:
             ports.add(s.mtls_port)
-        for z in self.cfg.zones:
+        for z in cfg.zones:
             if z.type == "traversal_server":
                 ports.add(z.port)
-        return ports
+        self.our_ports = frozenset(ports)
+        self.own_addresses = frozenset({s.listen_ip, s.public_ip})
+        #: Open stream flows by connection id, and the newest by (transport, ip, port).
+        self.conns: dict[int, Flow] = {}
+        self.conn_by_key: dict[tuple[str, str, int], Flow] = {}
+        #: Live flows of each traversal zone, newest first.
+        self.zone_flows: dict[str, list[Flow]] = {z.name: [] for z in cfg.zones if z.type in ("traversal_server", "traversal_client")}
+        self._traversal_ports: frozenset[int] = frozenset()
+        #: Branches by the connection they were sent on (to fail them when it ends).
+        self._flow_branches: dict[int, set[Branch]] = {}
+        #: INVITE branches that failed locally, by client key, kept 64*T1 for a late 2xx.
+        self._failed: dict[tuple, Branch] = {}
+        self._pending: dict[int, Any] = {}
+        self._connecting: dict[tuple[str, str, int], int] = {}
+        self._ids = itertools.count(1)
+        self._heap: list[tuple[float, int, str, Any]] = []
+        self._seq = itertools.count()
+        self._now = 0.0
+        self._out: list = []
+        self.stats = {"calls_attempted": 0, "calls_connected": 0, "calls_rejected": 0, "calls_cleared": 0}
 
-    def is_ours(self, uri: Uri) -> bool:
-        """True when ``uri`` names this node (one of its addresses and ports)."""
-        if not uri.is_sip:
-            return False
-        if uri.host not in (self.cfg.sip.listen_ip, self.cfg.sip.public_ip) and not (
-            self.cfg.sip.hostname and uri.host.lower() == self.cfg.sip.hostname.lower()
-        ):
-            return False
-        if uri.port is None or uri.port in self.our_ports():
-            return True
-        # The local port of a traversal connection we opened (core side).
-        return any(c.local[1] == uri.port for c in self.tl.conns.values() if c.outbound and c.listener == "traversal")
+    # ================================================================ driver API
+    def receive(self, msg: Request | Response, flow: Flow, now: float, zone: str | None = None) -> list:
+        """A message arrived on ``flow``; ``zone`` is the zone the flow is bound to
+        (traversal connection, TLS identity classification) or None."""
+        self._now = now
+        out = self._out = []
+        if flow.conn_id and flow.conn_id not in self.conns:
+            self._note_conn(flow)
+        try:
+            if isinstance(msg, Request):
+                self._on_request(msg, flow, zone)
+            else:
+                self._on_response(msg)
+        except (ParseError, UriError, ValueError, KeyError) as exc:
+            out.append(Event("message dropped", {"call_id": msg.call_id, "peer": f"{flow.remote[0]}:{flow.remote[1]}",
+                                                 "reason": str(exc)[:200]}))
+        return out
 
-    def listener_port(self, transport: str) -> int:
-        s = self.cfg.sip
-        return {"udp": s.udp_port, "tcp": s.tcp_port, "tls": s.tls_port}.get(transport, 0) or s.tcp_port or 5060
-
-    def egress_address(self, hop: Hop, conn: Connection | None) -> tuple[str, int]:
-        """The address we stand at toward ``hop``: our listener, or for a traversal
-        connection its own local address (the edge can only reach us through it)."""
-        if conn is not None and conn.listener == "traversal":
-            return conn.local[0], conn.local[1]
-        return self.ip, self.listener_port(hop.transport)
-
-    def new_branch(self, req: Request) -> str:
-        return f"{_BRANCH_PREFIX}{loop_hash(req)}.{next(self._branch_ids):x}{secrets.token_hex(2)}"
-
-    def warning(self) -> str:
-        return f'399 {self.cfg.sip.public_ip} "Policy Response"'
-
-    # ------------------------------------------------------------------ inbound
-    def on_bad_message(self, exc: ParseError, src: Source) -> None:
+    def bad_message(self, exc: ParseError, flow: Flow, now: float) -> list:
         """Answer a malformed request 400 with the reason (RFC 3261 §21.4.1) when a
-        response can be formed; otherwise drop it. (The transport closes a stream whose
-        framing is lost.)"""
+        response can be formed (``exc.partial``); otherwise nothing."""
+        self._now = now
+        self._out = []
+        if flow.conn_id and flow.conn_id not in self.conns:
+            self._note_conn(flow)
         req = exc.partial
         if req is not None and req.method != "ACK":
             try:
-                self._stamp_received(req, src)
-            except ParseError:
-                return
-            resp = make_response(req, 400, f"Bad Request - {exc.reason}"[:120], to_tag=secrets.token_hex(4))
-            self.send_response_stateless(resp, src)
+                stamp_received(req, flow)
+                resp = make_response(req, 400, f"Bad Request - {exc.reason}"[:120], to_tag=secrets.token_hex(4))
+                self._send_response(resp, flow, None)
+            except (ParseError, ValueError):
+                pass
+        return self._out
 
-    def on_message(self, msg: Request | Response, src: Source) -> None:
-        if isinstance(msg, Request):
-            self.log_sip("in", msg, src.transport, src.ip, src.port)
-            self.on_request(msg, src)
+    def stateless_response(self, resp: Response, flow: Flow, now: float, zone: str | None = None) -> list:
+        """Send ``resp`` (made outside any transaction, e.g. a 503 of load shedding)
+        toward its top Via, as :meth:`_send_response` does."""
+        self._now = now
+        self._out = []
+        if flow.conn_id and flow.conn_id not in self.conns:
+            self._note_conn(flow)
+        self._send_response(resp, flow, zone)
+        return self._out
+
+    def resolved(self, query_id: int, hops: list[Hop], now: float) -> list:
+        """The RFC 3263 answer to :class:`Resolve` ``query_id``: the hops in order."""
+        self._now = now
+        self._out = []
+        entry = self._pending.pop(query_id, None)
+        if entry is None:
+            return self._out
+        kind, ctx, cand = entry
+        ctx.waiting = None
+        if ctx.final_sent:
+            return self._out
+        if kind == "candidate":
+            self._candidate_hops(ctx, cand, hops)
         else:
-            self.log_sip("in", msg, src.transport, src.ip, src.port)
-            self.on_response(msg, src)
+            ctx.hops = deque(hops)
+            if not hops:
+                ctx.finals.append(self._warned(404, "Not Found", f"no address for {cand}"))
+        self._advance(ctx)
+        return self._out
 
-    def log_sip(self, direction: str, msg, transport: str, ip: str, port: int) -> None:
-        if not self.events.sip_messages:
-            return
-        first = msg.start_line() if isinstance(msg, Response) else f"{msg.method} {msg.uri}"
-        self.events.emit("sip message", dir=direction, transport=transport, peer=f"{ip}:{port}", call_id=msg.call_id, line=first, cseq=msg.headers.get("CSeq"))
+    def connected(self, connect_id: int, flow: Flow | None, cause: str, now: float) -> list:
+        """The :class:`Connect` ``connect_id`` ended: ``flow`` the new connection, or None
+        and ``cause`` (str) why not."""
+        self._now = now
+        self._out = []
+        entry = self._pending.pop(connect_id, None)
+        if entry is None:
+            return self._out
+        key, waiters = entry
+        if self._connecting.get(key) == connect_id:
+            del self._connecting[key]
+        if flow is not None:
+            self._note_conn(flow)
+        for w in waiters:
+            if w[0] == "ctx":
+                _, ctx, hop = w
+                ctx.waiting = None
+                if ctx.final_sent:
+                    continue
+                if flow is None:
+                    self._out.append(Event("next hop failed", {"call_id": ctx.req.call_id, "hop": str(hop), "zone": hop.zone, "cause": cause}))
+                    ctx.finals.append(self._warned(503, "Service Unavailable", f"Next hop {hop.ip}:{hop.port} unreachable"))
+                    self._advance(ctx)
+                else:
+                    self._forward(ctx, hop, flow)
+            elif flow is not None:
+                self._out.append(Send(flow, w[1], w[2]))
+            else:
+                self._out.append(Event("send failed", {"call_id": w[1].call_id, "hop": str(key), "cause": cause}))
+        return self._out
 
-    def _stamp_received(self, req: Request, src: Source) -> None:
-        """Add received= and rport= to the top Via (RFC 3261 §18.2.1, RFC 3581 §4)."""
-        via = req.top_via()
-        changed = False
-        if via.host != src.ip:
-            via.params["received"] = src.ip
-            changed = True
-        if "rport" in via.params:
-            via.params["rport"] = str(src.port)
-            via.params["received"] = src.ip
-            changed = True
-        if changed:
-            req.headers.replace_first("Via", str(via))
+    def media_ready(self, alloc_id: int, ports: dict[int, tuple[int, int]] | None, cause: str, now: float) -> list:
+        """The :class:`AllocateMedia` ``alloc_id`` ended: ``ports`` {index: (a_port,
+        b_port)}, or None and ``cause`` (str) why not."""
+        self._now = now
+        self._out = []
+        entry = self._pending.pop(alloc_id, None)
+        if entry is None:
+            return self._out
+        cont, call, msg, desc = entry
+        if ports is None:
+            self._out.append(Event("media ports exhausted", {"call_id": call.call_id, "cause": cause}))
+            cont(None)
+            return self._out
+        if call.ended:
+            self._out.append(ReleaseMedia(call.key, call.call_id, "failed"))
+            return self._out
+        self.planner.allocated(call.media, ports)
+        self._out += self.planner.rewrite(call.media, msg, desc)
+        cont(msg)
+        return self._out
 
-    def on_request(self, req: Request, src: Source) -> None:
-        try:
-            self._stamp_received(req, src)
-        except ParseError:
+    def flow_closed(self, flow: Flow, now: float, reason: str = "connection closed") -> list:
+        """Connection ``flow`` ended: every branch pending on it fails at once with 503
+        (RFC 3261 §8.1.3.1 transport error) naming the zone or the cause."""
+        self._now = now
+        self._out = []
+        self.conns.pop(flow.conn_id, None)
+        key = (flow.transport, flow.remote[0], flow.remote[1])
+        if self.conn_by_key.get(key) == flow:
+            del self.conn_by_key[key]
+        for b in list(self._flow_branches.pop(flow.conn_id, ())):
+            if b.final is not None or b.ctx is None:
+                continue
+            zone = b.hop.zone
+            if self._is_traversal(zone):
+                text = f"Traversal zone {zone_token(zone)} lost: {reason}"
+            else:
+                text = reason
+            self._out.append(Event("next hop failed", {"call_id": b.request.call_id, "hop": str(b.hop), "zone": zone, "cause": reason}))
+            self._branch_failed(b, self._warned(503, "Service Unavailable", text))
+        return self._out
+
+    def zone_changed(self, zone: str, flows: list[Flow], now: float) -> list:
+        """The live, authenticated connections of traversal zone ``zone`` (newest
+        first) changed."""
+        self._now = now
+        self._out = []
+        self.zone_flows[zone] = list(flows)
+        for f in flows:
+            self._note_conn(f)
+        self._traversal_ports = frozenset(f.local[1] for fl in self.zone_flows.values() for f in fl)
+        return self._out
+
+    def call_media_closed(self, call_key: int, now: float) -> list:
+        """The relay closed a call's media for inactivity: forget the call."""
+        self._now = now
+        self._out = []
+        call = self.calls.by_key.get(call_key)
+        if call is not None:
+            self._end_call(call, "media inactive", release=False)
+        return self._out
+
+    def timers(self, now: float) -> list:
+        """Fire everything due at ``now``."""
+        self._now = now
+        self._out = []
+        for tx, actions in self.table.due(now):
+            tu = tx.tu
+            if tx.is_client:
+                self._client_actions(tu, actions)
+            elif tu is not None:
+                self._server_actions(tu, actions)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, obj = heapq.heappop(heap)
+            if kind == "giveup":
+                self._give_up(obj)
+            elif kind == "failed":
+                if self._failed.get(obj[0]) is obj[1]:
+                    del self._failed[obj[0]]
+            elif kind == "call":
+                if not obj.ended and obj.expires <= now:
+                    self._end_call(obj, "idle")
+        return self._out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`timers` must be called next (seconds), or None."""
+        t = self.table.next_deadline()
+        if self._heap and (t is None or self._heap[0][0] < t):
+            return self._heap[0][0]
+        return t
+
+    def pending_transactions(self) -> int:
+        return len(self.table)
+
+    # ================================================================ helpers
+    def _schedule(self, when: float, kind: str, obj: Any) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), kind, obj))
+
+    def _note_conn(self, flow: Flow) -> None:
+        self.conns[flow.conn_id] = flow
+        self.conn_by_key[(flow.transport, flow.remote[0], flow.remote[1])] = flow
+
+    def _is_traversal(self, zone: str | None) -> bool:
+        return zone in self.zone_flows
+
+    def _zone_flow(self, zone: str) -> Flow | None:
+        for f in self.zone_flows.get(zone, ()):
+            if f.conn_id in self.conns:
+                return f
+        return None
+
+    def is_ours(self, uri: Uri) -> bool:
+        """True when ``uri`` names this node: one of its addresses, and one of its
+        listening ports, a traversal connection's local port or a valid flow token."""
+        if not uri.is_sip or uri.host.lower() not in self.our_hosts:
+            return False
+        port = uri.port
+        if port is None or port in self.our_ports or port in self._traversal_ports:
+            return True
+        return self.tokens.decode(uri.user) is not None
+
+    def _classify(self, flow: Flow) -> str:
+        """The zone a request arrived from (DESIGN.md §2) when its flow is not bound."""
+        ip = flow.remote[0]
+        for z in self.cfg.zones:
+            if z.type == "neighbour" and z.match_source and z.host == ip:
+                return z.name
+        return "DefaultZone"
+
+    def _warned(self, status: int, reason: str, text: str) -> Response:
+        return Response(status, reason, Headers([["Warning", f'399 {self.public} "{text}"']]))
+
+    def _policy_warning(self) -> str:
+        return f'399 {self.public} "Policy Response"'
+
+    def _zone_unavailable(self, zone: str) -> Response:
+        if self._is_traversal(zone):
+            return self._warned(503, "Service Unavailable", f"Traversal zone {zone_token(zone)} is not connected")
+        return Response(404, "Not Found", Headers([["Warning", self._policy_warning()]]))
+
+    def _listener_port(self, transport: str) -> int:
+        s = self.cfg.sip
+        return {"udp": s.udp_port, "tcp": s.tcp_port, "tls": s.tls_port}.get(transport, 0) or s.tcp_port or s.udp_port or 5060
+
+    def _egress_address(self, flow: Flow) -> tuple[str, int]:
+        """The address we stand at on ``flow``: a traversal connection's own local
+        address, else our listener for its transport."""
+        if flow.listener != "sip" or flow.transport == "udp":
+            return flow.local
+        return self.ip, self._listener_port(flow.transport)
+
+    def _rr_host(self, zone: str, ip: str) -> str:
+        z = self.zones.get(zone)
+        if z is not None and z.record_route_address_type == "hostname" and self.cfg.sip.hostname:
+            return self.cfg.sip.hostname
+        return ip
+
+    def _token(self, flow: Flow) -> str | None:
+        return self.tokens.encode(flow.conn_id) if flow.conn_id else None
+
+    # ================================================================ requests
+    def _on_request(self, req: Request, flow: Flow, zone: str | None) -> None:
+        ingress = zone or self._classify(flow)
+        method = req.method
+        stamp_received(req, flow, zone_token(ingress) if method != "ACK" and method != "CANCEL" else None)
+        st = self.table.find_server(req)
+        if st is not None:
+            if st.tu is not None:
+                self._server_actions(st.tu, st.on_message(req, self._now))
             return
-        now = self.now()
-        # Traversal housekeeping requests (authentication, probes) on traversal links.
-        if self.traversal is not None and self.traversal.intercept_request(req, src):
+        if method == "ACK":
+            self._ack(req, flow, ingress)
             return
-        existing = self.server_table.find_server(req)
-        if existing is not None:
-            st = existing.tu
-            self._run_server_actions(st, st.txn.on_message(req, now))
+        if method == "CANCEL":
+            self._cancel(req, flow, ingress)
             return
-        if req.method == "ACK":
-            self.spawn(self.forward_stateless_ack(req, src))
+        if method == "INVITE":
+            st = txn.ServerInviteTransaction(req, flow.conn_id != 0, self.tx_timers, self._now)
+        else:
+            st = txn.ServerNonInviteTransaction(req, flow.conn_id != 0, self.tx_timers, self._now)
+        ctx = ResponseContext(st, req, flow, ingress)
+        st.tu = ctx
+        self.table.add(st)
+        st.start(self._now)
+        if method == "INVITE":
+            self._respond(ctx, 100)
+        if method == "OPTIONS" and not req.headers.get_all("Route") and self._addressed_to_us(req):
+            self._respond(ctx, 200, extra=[("Allow", _ALLOW)])
             return
-        if req.method == "CANCEL":
-            self.handle_cancel(req, src)
-            return
-        cls = tx.ServerInviteTransaction if req.method == "INVITE" else tx.ServerNonInviteTransaction
-        txn = cls(req, src.transport != "udp", self.timers, now)
-        st = _ServerTxn(txn, req, src)
-        txn.tu = st
-        self.server_table.add(txn)
-        if req.method == "INVITE":
-            self.respond(st, 100)
-        if req.method == "OPTIONS" and not req.headers.get_all("Route") and self._addressed_to_us(req):
-            # An OPTIONS for this node itself (keepalive probes of the traversal link).
-            self.respond(st, 200, extra=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")])
-            return
-        rej = check_request(req, answer_options_mf0=False)
+        rej = validate(req)
         if rej is not None:
-            self.respond(st, rej.status, rej.reason, extra=list(rej.headers))
+            self._respond(ctx, rej.status, rej.reason, extra=list(rej.headers))
             return
-        if self._is_loop(req):
-            self.respond(st, 482, "Loop Detected")
+        if is_loop(req, self.our_hosts):
+            self._respond(ctx, 482, "Loop Detected")
             return
-        self.spawn(self.route_request(st))
+        try:
+            routes, _popped = process_routes(req, self.is_ours)
+        except (UriError, ParseError) as exc:
+            self._respond(ctx, 400, f"Bad Request - {exc}"[:120])
+            return
+        if req.to_tag is not None:
+            self._in_dialog(ctx)
+            return
+        if routes:
+            # Preloaded route (seed 003 §2.5): the zone rejects it before any search, or
+            # routes on the Route host (with its parameters) as the alias while the
+            # Request-URI and the Route header stay as they are.
+            z = self.zones.get(ingress)
+            if z is not None and z.preloaded_routes == "reject":
+                self._out.append(Event("search completed", {"call_id": req.call_id, "alias": routes[0], "rule": None, "zone": None,
+                                                            "found": False, "reason": "Policy Response",
+                                                            "detail": "preloaded SIP routes rejected by zone"}))
+                self._out.append(Event("call rejected", {"call_id": req.call_id, "status": 404, "reason": "preloaded SIP routes not accepted"}))
+                self._respond(ctx, 404, "Not Found", warning=True)
+                return
+            route_uri = parse_uri(routes[0])
+            self._route_initial(ctx, alias=route_uri.alias() + format_params(route_uri.params), keep_ruri=True)
+            return
+        self._route_initial(ctx)
 
     def _addressed_to_us(self, req: Request) -> bool:
         try:
@@ -286,682 +453,802 @@ class Proxy:
             return False
         return uri.user is None and self.is_ours(uri)
 
-    def _is_loop(self, req: Request) -> bool:
-        """RFC 3261 §16.3 item 4: a Via of ours whose branch carries the same loop hash."""
-        h = _BRANCH_PREFIX + loop_hash(req)
-        for v in req.headers.get_all("Via")[1:] + req.headers.get_all("Via")[:1]:
+    def _route_initial(self, ctx: ResponseContext, *, alias: str | None = None, keep_ruri: bool = False) -> None:
+        """Transforms → call policy → search rules → target zones (seed 003 §6.1)."""
+        req = ctx.req
+        if req.method == "INVITE":
+            self.stats["calls_attempted"] += 1
             try:
-                via = Via.parse(v)
-            except ParseError:
-                continue
-            if via.host == self.ip and (via.branch or "").startswith(h):
-                return True
-        return False
+                src_alias = str(req.from_.uri)
+            except UriError:
+                src_alias = ""
+            self._out.append(Event("call attempted", {"call_id": req.call_id, "src_zone": ctx.ingress,
+                                                      "src": f"{ctx.flow.remote[0]}:{ctx.flow.remote[1]}",
+                                                      "src_alias": src_alias, "dst_alias": req.uri, "transport": ctx.flow.transport}))
+        try:
+            plan = plan_initial(self.cfg, req, ctx.ingress, alias=alias, keep_ruri=keep_ruri)
+        except UriError as exc:
+            self._respond(ctx, 400, f"Bad Request - {exc}"[:120])
+            return
+        if plan.rejection is not None:
+            self._out.append(Event("search completed", {"call_id": req.call_id, "alias": plan.alias, "rule": None, "zone": None,
+                                                        "found": False, "reason": "Forbidden", "detail": "Policy Response",
+                                                        "cpl": plan.policy_trace}))
+            self._out.append(Event("call rejected", {"call_id": req.call_id, "status": 403, "reason": "call policy"}))
+            self.stats["calls_rejected"] += 1
+            self._respond(ctx, 403, "Forbidden", warning=True)
+            return
+        ctx.initial = True
+        ctx.search = (plan.alias, plan.log)
+        ctx.candidates = deque(plan.candidates)
+        if req.method in DIALOG_METHODS:
+            call = Call(next(self._ids), req.method, req.call_id, req.from_tag, ctx.ingress, ctx.flow)
+            call.a_target = _contact_uri(req)
+            call.a_path = req.headers.get_all("Record-Route")
+            call.expires = self._now + CALL_IDLE_S
+            self._schedule(call.expires, "call", call)
+            ctx.call = call
+            self.calls.add(call)
+        self._advance(ctx)
 
-    # --------------------------------------------------------------- responses up
-    def respond(self, st: _ServerTxn, status: int, reason: str | None = None, *, extra: list | None = None, warning: bool = False) -> None:
-        """Send a response we generate ourselves through server transaction ``st``."""
+    # ---------------------------------------------------------------- targets
+    def _advance(self, ctx: ResponseContext) -> None:
+        """Start the next branch of ``ctx`` or, with nothing left to try, send the best
+        final response (serial search: one branch pending at a time)."""
+        while not ctx.final_sent and ctx.waiting is None:
+            if ctx.pending_branches():
+                return
+            if ctx.stop or ctx.cancelled:
+                break
+            if ctx.hops:
+                if self._try_hop(ctx, ctx.hops.popleft()):
+                    return
+                continue
+            if not ctx.candidates:
+                break
+            cand, ruri = ctx.candidates.popleft()
+            ctx.candidate = cand
+            ctx.fwd_uri = ruri
+            self._candidate(ctx, cand, ruri)
+        if ctx.waiting is None:
+            self._finish(ctx)
+
+    def _candidate(self, ctx: ResponseContext, cand: Any, ruri: str) -> None:
+        zone = cand.zone
+        z = self.zones.get(zone)
+        if z is None:
+            hops: list[Hop] = []
+        elif z.type == "neighbour":
+            hops = [Hop(z.transport, z.host, z.port, z.name, origin="neighbour")]
+        elif z.type in ("traversal_server", "traversal_client"):
+            hops = [Hop(f.transport, f.remote[0], f.remote[1], zone, flow=f, origin="traversal")
+                    for f in self.zone_flows.get(zone, ()) if f.conn_id in self.conns]
+        elif z.type == "dns":
+            qid = next(self._ids)
+            self._pending[qid] = ("candidate", ctx, cand)
+            ctx.waiting = "dns"
+            self._out.append(Resolve(qid, parse_uri(ruri), zone, z.default_transport))
+            return
+        else:
+            hops = []
+        self._candidate_hops(ctx, cand, hops)
+
+    def _candidate_hops(self, ctx: ResponseContext, cand: Any, hops: list[Hop]) -> None:
+        alias, log = ctx.search or ("", [])
+        self._out.append(Event("search completed", {"call_id": ctx.req.call_id, "alias": alias, "rule": cand.rule,
+                                                    "zone": cand.zone, "found": bool(hops), "log": log}))
+        if hops:
+            ctx.hops = deque(hops)
+        else:
+            ctx.finals.append(self._zone_unavailable(cand.zone))
+
+    def _flow_for(self, hop: Hop) -> Flow | None | str:
+        """The flow to send to ``hop`` on: a live known flow, a UDP flow, the newest
+        connection to its address, "connect" when one must be opened, or None."""
+        f = hop.flow
+        if f is not None:
+            if not f.conn_id or f.conn_id in self.conns:
+                return f
+            return self._zone_flow(hop.zone) if self._is_traversal(hop.zone) else None
+        if hop.transport == "udp":
+            return Flow("udp", self.udp_local, (hop.ip, hop.port))
+        f = self.conn_by_key.get(hop.key)
+        if f is not None:
+            return f
+        if self._is_traversal(hop.zone):
+            return None  # the traversal zone is reached on its own connections only
+        return "connect"
+
+    def _try_hop(self, ctx: ResponseContext, hop: Hop) -> bool:
+        """Send ``ctx``'s request to ``hop`` (True) or record why not (False)."""
+        flow = self._flow_for(hop)
+        if flow is None:
+            ctx.finals.append(self._zone_unavailable(hop.zone) if self._is_traversal(hop.zone)
+                              else self._warned(503, "Service Unavailable", f"Next hop {hop.ip}:{hop.port} unreachable"))
+            return False
+        if flow == "connect":
+            self._connect(hop, ("ctx", ctx, hop))
+            ctx.waiting = "connect"
+            return True
+        self._forward(ctx, hop, flow)  # type: ignore[arg-type]
+        return True
+
+    def _connect(self, hop: Hop, waiter: tuple) -> None:
+        cid = self._connecting.get(hop.key)
+        if cid is not None and cid in self._pending:
+            self._pending[cid][1].append(waiter)
+            return
+        cid = next(self._ids)
+        self._connecting[hop.key] = cid
+        self._pending[cid] = (hop.key, [waiter])
+        self._out.append(Connect(cid, hop))
+
+    # ---------------------------------------------------------------- forwarding
+    def _forward(self, ctx: ResponseContext, hop: Hop, flow: Flow) -> None:
+        """Build the request for one branch (RFC 3261 §16.6), anchor its media, start
+        its client transaction."""
+        if ctx.final_sent or ctx.cancelled:
+            return
+        req = ctx.req
+        ip, port = self._egress_address(flow)
+        branch = new_branch(req)
+        via = via_value(flow.transport, ip, port, branch, zone_token(hop.zone))
+        call = ctx.call
+        rr: tuple[str, ...] = ()
+        if ctx.initial and call is not None:
+            in_ip, in_port = ctx.flow.local
+            in_entry = record_route_entry(self._rr_host(ctx.ingress, in_ip), in_port, ctx.flow.transport, self._token(ctx.flow))
+            out_entry = record_route_entry(self._rr_host(hop.zone, ip), port, flow.transport, self._token(flow))
+            rr = (out_entry,) if in_entry == out_entry else (out_entry, in_entry)
+        fwd = branch_request(req, ruri=ctx.fwd_uri, via=via, record_route=rr, default_max_forwards=self.cfg.sip.max_forwards_out)
+        if ctx.route_override is not None:
+            fwd.headers.remove("Route")
+            for r in ctx.route_override:
+                fwd.headers.add("Route", r)
+        if call is not None:
+            if ctx.initial:
+                ctx.rr_ours = rr
+                self._setup_call(ctx, call, hop)
+            self._rewrite_request(ctx, call, fwd, hop, flow)
+        self._with_media(call, fwd, lambda m: self._start_branch(ctx, hop, flow, m) if m is not None else self._media_failed(ctx))
+
+    def _media_failed(self, ctx: ResponseContext) -> None:
+        ctx.finals.append(Response(503, "Service Unavailable", Headers([
+            ["Warning", f'399 {self.public} "Media resources unavailable"'], ["Retry-After", "5"]])))
+        ctx.stop = True
+        self._advance(ctx)
+
+    def _with_media(self, call: Call | None, msg: Request | Response, cont) -> None:
+        """Anchor the SDP of ``msg`` (a message of ``call``) then call ``cont(msg)``;
+        ``cont(None)`` when the media cannot be anchored (the call is then refused:
+        never forward un-anchored SDP)."""
+        if call is None or call.media is None or not msg.body:
+            cont(msg)
+            return
+        try:
+            desc = MediaPlanner.parse(msg)
+        except SdpError as exc:
+            self._out.append(Event("sdp rewrite failed", {"call_id": call.call_id, "error": str(exc)}))
+            cont(None)
+            return
+        if desc is None:
+            cont(msg)
+            return
+        missing = MediaPlanner.missing(call.media, desc)
+        if missing:
+            aid = next(self._ids)
+            self._pending[aid] = (cont, call, msg, desc)
+            self._out.append(AllocateMedia(aid, call.key, tuple(missing), self.planner.latch_only(call.a_zone),
+                                           self.planner.latch_only(call.b_zone), call.call_id))
+            return
+        self._out += self.planner.rewrite(call.media, msg, desc)
+        cont(msg)
+
+    def _start_branch(self, ctx: ResponseContext, hop: Hop, flow: Flow, fwd: Request) -> None:
+        if ctx.final_sent or ctx.cancelled:
+            return
+        b = Branch(ctx, hop, flow, fwd)
+        if fwd.method == "INVITE":
+            tx = txn.ClientInviteTransaction(fwd, flow.conn_id != 0, self.tx_timers, self._now)
+        else:
+            tx = txn.ClientNonInviteTransaction(fwd, flow.conn_id != 0, self.tx_timers, self._now)
+        tx.tu = b
+        b.tx = tx
+        self.table.add(tx)
+        ctx.branches.append(b)
+        if flow.conn_id:
+            self._flow_branches.setdefault(flow.conn_id, set()).add(b)
+        self._client_actions(b, tx.start(self._now))
+
+    def _client_actions(self, b: Branch, actions: list) -> None:
+        for a in actions:
+            t = type(a)
+            if t is txn.Send:
+                self._out.append(Send(b.flow, a.data))
+            elif t is txn.Deliver:
+                if b.ctx is not None:
+                    self._on_branch_response(b, a.msg)
+            elif t is txn.Timeout:
+                if b.ctx is not None and b.final is None:
+                    self._out.append(Event("next hop timeout", {"call_id": b.request.call_id, "hop": f"{b.hop.ip}:{b.hop.port}", "zone": b.hop.zone}))
+                    self._branch_failed(b, Response(408, "Request Timeout"))
+            elif t is txn.TransportError:
+                if b.ctx is not None and b.final is None:
+                    self._branch_failed(b, self._warned(503, "Service Unavailable", a.reason or "transport error"))
+            elif t is txn.Terminated:
+                self.table.remove(b.tx)
+                if b.flow.conn_id:
+                    s = self._flow_branches.get(b.flow.conn_id)
+                    if s is not None:
+                        s.discard(b)
+
+    # ---------------------------------------------------------------- responses
+    def _on_response(self, resp: Response) -> None:
+        tx = self.table.find_client(resp)
+        if tx is not None:
+            self._client_actions(tx.tu, tx.on_message(resp, self._now))
+            return
+        if 200 <= resp.status < 300 and resp.cseq[1] == "INVITE":
+            b = self._failed.get(txn.client_key(resp))
+            if b is not None:
+                # A 2xx for an INVITE branch we already gave up (its connection failed, it
+                # timed out or was cancelled): no call may exist on one side only.
+                self._clear_callee(b, resp, "late 2xx for a failed branch")
+
+    def _on_branch_response(self, b: Branch, resp: Response) -> None:
+        ctx = b.ctx
+        status = resp.status
+        if status < 200:
+            b.provisional = True
+            if ctx.cancelled and not b.cancel_sent:
+                self._cancel_branch(b)
+            if status == 100 or ctx.final_sent:
+                return
+            self._relay_up(ctx, b, resp)
+            return
+        if status < 300:
+            if ctx.req.method == "INVITE":
+                if ctx.final_sent and not ctx.answered_2xx:
+                    b.final = resp
+                    self._clear_callee(b, resp, "caller already answered " + ("487" if ctx.cancelled else "with a final response"))
+                    return
+                if not ctx.answered_2xx:
+                    self.stats["calls_connected"] += 1
+                    self._out.append(Event("call connected", {"call_id": ctx.req.call_id, "zone": b.hop.zone}))
+                ctx.answered_2xx = True
+                ctx.stop = True
+                for other in ctx.branches:
+                    if other is not b and other.final is None and other.provisional and not other.cancel_sent:
+                        self._cancel_branch(other)
+            elif ctx.final_sent:
+                return
+            b.final = resp
+            self._relay_up(ctx, b, resp)
+            if ctx.req.method == "BYE":
+                self._bye_done(ctx, resp)
+            return
+        b.final = resp
+        if ctx.req.method == "BYE":
+            self._bye_done(ctx, resp)
+        self._branch_final(b, resp)
+
+    def _branch_failed(self, b: Branch, resp: Response) -> None:
+        """A branch ended without a final response from downstream (timeout, transport
+        failure): ``resp`` stands for it; an INVITE branch is remembered 64*T1 so a
+        late 2xx can be cleared."""
+        if b.final is not None:
+            return
+        b.final = resp
+        b.failed_at = self._now
+        self._client_actions(b, b.tx.on_transport_error(self._now))  # terminates it (its events are ignored: final set)
+        self.table.remove(b.tx)
+        if b.request.method == "INVITE":
+            key = b.tx.key
+            self._failed[key] = b
+            self._schedule(self._now + 64 * self.tx_timers.t1, "failed", (key, b))
+        if b.ctx is not None:
+            self._branch_final(b, resp)
+
+    def _branch_final(self, b: Branch, resp: Response) -> None:
+        ctx = b.ctx
+        if ctx.final_sent:
+            return
+        ctx.finals.append(resp)
+        status = resp.status
+        if status >= 600:
+            ctx.stop = True
+            for other in ctx.branches:
+                if other.final is None and other.provisional and not other.cancel_sent:
+                    self._cancel_branch(other)
+        if ctx.pending_branches():
+            return
+        if status not in FAILOVER_STATUSES:
+            ctx.hops.clear()
+            if status not in NEXT_CANDIDATE_STATUSES:
+                ctx.candidates.clear()
+        self._advance(ctx)
+
+    def _finish(self, ctx: ResponseContext) -> None:
+        """Send the best final response upstream (§16.7 step 6) if none was sent."""
+        if ctx.final_sent or ctx.pending_branches():
+            return
+        best = choose_best(ctx.finals)
+        req = ctx.req
+        if best is None:
+            alias, log = ctx.search or ("", [])
+            self._out.append(Event("search completed", {"call_id": req.call_id, "alias": alias, "rule": None, "zone": None,
+                                                        "found": False, "log": log, "reason": "Policy Response"}))
+            if req.method == "INVITE":
+                self._out.append(Event("call rejected", {"call_id": req.call_id, "status": 404, "reason": "no search rule matched"}))
+                self.stats["calls_rejected"] += 1
+            self._end_failed_call(ctx)
+            self._respond(ctx, 404, "Not Found", warning=True)
+            return
+        if req.method == "INVITE" and best.status >= 300:
+            self._out.append(Event("call rejected", {"call_id": req.call_id, "status": best.status, "reason": best.reason}))
+            self.stats["calls_rejected"] += 1
+        self._end_failed_call(ctx)
+        if best.headers.get("To") is None:
+            # A response we made (timeout, transport failure, zone down): on the request.
+            up = make_response(req, best.status, best.reason, to_tag=secrets.token_hex(5),
+                               extra=[(n, v) for n, v in best.headers if n != "Content-Length"] + [("Server", f"Edgeway/{self.role}")])
+        else:
+            up = upstream_response(best, req)
+            self._hide_response(ctx, up, None)
+        self._send_up(ctx, up)
+
+    def _end_failed_call(self, ctx: ResponseContext) -> None:
+        call = ctx.call
+        if call is not None and ctx.initial and not any(d.confirmed for d in call.dialogs.values()):
+            self._end_call(call, "final-response")
+
+    def _relay_up(self, ctx: ResponseContext, b: Branch, resp: Response) -> None:
+        """Forward a 1xx/2xx from branch ``b`` upstream (§16.7 steps 3–5, 9)."""
+        up = upstream_response(resp, ctx.req)
+        call = ctx.call
+        if call is None:
+            self._send_up(ctx, up)
+            return
+        self._dialog_bookkeeping(ctx, b, resp)
+        self._hide_response(ctx, up, b)
+
+        def cont(m: Response | None) -> None:
+            if m is None:
+                if 200 <= resp.status < 300 and ctx.req.method == "INVITE":
+                    self._clear_callee(b, resp, "media could not be anchored")
+                    ctx.answered_2xx = False
+                    self._send_up(ctx, self._warned_up(ctx, 500, "Server Internal Error", "Media could not be anchored"))
+                return
+            self._send_up(ctx, m)
+
+        self._with_media(call, up, cont)
+
+    def _warned_up(self, ctx: ResponseContext, status: int, reason: str, text: str) -> Response:
+        return make_response(ctx.req, status, reason, to_tag=secrets.token_hex(5),
+                             extra=[("Warning", f'399 {self.public} "{text}"'), ("Server", f"Edgeway/{self.role}")])
+
+    # ---------------------------------------------------------------- upstream
+    def _respond(self, ctx: ResponseContext, status: int, reason: str | None = None, *, extra: list | None = None,
+                 warning: bool = False) -> None:
+        """Send a response we generate ourselves through ``ctx``'s server transaction."""
         extra = list(extra or [])
         if warning:
-            extra.append(("Warning", self.warning()))
-        extra.append(("Server", f"Edgeway/{self.cfg.role}"))
-        resp = make_response(st.req, status, reason, to_tag=secrets.token_hex(5), extra=extra)
-        self.send_upstream(st, resp)
+            extra.append(("Warning", self._policy_warning()))
+        extra.append(("Server", f"Edgeway/{self.role}"))
+        resp = make_response(ctx.req, status, reason, to_tag=secrets.token_hex(5) if status > 100 else None, extra=extra)
+        self._send_up(ctx, resp)
 
-    def send_upstream(self, st: _ServerTxn, resp: Response) -> None:
+    def _send_up(self, ctx: ResponseContext, resp: Response) -> None:
         if resp.status >= 200:
-            if st.final_sent and not (200 <= resp.status < 300 and st.req.method == "INVITE"):
+            if ctx.final_sent and not (resp.status < 300 and ctx.req.method == "INVITE"):
                 return
-            st.final_sent = True
-        self._run_server_actions(st, st.txn.send_response(resp, self.now()))
+            ctx.final_sent = True
+        self._server_actions(ctx, ctx.st.send_response(resp, self._now))
 
-    def _run_server_actions(self, st: _ServerTxn, actions) -> None:
+    def _server_actions(self, ctx: ResponseContext, actions: list) -> None:
         for a in actions:
-            if isinstance(a, tx.Send):
-                self.send_response_stateless(a.message, st.src)
-            elif isinstance(a, tx.Deliver) and isinstance(a.message, Request) and a.message.method == "ACK":
-                # An ACK for a 2xx reusing the INVITE's branch (RFC 6026 Accepted): end to end.
-                self.spawn(self.forward_stateless_ack(a.message, st.src))
-            elif isinstance(a, tx.Terminated):
-                self.server_table.remove(st.txn)
-        self._arm(st, lambda: self._run_server_actions(st, st.txn.on_timer(self.now())))
+            t = type(a)
+            if t is txn.Send:
+                self._send_response(a.data, ctx.flow, ctx.ingress, ctx.call.call_id if ctx.call is not None else None)
+            elif t is txn.Deliver:
+                msg = a.msg
+                if isinstance(msg, Request) and msg.method == "ACK":
+                    self._ack(msg, ctx.flow, ctx.ingress)  # an ACK for a 2xx reusing the branch (RFC 6026)
+            elif t is txn.Terminated:
+                self.table.remove(ctx.st)
 
-    def _arm(self, holder, fire) -> None:
-        if holder.timer is not None:
-            holder.timer.cancel()
-            holder.timer = None
-        t = holder.txn.next_timer()
-        if t is not None:
-            holder.timer = asyncio.get_running_loop().call_at(t, fire)
-
-    def send_response_stateless(self, resp: Response, src: Source) -> None:
-        """Send a response toward its top Via (RFC 3261 §18.2.2 with RFC 3581):
-        over the connection the request came on when still open; for UDP to
-        received/rport. Responses to broadcast sent-by are dropped (RFC 4475 bcast)."""
+    def _send_response(self, resp: Response, flow: Flow, zone: str | None, log_call_id: str | None = None) -> None:
+        """Send a response toward its top Via (RFC 3261 §18.2.2, RFC 3581): on the flow
+        its request came on while it lives, else on the traversal zone's replacement
+        connection, else (UDP) to received/rport or (TCP/TLS) over a new connection to
+        the Via address. Never to a broadcast, multicast or unspecified address."""
         try:
             via = resp.top_via()
         except ParseError:
             return
         if response_next_hop_forbidden(via):
-            self.events.emit("response dropped", reason="broadcast or unspecified Via sent-by", call_id=resp.call_id)
+            self._out.append(Event("response dropped", {"reason": "broadcast or unspecified Via sent-by", "call_id": resp.call_id}))
             return
-        data = resp.to_bytes()
-        conn = src.conn
-        if conn is not None and not conn.closed:
-            try:
-                conn.send(data)
-                self.log_sip("out", resp, conn.transport, conn.remote[0], conn.remote[1])
+        if flow.conn_id:
+            if flow.conn_id in self.conns:
+                self._out.append(Send(flow, resp, log_call_id))
                 return
-            except TransportError:
-                pass
-        if src.transport == "udp":
-            ip = via.params.get("received") or via.host
-            if not _is_ip(ip):
-                ip = src.ip  # never resolve a sent-by through the system resolver
-            rport = via.params.get("rport")
-            port = int(rport) if rport else (via.port or 5060)
-            try:
-                self.tl.send_udp(data, (src.local_ip, src.local_port), (ip, port))
-                self.log_sip("out", resp, "udp", ip, port)
-            except (TransportError, OSError) as exc:
-                self.events.emit("send failed", call_id=resp.call_id, cause=str(exc))
-            return
-        # Stream closed: RFC 3261 §18.2.2 opens a new connection to the Via address,
-        # but never from the edge toward the inside.
-        if self.cfg.role == "edge" and src.listener == "traversal":
-            return
-        ip = via.params.get("received") or via.host
-        port = int(via.params.get("rport") or via.port or 5060)
-        if via.transport == "UDP":
-            try:
-                self.tl.send_udp(data, (self.ip, self.cfg.sip.udp_port), (ip, port))
-            except (TransportError, OSError):
-                pass
-            return
-        self.spawn(self._send_on_new_conn(via.transport.lower(), ip, port, data))
-
-    async def _send_on_new_conn(self, transport: str, ip: str, port: int, data: bytes) -> None:
-        try:
-            conn = await self.tl.connect(transport, ip, port, local_ip=self.ip)
-            conn.send(data)
-        except TransportError:
-            pass
-
-    # ----------------------------------------------------------------- routing
-    async def route_request(self, st: _ServerTxn) -> None:
-        req, src = st.req, st.src
-        ingress = self.classify(src)
-        self._tag_ingress(req, ingress)
-        self._b2bua_restore(req)
-        try:
-            routes = self._route_processing(req)
-        except (UriError, ParseError) as exc:
-            self.respond(st, 400, f"Bad Request - {exc}"[:120])
-            return
-        initial = req.to_tag is None
-        if routes and initial and req.method != "ACK":
-            # Preloaded route (seed 003 §2.5): the zone either rejects it before any
-            # search, or routes on the Route host (with its parameters) as the alias
-            # while the Request-URI and the Route header stay as they are.
-            zone = self.zone_names.get(ingress)
-            if zone is not None and zone.preloaded_routes == "reject":
-                self.events.emit("search completed", call_id=req.call_id, alias=routes[0], rule=None, zone=None,
-                                 found=False, reason="Policy Response", detail="preloaded SIP routes rejected by zone")
-                self.events.emit("call rejected", call_id=req.call_id, status=404, reason="preloaded SIP routes not accepted")
-                self.respond(st, 404, "Not Found", warning=True)
+            if self._is_traversal(zone):
+                f = self._zone_flow(zone)  # type: ignore[arg-type]
+                if f is not None:
+                    self._out.append(Send(f, resp, log_call_id))
+                else:
+                    self._out.append(Event("response dropped", {"reason": f"traversal zone {zone} is not connected", "call_id": resp.call_id}))
                 return
-            route_uri = parse_uri(routes[0])
-            await self.route_initial(st, ingress, alias=route_uri.alias() + format_params(route_uri.params), keep_ruri=True)
-            return
-        if routes or not initial:
-            target = parse_uri(routes[0]) if routes else req.ruri
-            hop = await self.hop_for_uri(target, zone=ingress)
+            hop = response_hop(via, zone or "DefaultZone")
             if hop is None:
-                self.respond(st, 404, "Not Found", warning=True)
                 return
-            final = await self.forward(st, req, hop, ingress)
-            self._finish(st, final)
-            return
-        await self.route_initial(st, ingress)
-
-    def classify(self, src: Source) -> str:
-        """The zone a request arrived from (DESIGN.md §2)."""
-        if src.conn is not None and src.conn.zone:
-            return src.conn.zone
-        for z in self.cfg.zones:
-            if z.type == "neighbour" and getattr(z, "match_source", True) and z.host == src.ip:
-                return z.name
-        return "DefaultZone"
-
-    def _tag_ingress(self, req: Request, zone: str) -> None:
-        via = req.top_via()
-        via.params["ingress-zone"] = zone_token(zone)
-        req.headers.replace_first("Via", str(via))
-
-    def _route_processing(self, req: Request) -> list[str]:
-        """RFC 3261 §16.4: undo strict routing, drop our own top Route entries.
-        Returns the remaining Route URIs (str) in order."""
-        ruri = req.ruri
-        routes = req.headers.get_all("Route")
-        if self.is_ours(ruri) and routes and "lr" not in ruri.params:
-            # Strict-routing previous hop: the Request-URI is our Record-Route value.
-            last = parse_name_addr(routes[-1])
-            req.uri = str(last.uri)
-            req.headers.remove("Route")
-            for r in routes[:-1]:
-                req.headers.add("Route", r)
-            routes = routes[:-1]
-        while routes:
-            na = parse_name_addr(routes[0])
-            if na.uri is not None and self.is_ours(na.uri):
-                req.headers.pop_first("Route")
-                routes = routes[1:]
+            if hop.transport == "udp":
+                self._out.append(Send(Flow("udp", self.udp_local, (hop.ip, hop.port)), resp, log_call_id))
+                return
+            f = self.conn_by_key.get(hop.key)
+            if f is not None:
+                self._out.append(Send(f, resp, log_call_id))
             else:
-                break
-        return [str(parse_name_addr(r).uri) for r in routes]
+                self._connect(hop, ("send", resp, log_call_id))
+            return
+        hop = response_hop(via, zone or "DefaultZone")
+        dest = (hop.ip, hop.port) if hop is not None and hop.transport == "udp" else flow.remote
+        self._out.append(Send(flow if dest == flow.remote else Flow("udp", flow.local, dest), resp, log_call_id))
 
-    async def hop_for_uri(self, uri: Uri, *, zone: str) -> Hop | None:
-        """A next hop for a URI (Route entry or in-dialog Request-URI), using an
-        existing connection when one leads there (a traversal link in particular)."""
-        transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+    # ================================================================ CANCEL, ACK
+    def _cancel(self, req: Request, flow: Flow, zone: str) -> None:
+        """CANCEL (RFC 3261 §16.10): 200 to the CANCEL, 487 to the INVITE, CANCEL to each
+        pending branch that had a provisional response (§9.1; the others when theirs
+        comes)."""
+        inv = self.table.find_invite_for_cancel(req)
+        ctx = inv.tu if inv is not None else None
+        resp = make_response(req, 200 if ctx is not None else 481, None, to_tag=secrets.token_hex(4))
+        self._send_response(resp, flow, zone)
+        if ctx is None:
+            return
+        ctx.cancelled = True
+        for b in ctx.branches:
+            if b.final is None and b.provisional and not b.cancel_sent:
+                self._cancel_branch(b)
+        if not ctx.final_sent:
+            self._respond(ctx, 487, "Request Terminated")
+            if ctx.call is not None and ctx.initial and not any(d.confirmed for d in ctx.call.dialogs.values()):
+                self._end_call(ctx.call, "cancel")
+
+    def _cancel_branch(self, b: Branch) -> None:
+        """CANCEL branch ``b`` in its own non-INVITE client transaction (retransmitted by
+        Timer E; its 200 absorbed there); 64*T1 later the INVITE branch is given up if it
+        still has no final response (RFC 3261 §9.1)."""
+        b.cancel_sent = True
+        c = cancel_for(b.request)
+        cb = Branch(None, b.hop, b.flow, c)  # type: ignore[arg-type]
+        tx = txn.ClientNonInviteTransaction(c, b.flow.conn_id != 0, self.tx_timers, self._now)
+        tx.tu = cb
+        cb.tx = tx
+        try:
+            self.table.add(tx)
+        except ValueError:
+            return
+        self._client_actions(cb, tx.start(self._now))
+        self._schedule(self._now + 64 * self.tx_timers.t1, "giveup", b)
+
+    def _give_up(self, b: Branch) -> None:
+        if b.final is not None:
+            return
+        self._out.append(Event("next hop timeout", {"call_id": b.request.call_id, "hop": f"{b.hop.ip}:{b.hop.port}", "zone": b.hop.zone,
+                                                    "cause": "no final response to the cancelled INVITE within 64*T1"}))
+        self._branch_failed(b, Response(487, "Request Terminated"))
+
+    def _ack(self, req: Request, flow: Flow, ingress: str) -> None:
+        """An ACK for a 2xx travels end to end (RFC 3261 §16.11, §13.2.2.4): forwarded
+        statelessly along the dialog with our Via and Max-Forwards − 1."""
+        if req.headers.get("Max-Forwards") == "0":
+            self._out.append(Event("ack dropped", {"call_id": req.call_id, "reason": "Max-Forwards 0"}))
+            return
+        try:
+            process_routes(req, self.is_ours)
+        except (UriError, ParseError):
+            return
+        call, dlg, frm = self.calls.find(req.call_id, req.from_tag, req.to_tag)
+        if dlg is None:
+            self._out.append(Event("ack dropped", {"call_id": req.call_id, "reason": "no dialog"}))
+            return
+        to = other_side(frm)  # type: ignore[arg-type]
+        side = dlg.sides[to]
+        ruri = side.target if to in call.masked and side.target else None
+        hop = self._dialog_hop(side, req, ruri)
+        if not isinstance(hop, Hop):
+            self._out.append(Event("ack dropped", {"call_id": req.call_id, "reason": "party unreachable"}))
+            return
+        f = self._flow_for(hop)
+        if f is None or f == "connect" or f == "resolve":
+            self._out.append(Event("ack dropped", {"call_id": req.call_id, "reason": "party unreachable"}))
+            return
+        flow_out: Flow = f  # type: ignore[assignment]
+        ip, port = self._egress_address(flow_out)
+        fwd = branch_request(req, ruri=ruri, via=via_value(flow_out.transport, ip, port, new_branch(req), zone_token(hop.zone)))
+        if side.route is not None:
+            fwd.headers.remove("Route")
+            for r in side.route:
+                fwd.headers.add("Route", r)
+        self._hide_request(call, fwd, frm, to, flow_out)
+
+        def cont(m: Request | None) -> None:
+            if m is not None:
+                self._out.append(Send(flow_out, m, call.call_id))
+
+        self._with_media(call, fwd, cont)
+
+    # ================================================================ dialogs
+    def _in_dialog(self, ctx: ResponseContext) -> None:
+        """Route an in-dialog request by the dialog this node holds (issue 6 item 4):
+        its party's flow, kept route set and Contact; 481 when no dialog matches."""
+        req = ctx.req
+        call, dlg, frm = self.calls.find(req.call_id, req.from_tag, req.to_tag)
+        if dlg is None:
+            self._out.append(Event("dialog not found", {"call_id": req.call_id, "method": req.method,
+                                                        "src": f"{ctx.flow.remote[0]}:{ctx.flow.remote[1]}"}))
+            self._respond(ctx, 481, "Call/Transaction Does Not Exist")
+            return
+        to = other_side(frm)  # type: ignore[arg-type]
+        side = dlg.sides[to]
+        ctx.call, ctx.dialog, ctx.from_side, ctx.to_side = call, dlg, frm, to
+        call.expires = self._now + CALL_IDLE_S
+        self._schedule(call.expires, "call", call)
+        if to in call.masked and side.target:
+            ctx.fwd_uri = side.target
+        ctx.route_override = side.route
+        if req.method in _TARGET_METHODS:
+            contact = _contact_uri(req)
+            if contact is not None:
+                dlg.sides[frm].target = contact  # target refresh (RFC 3261 §12.2.2)
+        hop = self._dialog_hop(side, req, ctx.fwd_uri)
+        if isinstance(hop, Response):
+            self._send_up(ctx, make_response(req, hop.status, hop.reason, to_tag=None,
+                                             extra=[(n, v) for n, v in hop.headers] + [("Server", f"Edgeway/{self.role}")]))
+            return
+        if isinstance(hop, tuple):
+            uri, zone, default_transport = hop
+            qid = next(self._ids)
+            self._pending[qid] = ("dialog", ctx, str(uri))
+            ctx.waiting = "dns"
+            self._out.append(Resolve(qid, uri, zone, default_transport))
+            return
+        ctx.hops = deque([hop])
+        self._advance(ctx)
+
+    def _dialog_hop(self, side: DialogSide, req: Request, ruri: str | None):
+        """Where an in-dialog request toward ``side`` goes: a :class:`Hop` on its flow;
+        the traversal zone's replacement connection; ``430 Flow Failed`` for a TLS party
+        whose connection is gone (RFC 5626 §5.3); else the next hop URI (first Route,
+        else its Contact) as a Hop, or ``(uri, zone, default transport)`` to resolve."""
+        f = side.flow
+        zone = side.zone
+        if f is not None and f.conn_id:
+            if f.conn_id in self.conns:
+                return Hop(f.transport, f.remote[0], f.remote[1], zone, flow=f, origin="dialog")
+            if self._is_traversal(zone):
+                r = self._zone_flow(zone)
+                return Hop(r.transport, r.remote[0], r.remote[1], zone, flow=r, origin="traversal") if r else self._zone_unavailable(zone)
+            if f.transport == "tls":
+                self._out.append(Event("flow failed", {"call_id": req.call_id, "peer": f"{f.remote[0]}:{f.remote[1]}", "zone": zone}))
+                return Response(430, "Flow Failed")
+        if self._is_traversal(zone):
+            r = self._zone_flow(zone)
+            return Hop(r.transport, r.remote[0], r.remote[1], zone, flow=r, origin="traversal") if r else self._zone_unavailable(zone)
+        routes = side.path
+        try:
+            text = str(parse_name_addr(routes[0]).uri) if routes else (side.target or ruri or req.uri)
+            uri = parse_uri(text)
+        except UriError:
+            return Response(400, "Bad Request")
+        default = f.transport if f is not None else "udp"
+        transport = uri.transport or ("tls" if uri.scheme == "sips" else default)
+        z = self.zones.get(zone)
+        if not is_ip_literal(uri.host):
+            return (uri, zone, z.default_transport if z is not None and z.type == "dns" else transport)
         port = uri.port or (5061 if transport == "tls" else 5060)
-        if self.traversal is not None:
-            hop = self.traversal.hop_for_address(uri.host, port, transport)
-            if hop is not None:
-                return hop
-        host = uri.host
-        if not _is_ip(host):
-            if self.resolver_fn is None:
-                return None
-            hops = await self.resolver_fn(uri, "udp", zone)
-            return hops[0] if hops else None
-        return Hop(transport, host.strip("[]"), port, zone)
+        origin = "dns" if z is not None and z.type == "dns" else ("neighbour" if z is not None and z.type == "neighbour" else "dialog")
+        return Hop(transport, uri.host.strip("[]"), port, zone, origin=origin)
 
-    async def route_initial(self, st: _ServerTxn, ingress: str, *, alias: str | None = None, keep_ruri: bool = False) -> None:
-        """Transforms → call policy → search rules → target zones (seed 003 §6.1).
+    def _setup_call(self, ctx: ResponseContext, call: Call, hop: Hop) -> None:
+        """Decide, for the branch about to start, what the node hides and masks and
+        create the call's media state (initial INVITE)."""
+        call.b_zone = hop.zone
+        a_trav, b_trav = self._is_traversal(call.a_zone), self._is_traversal(hop.zone)
+        call.inside = ("a" if a_trav else "b") if self.role == "edge" and a_trav != b_trav else None
+        call.masked = {call.inside} if call.inside else set()
+        if call.method == "INVITE":
+            if call.media is None:
+                call.media = CallMedia(call.key, call.call_id, call.a_tag, call.a_zone, hop.zone)
+            else:
+                call.media.b_zone = hop.zone
+            call.b2bua = self.planner.interworking(call.media)
+            if call.b2bua:
+                call.masked |= {"a", "b"}
+                za, zb = self.zones.get(call.a_zone), self.zones.get(call.b_zone)
+                call.preserve = bool(za and za.parameter_preservation and zb and zb.parameter_preservation)
 
-        ``alias`` defaults to the Request-URI's; ``keep_ruri`` (preloaded routes)
-        forwards with the Request-URI unchanged whatever the rules did to the alias."""
-        req = st.req
-        ruri = req.ruri
-        alias = ruri.alias() if alias is None else alias
-        domains = list(self.cfg.sip.domains)
-        call_id = req.call_id
-        if req.method == "INVITE":
-            self.stats["calls_attempted"] += 1
-            self.events.emit("call attempted", call_id=call_id, src_zone=ingress, src=f"{st.src.ip}:{st.src.port}",
-                             src_alias=str(req.from_.uri), dst_alias=req.uri, transport=st.src.transport)
-        transformed = apply_transforms(alias, self.cfg.transforms, domains)
-        if self.cfg.call_policy:
-            source = req.from_.uri
-            decision = evaluate_policy(source.alias() if source is not None else "", transformed, self.cfg.call_policy, domains)
-            if decision.rejected:
-                self.events.emit("search completed", call_id=call_id, alias=transformed, rule=None, zone=None, found=False,
-                                 reason="Forbidden", detail="Policy Response", cpl=decision.trace)
-                self.events.emit("call rejected", call_id=call_id, status=403, reason="call policy")
-                self.stats["calls_rejected"] += 1
-                self.respond(st, 403, "Forbidden", warning=True)
-                return
-        candidates, log = plan_search(transformed, ingress, self.cfg.search_rules, domains)
-        last_status: Response | None = None
-        for cand in candidates:
-            new_ruri = ruri if keep_ruri else _ruri_with_alias(ruri, cand.alias)
-            fwd = req.copy()
-            fwd.uri = str(new_ruri)
-            hops = await self.zone_hops(cand.zone, new_ruri)
-            self.events.emit("search completed", call_id=call_id, alias=transformed, rule=cand.rule, zone=cand.zone,
-                             found=bool(hops), log=log)
-            if not hops:
-                last_status = last_status or self._zone_unavailable(cand.zone)
-                continue
-            final = None
-            for hop in hops:
-                final = await self.forward(st, fwd, hop, ingress)
-                if final is None or final.status not in FAILOVER_STATUSES or st.cancelled:
-                    break
-            if final is None or final.status < 300 or st.cancelled:
-                self._finish(st, final)
-                return
-            last_status = final
-            if final.status not in NEXT_CANDIDATE_STATUSES:
-                break
-        if last_status is not None:
-            self._finish(st, last_status)
-            return
-        self.events.emit("search completed", call_id=call_id, alias=transformed, rule=None, zone=None, found=False,
-                         log=log, reason="Policy Response")
-        self.events.emit("call rejected", call_id=call_id, status=404, reason="no search rule matched")
-        self.stats["calls_rejected"] += 1
-        self.respond(st, 404, "Not Found", warning=True)
+    def _mask_contact(self, call: Call, side: str, msg: Request | Response, flow: Flow) -> str | None:
+        """Replace the Contact of ``msg`` (from party ``side``) by one of ours reachable
+        on ``flow``; returns the party's real Contact URI (str) or None."""
+        token = call.contact_tokens.get(side)
+        if token is None:
+            token = secrets.token_hex(8)
+            self.calls.add_token(call, side, token)
+        ip, port = self._egress_address(flow)
+        host = f"[{ip}]" if ":" in ip else ip
+        got = b2bua.rewrite_contact(msg, f"{host}:{port}", flow.transport, preserve=call.preserve, token=token)
+        return got[1] if got is not None else None
 
-    def _zone_unavailable(self, zone: str) -> Response:
-        z = self.zone_names.get(zone)
-        if z is not None and z.type in ("traversal_server", "traversal_client"):
-            status, reason = 503, "Service Unavailable"
-            warn = f'399 {self.cfg.sip.public_ip} "Traversal zone {zone_token(zone)} is not connected"'
-        else:
-            status, reason = 404, "Not Found"
-            warn = self.warning()
-        h = Headers()
-        h.add("Warning", warn)
-        return Response(status, reason, h)
-
-    async def zone_hops(self, zone: str, uri: Uri) -> list[Hop]:
-        """Concrete next hops for a target zone, in the order to try them."""
-        if zone == "LocalZone":
-            return []  # no registrar yet: nothing is registered locally
-        z = self.zone_names.get(zone)
-        if z is None:
-            return []
-        if z.type == "neighbour":
-            return [Hop(z.transport, z.host, z.port, z.name)]
-        if z.type in ("traversal_server", "traversal_client"):
-            return self.traversal.hops_for_zone(z.name) if self.traversal else []
-        if z.type == "dns":
-            if self.resolver_fn is None:
-                return []
-            return await self.resolver_fn(uri, z.default_transport, z.name)
-        return []
-
-    def _finish(self, st: _ServerTxn, final: Response | None) -> None:
-        """Send the best final response upstream if none was sent yet."""
-        if final is None or st.final_sent:
-            return
-        if final.status >= 300:
-            self.media.release_call(st.req.call_id, "final-response")
-            if st.req.to_tag is None:
-                self.forget_call(st.req.call_id)
-            if st.req.method == "INVITE":
-                self.events.emit("call rejected", call_id=st.req.call_id, status=final.status, reason=final.reason)
-                self.stats["calls_rejected"] += 1
-        resp = final.copy()
-        if resp.headers.get("Via") is None or resp.headers.get_all("Via") != st.req.headers.get_all("Via"):
-            # A response we made (or one from a downstream branch): rebuild on the upstream request.
-            base = make_response(st.req, resp.status, resp.reason, to_tag=(_safe_to_tag(resp) or secrets.token_hex(5)))
-            for n, v in resp.headers:
-                if n.lower() not in ("via", "from", "to", "call-id", "cseq", "content-length"):
-                    base.headers.add(n, v)
-            base.body = resp.body
-            resp = base
-        self.send_upstream(st, resp)
-
-    # ----------------------------------------------------------------- forwarding
-    def _prepare(self, req: Request, hop: Hop, ingress: str, conn: Connection | None, src: Source | None) -> tuple[Request, str]:
-        fwd = req.copy()
-        mf = fwd.headers.get("Max-Forwards")
-        fwd.headers.set("Max-Forwards", str(int(mf) - 1 if mf is not None else self.cfg.sip.max_forwards_out))
-        ip, port = self.egress_address(hop, conn)
-        branch = self.new_branch(req)
-        via = Via(hop.transport.upper(), ip, port, {"branch": branch, "rport": None, "egress-zone": zone_token(hop.zone)})
-        fwd.headers.add("Via", str(via), first=True)
-        if req.method in ("INVITE", "SUBSCRIBE", "REFER") and req.to_tag is None and src is not None:
-            in_addr = self._ingress_rr(src, ingress)
-            out_addr = f"sip:{self._rr_host(hop.zone, ip)}:{port};transport={hop.transport};lr"
-            if in_addr != out_addr:
-                fwd.headers.add("Record-Route", f"<{in_addr}>", first=True)
-            fwd.headers.add("Record-Route", f"<{out_addr}>", first=True)
-        return fwd, branch
-
-    # ------------------------------------------------------------------ B2BUA
-    def _b2b_call(self, msg) -> object | None:
-        call = self.media.calls.get(msg.call_id)
-        return call if call is not None and self.media.interworking(call) else None
-
-    def _preserve(self, call) -> bool:
-        za, zb = self.zone_names.get(call.a_zone), self.zone_names.get(call.b_zone)
-        return bool(za and za.parameter_preservation and zb and zb.parameter_preservation)
-
-    def _b2b_remember(self, call_id: str, got) -> None:
-        if got is not None:
-            token, original = got
-            self.b2b_contacts[token] = original
-            self.b2b_calls.setdefault(call_id, []).append(token)
-
-    def _b2bua_request(self, fwd: Request, hop: Hop, conn: Connection | None) -> None:
-        """Contact, Request-URI parameters and session timers of a request leaving
-        through the B2BUA (only for calls whose zones' encryption modes differ)."""
-        call = self._b2b_call(fwd)
-        if call is None or fwd.method in ("ACK", "CANCEL", "BYE"):
-            return
-        ip, port = self.egress_address(hop, conn)
-        preserve = self._preserve(call)
-        self._b2b_remember(fwd.call_id, b2bua.rewrite_contact(fwd, f"{ip}:{port}", hop.transport, preserve=preserve))
-        if fwd.method == "INVITE" and fwd.to_tag is None:
-            if not preserve:
+    def _rewrite_request(self, ctx: ResponseContext, call: Call, fwd: Request, hop: Hop, flow: Flow) -> None:
+        frm = ctx.from_side or "a"
+        to = ctx.to_side or "b"
+        if ctx.initial and call.inside == "a":
+            # Inside caller going outside: keep the inside's Record-Route entries back.
+            rr = fwd.headers.get_all("Record-Route")
+            if len(rr) > 1:
+                fwd.headers.set("Record-Route", rr[0])
+                ctx.hidden_rr_tail = rr[1:]
+                call.a_route = rr[2:] if len(ctx.rr_ours) > 1 else rr[1:]
+        self._hide_request(call, fwd, frm, to, flow)
+        if call.b2bua and ctx.initial and fwd.method == "INVITE":
+            if not call.preserve:
                 b2bua.strip_ruri_params(fwd)
             b2bua.add_session_timer(fwd)
 
-    def _b2bua_response(self, up: Response, st: "_ServerTxn") -> None:
-        call = self._b2b_call(up)
-        if call is None or up.status < 101:
-            return
-        if st.req.method not in ("INVITE", "UPDATE", "SUBSCRIBE"):
-            # No dialog target to keep: a Contact here (e.g. in the 200 to a BYE) would
-            # only leak the other side's address.
-            up.headers.remove("Contact")
-            return
-        src = st.src
-        ip, port = (src.conn.local if src.conn is not None and src.conn.listener == "traversal" else (src.local_ip, src.local_port))
-        self._b2b_remember(up.call_id, b2bua.rewrite_contact(up, f"{ip}:{port}", src.transport, preserve=self._preserve(call)))
+    def _hide_request(self, call: Call, fwd: Request, frm: str, to: str, flow: Flow) -> None:
+        """Topology hiding and Contact masking of a request going from side ``frm`` to
+        side ``to`` on ``flow``."""
+        if call.inside is not None:
+            if to != call.inside:
+                hiding.keep_top_via(fwd)
+                self._mask_identity(call, fwd)
+                hiding.rewrite_warning_agents(fwd, self.public)
+            else:
+                self._unmask_identity(call, fwd)
+        if frm in call.masked and fwd.method not in ("ACK", "CANCEL", "BYE"):
+            original = self._mask_contact(call, frm, fwd, flow)
+            if original is not None and frm == "a" and call.a_target is None:
+                call.a_target = original
 
-    def _b2bua_restore(self, req: Request) -> None:
-        """An in-dialog request sent to a B2BUA Contact of ours goes to the real Contact."""
-        try:
-            uri = req.ruri
-        except UriError:
-            return
-        token = b2bua.contact_token(uri.user)
-        if token is not None and self.is_ours(uri) and token in self.b2b_contacts:
-            req.uri = self.b2b_contacts[token]
-
-    def forget_call(self, call_id: str) -> None:
-        """Drop per-call proxy state (B2BUA Contact tokens) at the end of a call."""
-        for token in self.b2b_calls.pop(call_id, []):
-            self.b2b_contacts.pop(token, None)
-
-    def _rr_host(self, zone: str, ip: str) -> str:
-        """Our address in a Record-Route toward ``zone``: the IP, or ``sip.hostname``
-        when the zone's Record-Route address type is hostname (seed 003 §7.2)."""
-        z = self.zone_names.get(zone)
-        if z is not None and z.record_route_address_type == "hostname" and self.cfg.sip.hostname:
-            return self.cfg.sip.hostname
-        return ip
-
-    def _ingress_rr(self, src: Source, zone: str = "DefaultZone") -> str:
-        if src.conn is not None and src.conn.listener == "traversal":
-            ip, port = src.conn.local
-        else:
-            ip, port = src.local_ip, src.local_port
-        return f"sip:{self._rr_host(zone, ip)}:{port};transport={src.transport};lr"
-
-    async def _connection_for(self, hop: Hop) -> Connection | None:
-        if hop.transport == "udp":
-            return None
-        conn = hop.conn if hop.conn is not None and not hop.conn.closed else self.tl.find_connection(hop.transport, hop.ip, hop.port)
-        if conn is not None:
-            return conn
-        if not hop.may_connect:
-            raise TransportError(f"no connection to {hop.ip}:{hop.port} and this node may not open one")
-        return await self.tl.connect(hop.transport, hop.ip, hop.port, local_ip=self.ip, ssl_ctx=hop.ssl,
-                                     verify_name=hop.verify_name, zone=hop.zone)
-
-    def _send_request(self, req: Request, hop: Hop, conn: Connection | None) -> None:
-        data = req.to_bytes()
-        if hop.transport == "udp":
-            self.tl.send_udp(data, (self.ip, self.cfg.sip.udp_port), (hop.ip, hop.port))
-            self.log_sip("out", req, "udp", hop.ip, hop.port)
-        else:
-            assert conn is not None
-            conn.send(data)
-            self.log_sip("out", req, conn.transport, conn.remote[0], conn.remote[1])
-
-    async def forward(self, st: _ServerTxn, req: Request, hop: Hop, ingress: str) -> Response | None:
-        """Forward ``req`` to ``hop`` in a client transaction; relay provisional and
-        2xx responses upstream as they come; return the final response (a synthesised
-        408 on timeout, 503 on transport failure) or None after a 2xx."""
-        try:
-            conn = await self._connection_for(hop)
-        except TransportError as exc:
-            self.events.emit("next hop failed", call_id=req.call_id, hop=f"{hop.transport}:{hop.ip}:{hop.port}", zone=hop.zone, cause=str(exc))
-            return Response(503, "Service Unavailable", Headers([["Warning", f'399 {self.cfg.sip.public_ip} "Next hop {hop.ip}:{hop.port} unreachable"']]))
-        if st.cancelled:
-            # Fix: the CANCEL arrived while the next hop was being resolved or connected
-            # (handle_cancel already answered 487 and released the media). Forwarding
-            # now would start a branch nobody cancels (a callee answering 200 at once
-            # would connect a call the caller gave up) and re-open relay sessions that
-            # are never released (RFC 3261 §16.10: no new branches after CANCEL).
-            return Response(487, "Request Terminated")
-        fwd, branch = self._prepare(req, hop, ingress, conn, st.src)
-        if req.method == "INVITE" and req.to_tag is None:
-            self.media.on_initial_invite(fwd, ingress, hop.zone)
-        try:
-            self.media.rewrite_message(fwd)
-        except Exception as exc:  # noqa: BLE001 - SDP trouble must not lose the call
-            self.events.emit("sdp rewrite failed", call_id=req.call_id, error=str(exc))
-        self._b2bua_request(fwd, hop, conn)
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-
-        def on_response(resp: Response) -> None:
-            self._on_downstream_response(st, ct, resp, done)
-
-        cls = tx.ClientInviteTransaction if req.method == "INVITE" else tx.ClientNonInviteTransaction
-        txn = cls(fwd, hop.transport != "udp", self.timers, self.now())
-        ct = _ClientTxn(txn, fwd, hop, on_response, server=st, conn=conn, done=done)
-        key = (branch, fwd.method)
-        self.clients[key] = ct
-        st.clients.append(ct)
-        self._run_client_actions(ct, txn.start(self.now()), done, key)
-        return await done
-
-    def _run_client_actions(self, ct: _ClientTxn, actions, done: asyncio.Future, key) -> None:
-        for a in actions:
-            if isinstance(a, tx.Send):
-                try:
-                    self._send_request(a.message, ct.hop, ct.conn)
-                except (TransportError, OSError) as exc:
-                    if not done.done():
-                        done.set_result(Response(503, "Service Unavailable", Headers([["Warning", f'399 {self.cfg.sip.public_ip} "{exc}"']])))
-            elif isinstance(a, tx.Deliver):
-                ct.on_response(a.message)  # type: ignore[operator]
-            elif isinstance(a, tx.Timeout):
-                if not done.done():
-                    self.events.emit("next hop timeout", call_id=ct.req.call_id, hop=f"{ct.hop.ip}:{ct.hop.port}", zone=ct.hop.zone)
-                    done.set_result(Response(408, "Request Timeout"))
-            elif isinstance(a, tx.TransportError):
-                if not done.done():
-                    done.set_result(Response(503, "Service Unavailable"))
-            elif isinstance(a, tx.Terminated):
-                if self.clients.get(key) is ct:
-                    del self.clients[key]
-        self._arm(ct, lambda: self._run_client_actions(ct, ct.txn.on_timer(self.now()), done, key))
-
-    def on_response(self, resp: Response, src: Source) -> None:
-        try:
-            via = resp.top_via()
-        except ParseError:
-            return
-        if self.traversal is not None and self.traversal.intercept_response(resp, src):
-            return
-        if not (via.branch or "").startswith(_BRANCH_PREFIX):
-            return  # not ours: a proxy drops responses whose top Via isn't its own (§16.7)
-        key = (via.branch, resp.cseq[1])
-        ct = self.clients.get(key)
-        if ct is None:
-            # 2xx retransmissions after the client transaction ended: forward statelessly (§16.7).
-            if 200 <= resp.status < 300 and resp.cseq[1] == "INVITE":
-                self._forward_response_stateless(resp)
-            return
-        self._run_client_actions(ct, ct.txn.on_message(resp, self.now()), ct.done, key)
-
-    def _on_downstream_response(self, st: _ServerTxn, ct: _ClientTxn, resp: Response, done: asyncio.Future) -> None:
-        if resp.status == 100:
-            return
-        up = resp.copy()
-        up.headers.pop_first("Via")
-        if st.req.method == "INVITE":
+    def _mask_identity(self, call: Call, msg: Request | Response) -> None:
+        """Toward the outside: the hidden Call-ID and the masked URI of the inside party."""
+        inside = call.inside
+        outside = other_side(inside)  # type: ignore[arg-type]
+        if (inside == "a" and call.call_ids[outside] == call.call_ids[inside]
+                and hiding.needs_mask(call.call_ids[inside], self.own_addresses)):
+            hidden = hiding.masked_call_id(self.public)
+            call.call_ids[outside] = hidden
+            self.calls.index_call_id(call, hidden)
+        msg.headers.set("Call-ID", call.call_ids[outside])
+        mask = call.uri_masks.get(inside)
+        if mask is None and inside == "a" and isinstance(msg, Request):
             try:
-                self.media.rewrite_message(up)
-            except Exception as exc:  # noqa: BLE001
-                self.events.emit("sdp rewrite failed", call_id=resp.call_id, error=str(exc))
-        self._b2bua_response(up, st)
-        if resp.status < 200:
-            ct.provisional = True
-            if st.cancelled and not ct.cancel_sent:
-                self._send_cancel(ct)
-            self.send_upstream(st, up)
+                uri = msg.from_.uri
+            except UriError:
+                uri = None
+            new = hiding.masked_uri(uri, self.public) if uri is not None and hiding.needs_mask(uri.host, self.own_addresses) else None
+            if new is not None:
+                mask = call.uri_masks[inside] = (str(uri), str(new))
+        if mask is not None:
+            for name in ("From", "To"):
+                hiding.swap_uri(msg, name, mask[0], mask[1])
+
+    def _unmask_identity(self, call: Call, msg: Request | Response) -> None:
+        inside = call.inside
+        msg.headers.set("Call-ID", call.call_ids[inside])  # type: ignore[index]
+        mask = call.uri_masks.get(inside)  # type: ignore[arg-type]
+        if mask is not None:
+            for name in ("From", "To"):
+                hiding.swap_uri(msg, name, mask[1], mask[0])
+
+    def _hide_response(self, ctx: ResponseContext, up: Response, b: Branch | None) -> None:
+        """Topology hiding and Contact masking of a response going upstream."""
+        call = ctx.call
+        if call is None:
+            if self.role == "edge" and self._is_traversal(b.hop.zone if b else None) and not self._is_traversal(ctx.ingress):
+                hiding.rewrite_warning_agents(up, self.public)
             return
-        if resp.status < 300:
-            if st.req.method == "INVITE":
-                self.stats["calls_connected"] += 1
-                self.events.emit("call connected", call_id=resp.call_id, zone=ct.hop.zone)
-            if not st.final_sent or st.req.method == "INVITE":
-                st.final_sent = False if st.req.method == "INVITE" else st.final_sent
-                self.send_upstream(st, up)
-            if st.req.method == "BYE":
-                self.media.release_call(resp.call_id, "bye")
-                self.forget_call(resp.call_id)
-                self.events.emit("call disconnected", call_id=resp.call_id, reason="bye")
-            if not done.done():
-                done.set_result(None)
+        responder = ctx.to_side or "b"
+        if call.inside == responder:
+            hiding.rewrite_warning_agents(up, self.public)
+            if ctx.initial and ctx.rr_ours:
+                rr = up.headers.get_all("Record-Route")
+                i = hiding.find_entries(rr, ctx.rr_ours)
+                up.headers.remove("Record-Route")
+                if i is not None:
+                    for v in rr[i + len(ctx.rr_ours) - 1:]:
+                        up.headers.add("Record-Route", v)
+        elif call.inside is not None and ctx.initial and ctx.hidden_rr_tail:
+            rr = up.headers.get_all("Record-Route")
+            if rr and rr[-1] == ctx.rr_ours[0]:
+                for v in ctx.hidden_rr_tail:
+                    up.headers.add("Record-Route", v)
+        if responder in call.masked and b is not None:
+            if ctx.req.method in _TARGET_METHODS and up.status >= 101:
+                self._mask_contact(call, responder, up, ctx.flow)
+            else:
+                up.headers.remove("Contact")
+
+    def _dialog_bookkeeping(self, ctx: ResponseContext, b: Branch, resp: Response) -> None:
+        """Create or update the dialog a 1xx-with-tag or 2xx establishes, and take a
+        target refresh from a 2xx to an in-dialog request."""
+        call = ctx.call
+        if not ctx.initial:
+            if ctx.dialog is not None and ctx.req.method in _TARGET_METHODS and 200 <= resp.status < 300:
+                contact = _contact_uri(resp)
+                if contact is not None:
+                    ctx.dialog.sides[ctx.to_side].target = contact
             return
-        if not done.done():
-            done.set_result(up)
-
-    def _forward_response_stateless(self, resp: Response) -> None:
-        up = resp.copy()
-        up.headers.pop_first("Via")
-        try:
-            via = up.top_via()
-        except ParseError:
+        tag = resp.to_tag
+        if tag is None:
             return
-        try:
-            self.media.rewrite_message(up)
-        except Exception:  # noqa: BLE001
-            pass
-        ip = via.params.get("received") or via.host
-        port = int(via.params.get("rport") or via.port or 5060)
-        transport = via.transport.lower()
-        src = Source(transport, ip, port, self.ip, self.listener_port(transport))
-        src.conn = self.tl.find_connection(transport, ip, port)
-        if src.conn is None and self.traversal is not None:
-            hop = self.traversal.hop_for_address(ip, port, transport)
-            src.conn = hop.conn if hop else None
-        self.send_response_stateless(up, src)
+        dlg = call.dialogs.get(tag)
+        contact = _contact_uri(resp)
+        if dlg is None:
+            rr = resp.headers.get_all("Record-Route")
+            i = hiding.find_entries(rr, ctx.rr_ours)
+            path_b = list(reversed(rr[:i])) if i is not None else []
+            a = DialogSide(call.a_zone, call.a_flow, call.a_target, call.a_route, call.a_route if call.a_route is not None else call.a_path)
+            bs = DialogSide(b.hop.zone, b.flow, contact, path_b if call.inside == "b" else None, path_b)
+            dlg = Dialog(call, tag, a, bs)
+            call.dialogs[tag] = dlg
+        elif contact is not None:
+            dlg.sides["b"].target = contact
+        if 200 <= resp.status < 300:
+            dlg.confirmed = True
 
-    def _fail_branches_on(self, conn: Connection) -> None:
-        """A connection closed under pending client transactions: they get a 503 at
-        once (RFC 3261 §8.1.3.1 transport error) so the next target can be tried."""
-        for ct in list(self.clients.values()):
-            if ct.conn is conn and ct.done is not None and not ct.done.done():
-                reason = conn.attrs.get("close_reason", "connection closed")
-                ct.done.set_result(Response(503, "Service Unavailable", Headers([["Warning", f'399 {self.cfg.sip.public_ip} "{reason}"']])))
-
-    # ------------------------------------------------------------ ACK and CANCEL
-    async def forward_stateless_ack(self, req: Request, src: Source) -> None:
-        """ACK for a 2xx travels end to end along the route set (RFC 3261 §16.11 /
-        §13.2.2.4): forwarded statelessly with our Via and Max-Forwards − 1."""
-        ingress = self.classify(src)
-        if req.headers.get("Max-Forwards") == "0":
-            # Fix: an ACK cannot be answered 483 (check_request skips ACK), so one that
-            # has run out of hops is dropped; it used to go out with "Max-Forwards: -1".
-            self.events.emit("ack dropped", call_id=req.call_id, reason="Max-Forwards 0")
+    def _bye_done(self, ctx: ResponseContext, resp: Response) -> None:
+        dlg = ctx.dialog
+        if dlg is None:
             return
-        self._b2bua_restore(req)
-        try:
-            routes = self._route_processing(req)
-            target = parse_uri(routes[0]) if routes else req.ruri
-        except (UriError, ParseError):
+        call = dlg.call
+        call.dialogs.pop(dlg.b_tag, None)
+        if 200 <= resp.status < 300:
+            self._out.append(Event("call disconnected", {"call_id": call.call_id, "reason": "bye"}))
+        if not any(d.confirmed for d in call.dialogs.values()):
+            self._end_call(call, "bye")
+
+    def _end_call(self, call: Call, reason: str, *, release: bool = True) -> None:
+        if call.ended:
             return
-        hop = await self.hop_for_uri(target, zone=ingress)
-        if hop is None:
+        self.calls.remove(call)
+        if release and call.media is not None:
+            self._out.append(ReleaseMedia(call.key, call.call_id, reason))
+
+    def _clear_callee(self, b: Branch, resp: Response, reason: str) -> None:
+        """Clear a call the callee answered but the caller does not have: ACK and BYE
+        toward the callee along the 2xx's route (RFC 3261 §13.2.2.4, §15.1.1)."""
+        inv = b.request
+        flow = b.flow
+        if flow.conn_id and flow.conn_id not in self.conns:
+            flow = self._zone_flow(b.hop.zone) if self._is_traversal(b.hop.zone) else None  # type: ignore[assignment]
+        self.stats["calls_cleared"] += 1
+        self._out.append(Event("call cleared", {"call_id": inv.call_id, "reason": reason, "hop": str(b.hop), "zone": b.hop.zone}))
+        call = b.ctx.call if b.ctx is not None else None
+        if call is not None:
+            call.dialogs.pop(resp.to_tag or "", None)
+            if not any(d.confirmed for d in call.dialogs.values()):
+                self._end_call(call, "cleared")
+        if flow is None:
             return
-        try:
-            conn = await self._connection_for(hop)
-        except TransportError:
+        rr = resp.headers.get_all("Record-Route")
+        ours = b.ctx.rr_ours if b.ctx is not None else ()
+        i = hiding.find_entries(rr, ours)
+        route = list(reversed(rr[:i])) if i is not None else []
+        ip, port = self._egress_address(flow)
+        zt = zone_token(b.hop.zone)
+        ack = ack_for_2xx(inv, resp, via=via_value(flow.transport, ip, port, new_branch(inv), zt), route=route)
+        bye = bye_after_2xx(inv, resp, via=via_value(flow.transport, ip, port, new_branch(inv), zt), route=route)
+        if ack is None or bye is None:
             return
-        fwd, _ = self._prepare(req, hop, ingress, conn, None)
-        try:
-            self.media.rewrite_message(fwd)
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            self._send_request(fwd, hop, conn)
-        except (TransportError, OSError):
-            pass
-
-    def handle_cancel(self, req: Request, src: Source) -> None:
-        """CANCEL (RFC 3261 §16.10): 200 to the CANCEL, 487 to the INVITE, CANCEL
-        each pending branch (after a provisional response, §9.1)."""
-        invite = self.server_table.find_invite_for_cancel(req)
-        st = invite.tu if invite is not None else None
-        resp = make_response(req, 200 if st is not None else 481, None, to_tag=secrets.token_hex(4))
-        self.send_response_stateless(resp, src)
-        if st is None:
-            return
-        st.cancelled = True
-        for ct in st.clients:
-            if ct.provisional and not ct.cancel_sent:
-                self._send_cancel(ct)
-        if not st.final_sent:
-            self.respond(st, 487, "Request Terminated")
-            self.media.release_call(st.req.call_id, "cancel")
-
-    def _send_cancel(self, ct: _ClientTxn) -> None:
-        ct.cancel_sent = True
-        inv = ct.req
-        c = Request("CANCEL", inv.uri)
-        c.headers.add("Via", inv.headers.get("Via") or "")
-        for n in ("Max-Forwards", "From", "To", "Call-ID"):
-            if inv.headers.get(n) is not None:
-                c.headers.add(n, inv.headers.get(n) or "")
-        c.headers.add("CSeq", f"{inv.cseq[0]} CANCEL")
-        for r in inv.headers.get_all("Route"):
-            c.headers.add("Route", r)
-        # Fix: the CANCEL used to be sent once, outside any transaction: lost over UDP
-        # it was never retransmitted, and an INVITE branch whose callee never sent a
-        # final response kept its client transaction and routing task forever. Now the
-        # CANCEL runs in a non-INVITE client transaction (Timer E retransmits it, RFC
-        # 3261 §9.1/§17.1.2; its 200 is absorbed there), and 64*T1 after it the INVITE
-        # branch is given up if still without a final response (RFC 3261 §9.1).
-        loop = asyncio.get_running_loop()
-        key = (c.top_via().branch, "CANCEL")
-        txn = tx.ClientNonInviteTransaction(c, ct.hop.transport != "udp", self.timers, self.now())
-        cct = _ClientTxn(txn, c, ct.hop, lambda resp: None, conn=ct.conn, done=loop.create_future())
-        self.clients[key] = cct
-        self._run_client_actions(cct, txn.start(self.now()), cct.done, key)
-        ct.give_up = loop.call_later(64 * self.timers.t1, self._abandon_cancelled, ct)
-
-    def _abandon_cancelled(self, ct: _ClientTxn) -> None:
-        """64*T1 after our CANCEL the INVITE branch still has no final response:
-        consider it cancelled and destroy its client transaction (RFC 3261 §9.1)."""
-        ct.give_up = None
-        if ct.done is None or ct.done.done():
-            return
-        self.events.emit("next hop timeout", call_id=ct.req.call_id, hop=f"{ct.hop.ip}:{ct.hop.port}", zone=ct.hop.zone,
-                         cause="no final response to the cancelled INVITE within 64*T1")
-        if ct.timer is not None:
-            ct.timer.cancel()
-            ct.timer = None
-        key = (ct.req.top_via().branch, "INVITE")
-        if self.clients.get(key) is ct:
-            del self.clients[key]
-        ct.done.set_result(Response(487, "Request Terminated"))
-
-    async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        servers = [t.tu for t in self.server_table if not t.is_client]
-        for holder in servers + list(self.clients.values()):
-            if holder.timer is not None:
-                holder.timer.cancel()
-            if getattr(holder, "give_up", None) is not None:  # fix: CANCEL give-up timer
-                holder.give_up.cancel()
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
-
-
-def _safe_to_tag(resp: Response) -> str | None:
-    try:
-        return resp.to_tag
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _ruri_with_alias(ruri: Uri, alias: str) -> Uri:
-    """The Request-URI after a transform/search rule changed the alias (``user@host``)."""
-    if alias == ruri.alias():
-        return ruri
-    user, at, hostport = alias.rpartition("@")
-    try:
-        parsed = parse_uri(f"{ruri.scheme if ruri.is_sip else 'sip'}:{alias}")
-    except UriError:
-        return ruri
-    return ruri.copy(user=parsed.user, password=None, host=parsed.host, port=parsed.port) if at else ruri.copy(host=parsed.host, port=parsed.port)
+        bye.headers.add("Reason", 'SIP;cause=480;text="Call cleared by Edgeway"')
+        self._out.append(Send(flow, ack))
+        cb = Branch(None, b.hop, flow, bye)  # type: ignore[arg-type]
+        tx = txn.ClientNonInviteTransaction(bye, flow.conn_id != 0, self.tx_timers, self._now)
+        tx.tu = cb
+        cb.tx = tx
+        self.table.add(tx)
+        self._client_actions(cb, tx.start(self._now))

@@ -1,16 +1,28 @@
-"""Media anchoring for proxied calls: SDP rewriting plus relay sessions per call.
+"""Media anchoring decisions for proxied calls (sans-IO): SDP rewriting and what the
+relay must do, as data.
 
-Side *A* is the caller's side of the initial INVITE, side *B* the callee's. Every
-SDP body passing the node is rewritten so that the party receiving it sees the
-node's relay address for that party's side (``c=``, ``o=``, ``m=`` ports,
-``a=rtcp``); the address inside the original SDP becomes the remote of the side it
-came from. A message's direction is known from its From tag: requests from A and
-responses to B's requests travel toward B.
+Side *a* is the caller's side of the initial INVITE, side *b* the callee's. Every SDP
+body passing the node is rewritten so that the party receiving it sees the node's relay
+address for that party's side (``c=``, ``o=``, ``m=`` ports, ``a=rtcp``); the address
+inside the original SDP becomes the remote of the side it came from. A message's
+direction is known from its From tag: requests from a and responses to b's requests
+travel toward b.
 
-Traversal rule (DESIGN.md §1, issue 2 item 7): on the edge the side facing a
-traversal zone is *latch-only* (it never sends toward the core before the core's
-first packet); on the core the side facing a traversal zone sends latch probes as
-soon as the edge's address is known, so the inside firewall needs no inbound hole.
+Nothing here opens a socket. The planner says which ``m=`` lines still need a relay port
+pair on each side (:meth:`MediaPlanner.missing`); the proxy core asks the driver for
+them with an :class:`~edgeway.proxy.actions.AllocateMedia` action and records the
+answer with :meth:`MediaPlanner.allocated`; :meth:`MediaPlanner.rewrite` then rewrites
+the body and returns the relay instructions (:class:`~edgeway.proxy.actions.MediaRemote`,
+:class:`~edgeway.proxy.actions.MediaCrypto`) for the driver to apply.
+
+Traversal rule (DESIGN.md §1): on the edge the side facing a traversal zone is
+*latch-only* (it never sends toward the core before the core's first packet); on the
+core the side facing a traversal zone sends latch probes as soon as the edge's address
+is known, so the inside firewall needs no inbound hole.
+
+SRTP ↔ RTP interworking (seed 003 §2.3, §8): when the zones' media encryption modes
+differ the planner rewrites ``m=`` lines between RTP/SAVP with SDES (RFC 4568) and
+RTP/AVP and tells the relay the keys.
 """
 
 from __future__ import annotations
@@ -18,16 +30,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config.models import NodeConfig
-from ..diag.events import EventLog
-from ..media.ports import PortAllocator, PortsExhausted
-from ..media.relay import MediaRelay, RelaySession
-from ..media.srtp import UNENCRYPTED_SRTCP_SUPPORTED, SrtpContext, SrtpError
 from ..sip import sdes
 from ..sip import sdp as sdpmod
 from ..sip.message import Request, Response
 from ..sip.sdes import CryptoAttribute, SdesError
+from .actions import Event, MediaCrypto, MediaRemote
 
-__all__ = ["MediaAnchor", "CallMedia"]
+__all__ = ["MediaPlanner", "CallMedia", "StreamCrypto", "PROBE_INTERVAL_S", "PROBE_COUNT"]
 
 #: Seconds between latch probes the core sends toward the edge, and how many.
 PROBE_INTERVAL_S = 0.5
@@ -38,11 +47,11 @@ PROBE_COUNT = 10
 class StreamCrypto:
     """SDES interworking state of one ``m=`` line (RFC 4568 offer/answer).
 
-    ``kind`` "encrypt": the offer was plain RTP and we offered SRTP (``offered``,
-    our keys) toward ``srtp_side``; "decrypt": the offer from ``srtp_side`` was SRTP
-    (``offered``, their keys) and we passed plain RTP on. ``answer`` keeps the SDES
-    line we answered with (decrypt) so a repeated answer (183 then 200) is rewritten
-    the same way without re-keying; ``done`` is set once the relay has its keys."""
+    ``kind`` "encrypt": the offer was plain RTP and we offered SRTP (``offered``, our
+    keys) toward ``srtp_side``; "decrypt": the offer from ``srtp_side`` was SRTP
+    (``offered``, their keys) and we passed plain RTP on. ``answer`` keeps the SDES line
+    we answered with (decrypt) so a repeated answer (183 then 200) is rewritten the same
+    way without re-keying; ``done`` is set once the relay has its keys."""
 
     kind: str
     srtp_side: str
@@ -51,150 +60,155 @@ class StreamCrypto:
     done: bool = False
 
 
-@dataclass
-class CallMedia:
-    """Media state of one call: the A-side From tag, the zones of both sides, one
-    relay session per ``m=`` line (None for a rejected stream) and the SDES
-    interworking state per ``m=`` line (None when SDP passes as offered)."""
-
-    call_id: str
-    a_tag: str | None
-    a_zone: str
-    b_zone: str
-    sessions: list[RelaySession | None] = field(default_factory=list)
-    crypto: dict[int, StreamCrypto] = field(default_factory=dict)
-
-
 def state_offerer(state: StreamCrypto) -> str:
     """The side ("a"/"b") that sent the offer a :class:`StreamCrypto` was made from."""
     return ("b" if state.srtp_side == "a" else "a") if state.kind == "encrypt" else state.srtp_side
 
 
-class MediaAnchor:
-    """Owns the relay sessions of every call on a node.
+@dataclass
+class CallMedia:
+    """Media state of one call: ``key`` (int, the relay's name for the call), the a-side
+    From tag, the zones of both sides, the local RTP port of each side per ``m=`` line
+    (``ports[i] = (a_port, b_port)``, None while not allocated) and the SDES
+    interworking state per ``m=`` line."""
 
-    ``cfg``: node configuration (media ip, advertised ip, port range);
-    ``relay``: the :class:`~edgeway.media.relay.MediaRelay`; ``events``: event log.
+    key: int
+    call_id: str
+    a_tag: str | None
+    a_zone: str
+    b_zone: str
+    ports: list[tuple[int, int] | None] = field(default_factory=list)
+    crypto: dict[int, StreamCrypto] = field(default_factory=dict)
+    released: bool = False
+
+
+class MediaPlanner:
+    """Media anchoring rules of one node.
+
+    ``cfg``: node configuration (media address, zones, role); ``unencrypted_srtcp``:
+    whether the SRTP library can do UNENCRYPTED_SRTCP (an answer may choose such a
+    crypto line only then).
     """
 
-    def __init__(self, cfg: NodeConfig, relay: MediaRelay, events: EventLog):
+    def __init__(self, cfg: NodeConfig, *, unencrypted_srtcp: bool = True):
         self.cfg = cfg
-        self.relay = relay
-        self.events = events
         m = cfg.media
-        self.alloc = PortAllocator(m.ip or cfg.sip.listen_ip, m.port_min, m.port_max)
-        self.address = m.advertise_ip or m.ip or cfg.sip.listen_ip
-        self.calls: dict[str, CallMedia] = {}
+        self.address = m.advertise_ip or m.ip or cfg.sip.advertise_ip or cfg.sip.listen_ip
         self.zone_types = {z.name: z.type for z in cfg.zones}
         self.zone_modes = {z.name: z.media_encryption for z in cfg.zones}
+        self.role = cfg.role
+        self.unencrypted_srtcp = unencrypted_srtcp
 
-    def _is_traversal(self, zone: str) -> bool:
+    # -- sides --------------------------------------------------------------------
+    def is_traversal(self, zone: str) -> bool:
         return self.zone_types.get(zone) in ("traversal_server", "traversal_client")
 
-    def on_initial_invite(self, req: Request, a_zone: str, b_zone: str) -> None:
-        """Remember the call's sides when the initial INVITE is forwarded."""
-        if req.call_id in self.calls:
-            return
-        self.calls[req.call_id] = CallMedia(req.call_id, req.from_tag, a_zone, b_zone)
+    def latch_only(self, zone: str) -> bool:
+        """True when the relay side facing ``zone`` must wait for the far end's first
+        packet (the edge's side facing a traversal zone)."""
+        return self.role == "edge" and self.is_traversal(zone)
 
-    def _toward(self, call: CallMedia, msg: Request | Response) -> str:
-        from_a = msg.from_tag == call.a_tag
-        if isinstance(msg, Request):
-            return "b" if from_a else "a"
-        return "a" if from_a else "b"
-
-    def rewrite_message(self, msg: Request | Response) -> None:
-        """Rewrite the SDP body of ``msg`` in place (no-op without SDP or call state).
-
-        Raises :class:`~edgeway.sip.sdp.SdpError` on malformed SDP and
-        :class:`~edgeway.media.ports.PortsExhausted` when no relay ports are free.
-        """
-        if not msg.body or msg.content_type != "application/sdp":
-            return
-        call = self.calls.get(msg.call_id)
-        if call is None:
-            return
-        toward = self._toward(call, msg)
-        source = "a" if toward == "b" else "b"
-        desc = sdpmod.SessionDescription.parse(msg.body)
-        ports: list[int | None] = []
-        for i, m in enumerate(desc.media):
-            while len(call.sessions) <= i:
-                call.sessions.append(None)
-            if m.port == 0:
-                ports.append(None)
-                continue
-            sess = call.sessions[i]
-            if sess is None or sess.closed:
-                try:
-                    sess = self.relay.open_session(
-                        self.alloc, self.alloc,
-                        a_latch_only=self._edge_latch(call.a_zone),
-                        b_latch_only=self._edge_latch(call.b_zone),
-                        label=f"{call.call_id}/{i}",
-                    )
-                except PortsExhausted:
-                    self.events.emit("media ports exhausted", call_id=call.call_id)
-                    raise
-                call.sessions[i] = sess
-            conn = m.connection or desc.connection
-            ip = conn.address if conn is not None else None
-            rtcp = m.rtcp_attribute
-            if ip:
-                sess.set_remote(source, ip, m.port, rtcp[0] if rtcp else None)
-                zone = call.a_zone if source == "a" else call.b_zone
-                if self.cfg.role == "core" and self._is_traversal(zone) and ip not in ("0.0.0.0", "::"):
-                    sess.start_probing(source, PROBE_INTERVAL_S, PROBE_COUNT)
-            ports.append(sess.local(toward).rtp_port)
-            try:
-                self._interwork(call, i, m, sess, source, toward)
-            except (SdesError, SrtpError) as exc:
-                self.events.emit("srtp interworking failed", call_id=call.call_id, stream=i, error=str(exc))
-        new = sdpmod.rewrite_for_relay(desc, self.address, ports)
-        msg.body = new.to_bytes()
-
-    # -- SRTP <-> RTP (the edge B2BUA's media part, issue 3 item 4) -------------------
     def mode(self, zone: str) -> str:
         """Media encryption mode of a zone: off / on / force / auto (built-ins: auto)."""
         return self.zone_modes.get(zone, "auto")
 
     def interworking(self, call: CallMedia) -> bool:
-        """True when the two sides' zones have different encryption modes (the edge
-        then acts as a B2BUA for the call)."""
+        """True when the two sides' zones have different encryption modes (the node then
+        acts as a B2BUA for the call)."""
         return self.mode(call.a_zone) != self.mode(call.b_zone)
 
-    def _interwork(self, call: CallMedia, i: int, m, sess: RelaySession, source: str, toward: str) -> None:
-        """Rewrite one ``m=`` line between SRTP (SDES) and RTP when the zone modes ask
-        for it, and key the relay once the answer is known."""
+    @staticmethod
+    def toward(call: CallMedia, msg: Request | Response) -> str:
+        """The side ("a"/"b") a message travels toward."""
+        from_a = msg.from_tag == call.a_tag
+        if isinstance(msg, Request):
+            return "b" if from_a else "a"
+        return "a" if from_a else "b"
+
+    # -- offer/answer ---------------------------------------------------------------
+    @staticmethod
+    def parse(msg: Request | Response) -> sdpmod.SessionDescription | None:
+        """The SDP body of ``msg`` or None when it has none. Raises SdpError."""
+        if not msg.body or msg.content_type != "application/sdp":
+            return None
+        return sdpmod.SessionDescription.parse(msg.body)
+
+    @staticmethod
+    def missing(call: CallMedia, desc: sdpmod.SessionDescription) -> list[int]:
+        """Indexes of the ``m=`` lines that need a relay port pair on each side."""
+        out = []
+        for i, m in enumerate(desc.media):
+            if m.port != 0 and (i >= len(call.ports) or call.ports[i] is None):
+                out.append(i)
+        return out
+
+    @staticmethod
+    def allocated(call: CallMedia, ports: dict[int, tuple[int, int]]) -> None:
+        """Record the local RTP ports ``{index: (a_port, b_port)}`` the relay opened."""
+        for i, pair in ports.items():
+            while len(call.ports) <= i:
+                call.ports.append(None)
+            call.ports[i] = pair
+
+    def rewrite(self, call: CallMedia, msg: Request | Response, desc: sdpmod.SessionDescription) -> list:
+        """Rewrite the body of ``msg`` (in place) toward its receiver and return the
+        relay actions (remote addresses, latch probes, SRTP keys) and events.
+
+        Every active ``m=`` line must have its ports (see :meth:`missing`)."""
+        toward = self.toward(call, msg)
+        source = "a" if toward == "b" else "b"
+        src_zone = call.a_zone if source == "a" else call.b_zone
+        probe = self.role == "core" and self.is_traversal(src_zone)
+        actions: list = []
+        ports: list[int | None] = []
+        for i, m in enumerate(desc.media):
+            pair = call.ports[i] if i < len(call.ports) else None
+            if m.port == 0 or pair is None:
+                ports.append(None)
+                continue
+            conn = m.connection or desc.connection
+            ip = conn.address if conn is not None else None
+            if ip:
+                rtcp = m.rtcp_attribute
+                actions.append(MediaRemote(call.key, i, source, ip, m.port, rtcp[0] if rtcp else None,
+                                           probe and ip not in ("0.0.0.0", "::")))
+            ports.append(pair[0] if toward == "a" else pair[1])
+            try:
+                actions += self._interwork(call, i, m, source, toward)
+            except SdesError as exc:
+                actions.append(Event("srtp interworking failed", {"call_id": call.call_id, "stream": i, "error": str(exc)}))
+        msg.body = sdpmod.rewrite_for_relay(desc, self.address, ports).to_bytes()
+        return actions
+
+    def _interwork(self, call: CallMedia, i: int, m, source: str, toward: str) -> list:
+        """Rewrite one ``m=`` line between SRTP (SDES) and RTP when the zone modes ask for
+        it; key the relay once the answer is known."""
         state = call.crypto.get(i)
         if state is not None and source != state_offerer(state):
             # The answer (or a repeated one: 183 then 200) from the side we offered to.
             if state.kind == "encrypt":
-                # SRTP answer to our SRTP offer: key the relay, pass plain RTP on.
                 ours, theirs = sdes.accept_answer(state.offered, sdes.crypto_attributes(m, strict=True))
-                if not state.done:
-                    sess.set_crypto(source, inbound=SrtpContext.from_crypto(theirs, "inbound"),
-                                    outbound=SrtpContext.from_crypto(ours, "outbound"))
-                    state.done = True
-                    self.events.emit("srtp keyed", call_id=call.call_id, stream=i, side=source, suite=ours.suite, tag=ours.tag)
                 sdes.to_avp(m)
-            else:
-                # Plain answer to an SRTP offer we decrypt: answer SDES ourselves.
-                if state.answer is None:
-                    chosen = sdes.choose_answer(state.offered, allow_unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED)
-                    if chosen is None:
-                        raise SdesError("no usable a=crypto in the offer")
-                    theirs, ours = chosen
-                    state.answer = ours
-                    sess.set_crypto(toward, inbound=SrtpContext.from_crypto(theirs, "inbound"),
-                                    outbound=SrtpContext.from_crypto(ours, "outbound"))
-                    state.done = True
-                    self.events.emit("srtp keyed", call_id=call.call_id, stream=i, side=toward, suite=ours.suite, tag=ours.tag)
-                sdes.to_savp(m, [state.answer])
-            return
+                if state.done:
+                    return []
+                state.done = True
+                return [MediaCrypto(call.key, i, source, theirs, ours),
+                        Event("srtp keyed", {"call_id": call.call_id, "stream": i, "side": source, "suite": ours.suite, "tag": ours.tag})]
+            out: list = []
+            if state.answer is None:
+                chosen = sdes.choose_answer(state.offered, allow_unencrypted_srtcp=self.unencrypted_srtcp)
+                if chosen is None:
+                    raise SdesError("no usable a=crypto in the offer")
+                theirs, ours = chosen
+                state.answer = ours
+                state.done = True
+                out = [MediaCrypto(call.key, i, toward, theirs, ours),
+                       Event("srtp keyed", {"call_id": call.call_id, "stream": i, "side": toward, "suite": ours.suite, "tag": ours.tag})]
+            sdes.to_savp(m, [state.answer])
+            return out
         # An offer (initial or re-INVITE).
         if m.proto not in ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"):
-            return
+            return []
         want = self.mode(call.a_zone if toward == "a" else call.b_zone)
         srtp_in = sdes.is_savp(m)
         if not srtp_in and want in ("on", "force"):
@@ -207,21 +221,4 @@ class MediaAnchor:
             call.crypto[i] = StreamCrypto("decrypt", source, offered)
         else:
             call.crypto.pop(i, None)
-
-    def _edge_latch(self, zone: str) -> bool:
-        return self.cfg.role == "edge" and self._is_traversal(zone)
-
-    def release_call(self, call_id: str, reason: str) -> None:
-        """Close the call's relay sessions (BYE, final non-2xx, CANCEL) and forget it."""
-        call = self.calls.pop(call_id, None)
-        if call is None:
-            return
-        for s in call.sessions:
-            if s is not None and not s.closed:
-                st = s.stats()
-                self.events.emit("media closed", call_id=call_id, reason=reason, session=s.label, stats=st)
-                s.close(reason)
-
-    def close(self) -> None:
-        for cid in list(self.calls):
-            self.release_call(cid, "shutdown")
+        return []

@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..diag.events import NULL_LOG, EventLog
 from ..sip.message import MAX_MESSAGE_SIZE, ParseError, Request, Response, StreamFramer, parse_message
+from ..sip.target import Flow
 
 __all__ = ["Source", "Connection", "TransportLayer", "TransportError"]
 
@@ -52,6 +53,13 @@ class Source:
     conn: "Connection | None" = None
     listener: str = "sip"
 
+    @property
+    def flow(self) -> Flow:
+        """The :class:`~edgeway.sip.target.Flow` the message came on."""
+        if self.conn is not None:
+            return self.conn.flow
+        return Flow("udp", (self.local_ip, self.local_port), (self.ip, self.port), 0, self.listener)
+
 
 _ids = itertools.count(1)
 
@@ -77,6 +85,14 @@ class Connection:
     id: int = field(default_factory=lambda: next(_ids))
     closed: bool = False
 
+    @property
+    def flow(self) -> Flow:
+        """This connection as a :class:`~edgeway.sip.target.Flow` (made once)."""
+        f = self.attrs.get("flow")
+        if f is None:
+            f = self.attrs["flow"] = Flow(self.transport, self.local, self.remote, self.id, self.listener)
+        return f
+
     def send(self, data: bytes) -> None:
         """Queue ``data`` for sending; raises TransportError when the connection is closed."""
         if self.closed or self.writer.is_closing():
@@ -84,12 +100,22 @@ class Connection:
         self.writer.write(data)
 
     def close(self) -> None:
+        """Close gracefully (queued data is flushed, TLS close_notify sent)."""
         if not self.closed:
             self.closed = True
             try:
                 self.writer.close()
             except Exception:  # noqa: BLE001
                 pass
+
+    def abort(self) -> None:
+        """Close at once, dropping queued data and sending no TLS alert: for a peer that
+        stopped answering, whose graceful close would wait on it (issue 6 item 5)."""
+        self.closed = True
+        try:
+            self.writer.transport.abort()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 MessageHandler = Callable[[Request | Response, Source], None]
@@ -153,6 +179,8 @@ class TransportLayer:
         self.udp: dict[tuple[str, int], _UdpProtocol] = {}
         self.servers: list[asyncio.base_events.Server] = []
         self.conns: dict[tuple[str, str, int], Connection] = {}
+        #: Open connections by id (a Flow's ``conn_id``).
+        self.by_id: dict[int, Connection] = {}
         self.listen_socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
         self.client_ssl: ssl.SSLContext | None = None
@@ -291,6 +319,7 @@ class TransportLayer:
     async def _run_connection(self, conn: Connection, reader: asyncio.StreamReader) -> None:
         key = (conn.transport, conn.remote[0], conn.remote[1])
         self.conns[key] = conn
+        self.by_id[conn.id] = conn
         framer = StreamFramer()
         src = Source(conn.transport, conn.remote[0], conn.remote[1], conn.local[0], conn.local[1], conn, conn.listener)
         try:
@@ -328,6 +357,7 @@ class TransportLayer:
             conn.close()
             if self.conns.get(key) is conn:
                 del self.conns[key]
+            self.by_id.pop(conn.id, None)
             try:
                 self.on_connection_closed(conn)
             except Exception:  # noqa: BLE001
@@ -354,6 +384,18 @@ class TransportLayer:
     def find_connection(self, transport: str, ip: str, port: int) -> Connection | None:
         c = self.conns.get((transport, ip, port))
         return c if c is not None and not c.closed else None
+
+    def send(self, flow: Flow, data: bytes) -> None:
+        """Send ``data`` on ``flow``: on its connection (TCP/TLS), or as a datagram from
+        ``flow.local`` to ``flow.remote`` (UDP). Raises TransportError when the connection
+        is gone or no UDP listener can send."""
+        if flow.conn_id:
+            conn = self.by_id.get(flow.conn_id)
+            if conn is None:
+                raise TransportError(f"connection to {flow.remote[0]}:{flow.remote[1]} is closed")
+            conn.send(data)
+            return
+        self.send_udp(data, flow.local, flow.remote)
 
     def send_udp(self, data: bytes, local: tuple[str, int], dest: tuple[str, int]) -> None:
         proto = self.udp.get(local) or next(iter(self.udp.values()), None)
@@ -387,6 +429,7 @@ class TransportLayer:
             if not await self._handshake(conn, ctx, server_side=False):
                 raise TransportError(f"TLS handshake with {ip}:{port} failed")
         self.conns[(transport, ip, port)] = conn
+        self.by_id[conn.id] = conn
         task = asyncio.get_running_loop().create_task(self._run_connection(conn, reader))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config.models import NodeConfig, TraversalClientZone, TraversalServerZone
@@ -46,14 +47,16 @@ class ZoneState:
 class Traversal:
     """Traversal client (core) or server (edge) for every traversal zone of a node.
 
-    ``proxy`` is the node's :class:`~edgeway.proxy.core.Proxy`; ``client_ssl`` the
-    TLS context the core presents its certificate with.
+    ``tl`` the node's transport layer (the core opens its traversal connections
+    through it); ``client_ssl`` the TLS context the core presents its certificate with.
+    The node wires :meth:`check_peer`, :meth:`intercept_request`,
+    :meth:`intercept_response` and :meth:`connection_closed` into its inbound chain and
+    :attr:`on_zone_change` to the proxy; this module imports nothing of the proxy.
     """
 
-    def __init__(self, cfg: NodeConfig, tl: TransportLayer, proxy, events: EventLog, client_ssl: ssl.SSLContext | None = None):
+    def __init__(self, cfg: NodeConfig, tl: TransportLayer, events: EventLog, client_ssl: ssl.SSLContext | None = None):
         self.cfg = cfg
         self.tl = tl
-        self.proxy = proxy
         self.events = events
         self.client_ssl = client_ssl
         self.zones: dict[str, ZoneState] = {}
@@ -70,19 +73,9 @@ class Traversal:
         self._waiters: dict[str, asyncio.Future] = {}
         self._tasks: list[asyncio.Task] = []
         self._nonces: dict[int, str] = {}
-        proxy.traversal = self
-        prev_closed = tl.on_connection_closed
-        prev_tls = tl.on_tls_established
-
-        def closed(conn: Connection) -> None:
-            self._on_closed(conn)
-            prev_closed(conn)
-
-        def tls_ok(conn: Connection) -> bool:
-            return self._check_peer(conn) and prev_tls(conn)
-
-        tl.on_connection_closed = closed
-        tl.on_tls_established = tls_ok
+        #: Called with (zone name, live authenticated connections newest first) whenever a
+        #: zone's connections change; the node wires it to the proxy.
+        self.on_zone_change: Callable[[str, list[Connection]], None] = lambda zone, conns: None
 
     # ------------------------------------------------------------ zone state
     def _set_state(self, zs: ZoneState, state: str, **info) -> None:
@@ -98,39 +91,32 @@ class Traversal:
             for n, z in self.zones.items()
         }
 
-    def _on_closed(self, conn: Connection) -> None:
+    def _notify(self, zs: ZoneState) -> None:
+        self.on_zone_change(zs.name, [c for c in reversed(zs.connections) if not c.closed])
+
+    def connection_closed(self, conn: Connection) -> None:
+        """A connection ended (wired by the node to the transport's close callback)."""
         if conn.zone and conn.zone in self.zones:
             zs = self.zones[conn.zone]
             if conn in zs.connections:
                 zs.connections.remove(conn)
+                self._notify(zs)
             if not any(not c.closed for c in zs.connections):
                 self._set_state(zs, "down", peer=f"{conn.remote[0]}:{conn.remote[1]}", reason=conn.attrs.get("close_reason", "connection closed"))
 
-    # ------------------------------------------------------------ routing hooks
-    def hops_for_zone(self, zone: str):
-        """Next hops for a traversal zone: its live authenticated connections, newest
-        first (empty when the zone is down: the proxy then answers 503)."""
-        from ..proxy.core import Hop
-
-        zs = self.zones.get(zone)
-        if zs is None:
-            return []
-        return [Hop("tls", c.remote[0], c.remote[1], zone, conn=c, may_connect=False) for c in reversed(zs.connections) if not c.closed]
-
-    def hop_for_address(self, host: str, port: int, transport: str):
-        """A traversal connection leading to ``host:port`` (a Route or Request-URI
-        naming the other node of the pair), or None."""
-        from ..proxy.core import Hop
-
-        for zs in self.zones.values():
-            for c in reversed(zs.connections):
-                if c.closed:
-                    continue
-                if (c.remote[0] == host and c.remote[1] == port) or (c.remote[0] == host and self.cfg.role == "edge"):
-                    return Hop("tls", c.remote[0], c.remote[1], zs.name, conn=c, may_connect=False)
-        return None
+    def _join(self, zs: ZoneState, conn: Connection, **info) -> None:
+        conn.zone = zs.name
+        zs.connections.append(conn)
+        self._notify(zs)
+        self._set_state(zs, "active", **info)
 
     # ------------------------------------------------------------ edge: server side
+    def check_peer(self, conn: Connection) -> bool:
+        """TLS identity check of an inbound traversal connection (wired by the node to
+        the transport's handshake callback): the zone's TLS verify subject name must be
+        the certificate's CN or a DNS SAN."""
+        return self._check_peer(conn)
+
     def _check_peer(self, conn: Connection) -> bool:
         if conn.listener != TRAVERSAL_LISTENER or conn.outbound:
             return True
@@ -169,7 +155,13 @@ class Traversal:
         return False
 
     def _reply(self, src: Source, resp: Response) -> None:
-        self.proxy.send_response_stateless(resp, src)
+        """Answer on the traversal connection the request came on (never elsewhere)."""
+        if src.conn is None:
+            return
+        try:
+            src.conn.send(resp.to_bytes())
+        except TransportError:
+            pass
 
     def _register(self, req: Request, src: Source, conn: Connection, zone: TraversalServerZone) -> None:
         auth = req.headers.get("Authorization")
@@ -196,11 +188,9 @@ class Traversal:
             conn.attrs["close_reason"] = "authentication failed"
             asyncio.get_running_loop().call_later(0.1, conn.close)
             return
-        conn.zone = zone.name
         zs = self.zones[zone.name]
-        zs.connections.append(conn)
         self._reply(src, make_response(req, 200, "OK", to_tag=secrets.token_hex(4), extra=[("Expires", "3600")]))
-        self._set_state(zs, "active", peer=f"{conn.remote[0]}:{conn.remote[1]}", peer_names=conn.peer_names)
+        self._join(zs, conn, peer=f"{conn.remote[0]}:{conn.remote[1]}", peer_names=conn.peer_names)
         self._spawn(self._probe_loop(conn, zone))
 
     # ------------------------------------------------------------ both: probes
@@ -255,9 +245,12 @@ class Traversal:
                     ok = True
                     break
             if not ok:
+                # A silent peer (stopped, not closed): abort at once rather than wait on a
+                # graceful TLS close it will never answer; the transport then reports the
+                # connection closed and every transaction pending on it fails (503).
                 conn.attrs["close_reason"] = f"no answer to {zone.probe_retry_count} keepalive probes"
-                conn.close()
-                self._on_closed(conn)
+                conn.abort()
+                self.connection_closed(conn)
                 return
 
     # ------------------------------------------------------------ core: client side
@@ -277,9 +270,7 @@ class Traversal:
             try:
                 conn = await self.tl.connect("tls", host, port, local_ip=self.cfg.sip.listen_ip, ssl_ctx=self.client_ssl, listener=TRAVERSAL_LISTENER)
                 if await self._authenticate(conn, zone):
-                    conn.zone = zone.name
-                    zs.connections.append(conn)
-                    self._set_state(zs, "active", peer=f"{host}:{port}")
+                    self._join(zs, conn, peer=f"{host}:{port}")
                     await self._probe_loop(conn, zone)
                 else:
                     conn.close()
