@@ -52,7 +52,8 @@ from .checks import response_next_hop_forbidden
 from .dialogs import DIALOG_METHODS, Call, CallTable, Dialog, DialogSide, other_side
 from .forward import branch_request, cancel_for, new_branch, record_route_entry, via_value
 from .media import CallMedia, MediaPlanner
-from .reply import FAILOVER_STATUSES, NEXT_CANDIDATE_STATUSES, Branch, ResponseContext, choose_best, upstream_response
+from .reply import (FAILOVER_STATUSES, NEXT_CANDIDATE_STATUSES, Branch, Lane, ResponseContext, choose_best, group_by_priority,
+                    upstream_response)
 from .request import BRANCH_PREFIX, is_loop, plan_initial, process_routes, stamp_received, validate
 
 __all__ = ["ProxyCore", "BRANCH_PREFIX"]
@@ -62,6 +63,8 @@ _BRANCH_PREFIX = BRANCH_PREFIX  # the name earlier code and tests use
 _TARGET_METHODS = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 #: Seconds a call without activity is kept (a BYE that never came).
 CALL_IDLE_S = 12 * 3600.0
+#: Seconds between sweeps for idle calls.
+CALL_SWEEP_S = 60.0
 _ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
@@ -126,6 +129,7 @@ class ProxyCore:
         self._seq = itertools.count()
         self._now = 0.0
         self._out: list = []
+        self._sweeping = False
         self.stats = {"calls_attempted": 0, "calls_connected": 0, "calls_rejected": 0, "calls_cleared": 0}
 
     # ================================================================ driver API
@@ -140,7 +144,7 @@ class ProxyCore:
             if isinstance(msg, Request):
                 self._on_request(msg, flow, zone)
             else:
-                self._on_response(msg)
+                self._on_response(msg, flow)
         except (ParseError, UriError, ValueError, KeyError) as exc:
             out.append(Event("message dropped", {"call_id": msg.call_id, "peer": f"{flow.remote[0]}:{flow.remote[1]}",
                                                  "reason": str(exc)[:200]}))
@@ -180,16 +184,16 @@ class ProxyCore:
         entry = self._pending.pop(query_id, None)
         if entry is None:
             return self._out
-        kind, ctx, cand = entry
-        ctx.waiting = None
+        kind, ctx, lane = entry
+        lane.waiting = None
         if ctx.final_sent:
             return self._out
         if kind == "candidate":
-            self._candidate_hops(ctx, cand, hops)
+            self._lane_hops(ctx, lane, hops)
         else:
-            ctx.hops = deque(hops)
+            lane.hops = deque(hops)
             if not hops:
-                ctx.finals.append(self._warned(404, "Not Found", f"no address for {cand}"))
+                ctx.finals.append(self._warned(404, "Not Found", f"no address for {lane.ruri}"))
         self._advance(ctx)
         return self._out
 
@@ -208,16 +212,15 @@ class ProxyCore:
             self._note_conn(flow)
         for w in waiters:
             if w[0] == "ctx":
-                _, ctx, hop = w
-                ctx.waiting = None
+                _, ctx, lane, hop = w
+                lane.waiting = None
                 if ctx.final_sent:
                     continue
                 if flow is None:
                     self._out.append(Event("next hop failed", {"call_id": ctx.req.call_id, "hop": str(hop), "zone": hop.zone, "cause": cause}))
-                    ctx.finals.append(self._warned(503, "Service Unavailable", f"Next hop {hop.ip}:{hop.port} unreachable"))
-                    self._advance(ctx)
+                    self._lane_final(ctx, lane, self._warned(503, "Service Unavailable", f"Next hop {hop.ip}:{hop.port} unreachable"))
                 else:
-                    self._forward(ctx, hop, flow)
+                    self._forward(ctx, lane, hop, flow)
             elif flow is not None:
                 self._out.append(Send(flow, w[1], w[2]))
             else:
@@ -304,9 +307,12 @@ class ProxyCore:
             elif kind == "failed":
                 if self._failed.get(obj[0]) is obj[1]:
                     del self._failed[obj[0]]
-            elif kind == "call":
-                if not obj.ended and obj.expires <= now:
-                    self._end_call(obj, "idle")
+            elif kind == "sweep":
+                for call in [c for c in self.calls.by_key.values() if c.expires <= now]:
+                    self._end_call(call, "idle")
+                self._sweeping = bool(self.calls.by_key)
+                if self._sweeping:
+                    self._schedule(now + CALL_SWEEP_S, "sweep", None)
         return self._out
 
     def next_deadline(self) -> float | None:
@@ -480,41 +486,56 @@ class ProxyCore:
             return
         ctx.initial = True
         ctx.search = (plan.alias, plan.log)
-        ctx.candidates = deque(plan.candidates)
+        ctx.groups = group_by_priority(plan.candidates)
         if req.method in DIALOG_METHODS:
             call = Call(next(self._ids), req.method, req.call_id, req.from_tag, ctx.ingress, ctx.flow)
             call.a_target = _contact_uri(req)
             call.a_path = req.headers.get_all("Record-Route")
             call.expires = self._now + CALL_IDLE_S
-            self._schedule(call.expires, "call", call)
+            if not self._sweeping:
+                self._sweeping = True
+                self._schedule(self._now + CALL_SWEEP_S, "sweep", None)
             ctx.call = call
             self.calls.add(call)
         self._advance(ctx)
 
     # ---------------------------------------------------------------- targets
     def _advance(self, ctx: ResponseContext) -> None:
-        """Start the next branch of ``ctx`` or, with nothing left to try, send the best
-        final response (serial search: one branch pending at a time)."""
-        while not ctx.final_sent and ctx.waiting is None:
-            if ctx.pending_branches():
+        """Start what ``ctx`` can start now: the next hop of every idle lane; when every
+        lane of the current priority group has ended, the next group (if the search
+        goes on); with nothing left to try and nothing pending, the best final
+        response (§16.7 step 6)."""
+        while not ctx.final_sent:
+            if not (ctx.stop or ctx.cancelled):
+                for lane in ctx.lanes:
+                    if not lane.done and not lane.waiting and not any(b.lane is lane and b.final is None for b in ctx.branches):
+                        self._run_lane(ctx, lane)
+            if ctx.busy():
                 return
-            if ctx.stop or ctx.cancelled:
+            if ctx.stop or ctx.cancelled or not ctx.groups or not self._search_goes_on(ctx):
                 break
-            if ctx.hops:
-                if self._try_hop(ctx, ctx.hops.popleft()):
-                    return
-                continue
-            if not ctx.candidates:
-                break
-            cand, ruri = ctx.candidates.popleft()
-            ctx.candidate = cand
-            ctx.fwd_uri = ruri
-            self._candidate(ctx, cand, ruri)
-        if ctx.waiting is None:
+            ctx.lanes = [Lane(cand, ruri) for cand, ruri in ctx.groups.popleft()]
+            for lane in ctx.lanes:
+                self._start_lane(ctx, lane)
+        if not ctx.busy():
             self._finish(ctx)
 
-    def _candidate(self, ctx: ResponseContext, cand: Any, ruri: str) -> None:
-        zone = cand.zone
+    @staticmethod
+    def _search_goes_on(ctx: ResponseContext) -> bool:
+        """After a priority group ended without success: the next group is tried only
+        when every lane ended with a status that means "not here" (404, 408, 480, 503,
+        604) or found no target at all."""
+        return all(lane.last is None or lane.last in NEXT_CANDIDATE_STATUSES for lane in ctx.lanes)
+
+    def _run_lane(self, ctx: ResponseContext, lane: Lane) -> None:
+        while lane.hops:
+            if self._try_hop(ctx, lane, lane.hops.popleft()):
+                return
+        lane.done = True
+
+    def _start_lane(self, ctx: ResponseContext, lane: Lane) -> None:
+        """Find the next hops of a search-rule candidate's target zone."""
+        zone = lane.cand.zone
         z = self.zones.get(zone)
         if z is None:
             hops: list[Hop] = []
@@ -525,22 +546,34 @@ class ProxyCore:
                     for f in self.zone_flows.get(zone, ()) if f.conn_id in self.conns]
         elif z.type == "dns":
             qid = next(self._ids)
-            self._pending[qid] = ("candidate", ctx, cand)
-            ctx.waiting = "dns"
-            self._out.append(Resolve(qid, parse_uri(ruri), zone, z.default_transport))
+            self._pending[qid] = ("candidate", ctx, lane)
+            lane.waiting = "dns"
+            self._out.append(Resolve(qid, parse_uri(lane.ruri), zone, z.default_transport))
             return
         else:
             hops = []
-        self._candidate_hops(ctx, cand, hops)
+        self._lane_hops(ctx, lane, hops)
 
-    def _candidate_hops(self, ctx: ResponseContext, cand: Any, hops: list[Hop]) -> None:
+    def _lane_hops(self, ctx: ResponseContext, lane: Lane, hops: list[Hop]) -> None:
+        cand = lane.cand
         alias, log = ctx.search or ("", [])
         self._out.append(Event("search completed", {"call_id": ctx.req.call_id, "alias": alias, "rule": cand.rule,
                                                     "zone": cand.zone, "found": bool(hops), "log": log}))
         if hops:
-            ctx.hops = deque(hops)
+            lane.hops = deque(hops)
         else:
+            lane.done = True
             ctx.finals.append(self._zone_unavailable(cand.zone))
+
+    def _lane_final(self, ctx: ResponseContext, lane: Lane, resp: Response) -> None:
+        """A lane's current hop ended with final ``resp`` (received or made by us): fail
+        over to its next hop on 408/503, else the lane is done."""
+        ctx.finals.append(resp)
+        lane.last = resp.status
+        if resp.status not in FAILOVER_STATUSES:
+            lane.hops.clear()
+            lane.done = True
+        self._advance(ctx)
 
     def _flow_for(self, hop: Hop) -> Flow | None | str:
         """The flow to send to ``hop`` on: a live known flow, a UDP flow, the newest
@@ -559,18 +592,20 @@ class ProxyCore:
             return None  # the traversal zone is reached on its own connections only
         return "connect"
 
-    def _try_hop(self, ctx: ResponseContext, hop: Hop) -> bool:
+    def _try_hop(self, ctx: ResponseContext, lane: Lane, hop: Hop) -> bool:
         """Send ``ctx``'s request to ``hop`` (True) or record why not (False)."""
         flow = self._flow_for(hop)
         if flow is None:
-            ctx.finals.append(self._zone_unavailable(hop.zone) if self._is_traversal(hop.zone)
-                              else self._warned(503, "Service Unavailable", f"Next hop {hop.ip}:{hop.port} unreachable"))
+            resp = (self._zone_unavailable(hop.zone) if self._is_traversal(hop.zone)
+                    else self._warned(503, "Service Unavailable", f"Next hop {hop.ip}:{hop.port} unreachable"))
+            ctx.finals.append(resp)
+            lane.last = resp.status
             return False
         if flow == "connect":
-            self._connect(hop, ("ctx", ctx, hop))
-            ctx.waiting = "connect"
+            self._connect(hop, ("ctx", ctx, lane, hop))
+            lane.waiting = "connect"
             return True
-        self._forward(ctx, hop, flow)  # type: ignore[arg-type]
+        self._forward(ctx, lane, hop, flow)  # type: ignore[arg-type]
         return True
 
     def _connect(self, hop: Hop, waiter: tuple) -> None:
@@ -584,10 +619,11 @@ class ProxyCore:
         self._out.append(Connect(cid, hop))
 
     # ---------------------------------------------------------------- forwarding
-    def _forward(self, ctx: ResponseContext, hop: Hop, flow: Flow) -> None:
+    def _forward(self, ctx: ResponseContext, lane: Lane, hop: Hop, flow: Flow) -> None:
         """Build the request for one branch (RFC 3261 §16.6), anchor its media, start
         its client transaction."""
-        if ctx.final_sent or ctx.cancelled:
+        if ctx.final_sent or ctx.cancelled or ctx.stop:
+            self._advance(ctx)
             return
         req = ctx.req
         ip, port = self._egress_address(flow)
@@ -600,7 +636,7 @@ class ProxyCore:
             in_entry = record_route_entry(self._rr_host(ctx.ingress, in_ip), in_port, ctx.flow.transport, self._token(ctx.flow))
             out_entry = record_route_entry(self._rr_host(hop.zone, ip), port, flow.transport, self._token(flow))
             rr = (out_entry,) if in_entry == out_entry else (out_entry, in_entry)
-        fwd = branch_request(req, ruri=ctx.fwd_uri, via=via, record_route=rr, default_max_forwards=self.cfg.sip.max_forwards_out)
+        fwd = branch_request(req, ruri=lane.ruri, via=via, record_route=rr, default_max_forwards=self.cfg.sip.max_forwards_out)
         if ctx.route_override is not None:
             fwd.headers.remove("Route")
             for r in ctx.route_override:
@@ -610,13 +646,23 @@ class ProxyCore:
                 ctx.rr_ours = rr
                 self._setup_call(ctx, call, hop)
             self._rewrite_request(ctx, call, fwd, hop, flow)
-        self._with_media(call, fwd, lambda m: self._start_branch(ctx, hop, flow, m) if m is not None else self._media_failed(ctx))
+        lane.waiting = "media"
 
-    def _media_failed(self, ctx: ResponseContext) -> None:
-        ctx.finals.append(Response(503, "Service Unavailable", Headers([
-            ["Warning", f'399 {self.public} "Media resources unavailable"'], ["Retry-After", "5"]])))
+        def cont(m: Request | None) -> None:
+            lane.waiting = None
+            if m is not None:
+                self._start_branch(ctx, lane, hop, flow, m)
+            else:
+                self._media_failed(ctx, lane)
+
+        self._with_media(call, fwd, cont)
+
+    def _media_failed(self, ctx: ResponseContext, lane: Lane) -> None:
+        """Media could not be anchored: the call is refused (never forwarded with the
+        party's own address in its SDP)."""
         ctx.stop = True
-        self._advance(ctx)
+        self._lane_final(ctx, lane, Response(503, "Service Unavailable", Headers([
+            ["Warning", f'399 {self.public} "Media resources unavailable"'], ["Retry-After", "5"]])))
 
     def _with_media(self, call: Call | None, msg: Request | Response, cont) -> None:
         """Anchor the SDP of ``msg`` (a message of ``call``) then call ``cont(msg)``;
@@ -644,10 +690,12 @@ class ProxyCore:
         self._out += self.planner.rewrite(call.media, msg, desc)
         cont(msg)
 
-    def _start_branch(self, ctx: ResponseContext, hop: Hop, flow: Flow, fwd: Request) -> None:
+    def _start_branch(self, ctx: ResponseContext, lane: Lane, hop: Hop, flow: Flow, fwd: Request) -> None:
         if ctx.final_sent or ctx.cancelled:
+            if ctx.call is not None and ctx.call.ended and ctx.call.media is not None:
+                self._out.append(ReleaseMedia(ctx.call.key, ctx.call.call_id, "cancel"))
             return
-        b = Branch(ctx, hop, flow, fwd)
+        b = Branch(ctx, hop, flow, fwd, lane)
         if fwd.method == "INVITE":
             tx = txn.ClientInviteTransaction(fwd, flow.conn_id != 0, self.tx_timers, self._now)
         else:
@@ -683,7 +731,7 @@ class ProxyCore:
                         s.discard(b)
 
     # ---------------------------------------------------------------- responses
-    def _on_response(self, resp: Response) -> None:
+    def _on_response(self, resp: Response, flow: Flow) -> None:
         tx = self.table.find_client(resp)
         if tx is not None:
             self._client_actions(tx.tu, tx.on_message(resp, self._now))
@@ -693,14 +741,14 @@ class ProxyCore:
             if b is not None:
                 # A 2xx for an INVITE branch we already gave up (its connection failed, it
                 # timed out or was cancelled): no call may exist on one side only.
-                self._clear_callee(b, resp, "late 2xx for a failed branch")
+                self._clear_callee(b, resp, "late 2xx for a failed branch", flow)
 
     def _on_branch_response(self, b: Branch, resp: Response) -> None:
         ctx = b.ctx
         status = resp.status
         if status < 200:
             b.provisional = True
-            if ctx.cancelled and not b.cancel_sent:
+            if (ctx.cancelled or ctx.stop) and not b.cancel_sent:
                 self._cancel_branch(b)
             if status == 100 or ctx.final_sent:
                 return
@@ -750,27 +798,21 @@ class ProxyCore:
             self._branch_final(b, resp)
 
     def _branch_final(self, b: Branch, resp: Response) -> None:
+        """A branch ended without a 2xx: a 6xx ends the search and cancels the other
+        branches (§16.7 step 5); otherwise its lane fails over or ends."""
         ctx = b.ctx
         if ctx.final_sent:
             return
-        ctx.finals.append(resp)
-        status = resp.status
-        if status >= 600:
+        if resp.status >= 600:
             ctx.stop = True
             for other in ctx.branches:
                 if other.final is None and other.provisional and not other.cancel_sent:
                     self._cancel_branch(other)
-        if ctx.pending_branches():
-            return
-        if status not in FAILOVER_STATUSES:
-            ctx.hops.clear()
-            if status not in NEXT_CANDIDATE_STATUSES:
-                ctx.candidates.clear()
-        self._advance(ctx)
+        self._lane_final(ctx, b.lane, resp)
 
     def _finish(self, ctx: ResponseContext) -> None:
         """Send the best final response upstream (§16.7 step 6) if none was sent."""
-        if ctx.final_sent or ctx.pending_branches():
+        if ctx.final_sent or ctx.busy():
             return
         best = choose_best(ctx.finals)
         req = ctx.req
@@ -995,15 +1037,15 @@ class ProxyCore:
         side = dlg.sides[to]
         ctx.call, ctx.dialog, ctx.from_side, ctx.to_side = call, dlg, frm, to
         call.expires = self._now + CALL_IDLE_S
-        self._schedule(call.expires, "call", call)
-        if to in call.masked and side.target:
-            ctx.fwd_uri = side.target
+        ruri = side.target if to in call.masked and side.target else None
         ctx.route_override = side.route
         if req.method in _TARGET_METHODS:
             contact = _contact_uri(req)
             if contact is not None:
                 dlg.sides[frm].target = contact  # target refresh (RFC 3261 §12.2.2)
-        hop = self._dialog_hop(side, req, ctx.fwd_uri)
+        hop = self._dialog_hop(side, req, ruri)
+        lane = Lane(None, ruri)
+        ctx.lanes = [lane]
         if isinstance(hop, Response):
             self._send_up(ctx, make_response(req, hop.status, hop.reason, to_tag=None,
                                              extra=[(n, v) for n, v in hop.headers] + [("Server", f"Edgeway/{self.role}")]))
@@ -1011,11 +1053,11 @@ class ProxyCore:
         if isinstance(hop, tuple):
             uri, zone, default_transport = hop
             qid = next(self._ids)
-            self._pending[qid] = ("dialog", ctx, str(uri))
-            ctx.waiting = "dns"
+            self._pending[qid] = ("dialog", ctx, lane)
+            lane.waiting = "dns"
             self._out.append(Resolve(qid, uri, zone, default_transport))
             return
-        ctx.hops = deque([hop])
+        lane.hops = deque([hop])
         self._advance(ctx)
 
     def _dialog_hop(self, side: DialogSide, req: Request, ruri: str | None):
@@ -1043,8 +1085,7 @@ class ProxyCore:
             uri = parse_uri(text)
         except UriError:
             return Response(400, "Bad Request")
-        default = f.transport if f is not None else "udp"
-        transport = uri.transport or ("tls" if uri.scheme == "sips" else default)
+        transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")  # RFC 3263 §4.1 for an IP literal
         z = self.zones.get(zone)
         if not is_ip_literal(uri.host):
             return (uri, zone, z.default_transport if z is not None and z.type == "dns" else transport)
@@ -1218,13 +1259,18 @@ class ProxyCore:
         if release and call.media is not None:
             self._out.append(ReleaseMedia(call.key, call.call_id, reason))
 
-    def _clear_callee(self, b: Branch, resp: Response, reason: str) -> None:
+    def _clear_callee(self, b: Branch, resp: Response, reason: str, arrival: Flow | None = None) -> None:
         """Clear a call the callee answered but the caller does not have: ACK and BYE
-        toward the callee along the 2xx's route (RFC 3261 §13.2.2.4, §15.1.1)."""
+        toward the callee along the 2xx's route (RFC 3261 §13.2.2.4, §15.1.1), on the
+        branch's connection, else the one the 2xx came on, else the traversal zone's
+        current one."""
         inv = b.request
-        flow = b.flow
+        flow: Flow | None = b.flow
         if flow.conn_id and flow.conn_id not in self.conns:
-            flow = self._zone_flow(b.hop.zone) if self._is_traversal(b.hop.zone) else None  # type: ignore[assignment]
+            if arrival is not None and (not arrival.conn_id or arrival.conn_id in self.conns):
+                flow = arrival
+            else:
+                flow = self._zone_flow(b.hop.zone) if self._is_traversal(b.hop.zone) else None
         self.stats["calls_cleared"] += 1
         self._out.append(Event("call cleared", {"call_id": inv.call_id, "reason": reason, "hop": str(b.hop), "zone": b.hop.zone}))
         call = b.ctx.call if b.ctx is not None else None

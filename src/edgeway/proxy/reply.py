@@ -20,7 +20,7 @@ from ..sip.message import Response
 from ..sip.target import Flow, Hop
 from ..sip.uri import UriError, parse_name_addr
 
-__all__ = ["ResponseContext", "Branch", "choose_best", "upstream_response", "FAILOVER_STATUSES", "NEXT_CANDIDATE_STATUSES"]
+__all__ = ["ResponseContext", "Branch", "Lane", "group_by_priority", "choose_best", "upstream_response", "FAILOVER_STATUSES", "NEXT_CANDIDATE_STATUSES"]
 
 #: Statuses after which the next target of the same candidate (DNS target, another
 #: traversal connection) is tried (RFC 3263 §4.3: transport error, timeout or 503).
@@ -29,18 +29,42 @@ FAILOVER_STATUSES = frozenset({408, 503})
 NEXT_CANDIDATE_STATUSES = frozenset({404, 408, 480, 503, 604})
 
 
+class Lane:
+    """One target being tried for a response context: a search-rule candidate (or the
+    dialog's party) with its next hops still to try, one at a time (DNS fail-over,
+    another traversal connection). Candidates of equal search-rule priority run in
+    parallel lanes.
+
+    ``cand`` the :class:`~edgeway.routing.search.Candidate` (None in dialog); ``ruri``
+    the Request-URI (str) to forward with (None keeps the request's); ``hops``;
+    ``waiting`` None, "dns", "connect" or "media"; ``last`` the last final status of
+    this lane; ``done`` when nothing is left to try in it."""
+
+    __slots__ = ("cand", "ruri", "hops", "waiting", "last", "done")
+
+    def __init__(self, cand: Any, ruri: str | None, hops: list[Hop] | None = None):
+        self.cand = cand
+        self.ruri = ruri
+        self.hops: deque[Hop] = deque(hops or ())
+        self.waiting: str | None = None
+        self.last: int | None = None
+        self.done = False
+
+
 class Branch:
     """One client transaction of a response context (RFC 3261 §16.6).
 
-    ``tx`` the client transaction, ``hop`` where it went, ``flow`` the flow it was sent
-    on, ``request`` the request as forwarded; ``provisional`` once any 1xx arrived (a
-    CANCEL may then be sent, §9.1); ``cancel_sent``; ``final`` the final response (or the
-    one we synthesised: 408 on timeout, 503 on transport failure)."""
+    ``tx`` the client transaction, ``lane`` the target it belongs to, ``hop`` where it
+    went, ``flow`` the flow it was sent on, ``request`` the request as forwarded;
+    ``provisional`` once any 1xx arrived (a CANCEL may then be sent, §9.1);
+    ``cancel_sent``; ``final`` the final response (or the one we synthesised: 408 on
+    timeout, 503 on transport failure)."""
 
-    __slots__ = ("ctx", "tx", "hop", "flow", "request", "provisional", "cancel_sent", "final", "failed_at", "timer_c")
+    __slots__ = ("ctx", "lane", "tx", "hop", "flow", "request", "provisional", "cancel_sent", "final", "failed_at")
 
-    def __init__(self, ctx: "ResponseContext", hop: Hop, flow: Flow, request: Any):
+    def __init__(self, ctx: "ResponseContext | None", hop: Hop, flow: Flow, request: Any, lane: Lane | None = None):
         self.ctx = ctx
+        self.lane = lane
         self.tx: Any = None
         self.hop = hop
         self.flow = flow
@@ -50,8 +74,6 @@ class Branch:
         self.final: Response | None = None
         #: When the branch failed locally (time, s), for recognising a late 2xx.
         self.failed_at: float | None = None
-        #: Timer C deadline (s) of an INVITE branch, None when not armed.
-        self.timer_c: float | None = None
 
     @property
     def pending(self) -> bool:
@@ -63,15 +85,15 @@ class ResponseContext:
 
     ``st`` the server transaction; ``req`` the request (after route processing);
     ``flow``/``ingress`` where it came from; ``call`` the call record for dialog-creating
-    requests and in-dialog requests (None otherwise); ``candidates`` the search-rule
-    targets still to try (deque of (Candidate, Request-URI)); ``hops`` the next hops of
-    the current candidate still to try; ``branches``; ``finals`` the non-2xx finals
-    collected; ``final_sent``/``answered_2xx``; ``cancelled`` once a CANCEL matched;
-    ``stop`` when no further branch may start (a 2xx or 6xx arrived)."""
+    requests and in-dialog requests (None otherwise); ``groups`` the search-rule
+    candidates still to try, grouped by priority (deque of lists of (Candidate,
+    Request-URI)); ``lanes`` the targets being tried now; ``branches``; ``finals`` the
+    non-2xx finals collected; ``final_sent``/``answered_2xx``; ``cancelled`` once a
+    CANCEL matched; ``stop`` when no further branch may start (a 2xx or 6xx arrived)."""
 
-    __slots__ = ("st", "req", "flow", "ingress", "call", "candidates", "hops", "branches", "finals", "final_sent",
-                 "answered_2xx", "cancelled", "stop", "waiting", "fwd_uri", "candidate", "search", "dialog", "to_side",
-                 "from_side", "route_override", "hidden_rr_tail", "rr_ours", "initial", "attrs")
+    __slots__ = ("st", "req", "flow", "ingress", "call", "groups", "lanes", "branches", "finals", "final_sent",
+                 "answered_2xx", "cancelled", "stop", "search", "dialog", "to_side", "from_side", "route_override",
+                 "hidden_rr_tail", "rr_ours", "initial")
 
     def __init__(self, st: Any, req: Any, flow: Flow, ingress: str):
         self.st = st
@@ -79,19 +101,14 @@ class ResponseContext:
         self.flow = flow
         self.ingress = ingress
         self.call: Any = None
-        self.candidates: deque = deque()
-        self.hops: deque[Hop] = deque()
+        self.groups: deque[list] = deque()
+        self.lanes: list[Lane] = []
         self.branches: list[Branch] = []
         self.finals: list[Response] = []
         self.final_sent = False
         self.answered_2xx = False
         self.cancelled = False
         self.stop = False
-        #: What the context waits for: None, "dns", "connect" or "media".
-        self.waiting: str | None = None
-        #: The Request-URI (str) of the current candidate; None keeps the request's.
-        self.fwd_uri: str | None = None
-        self.candidate: Any = None
         #: (alias after transforms, search log lines) of an initial request.
         self.search: tuple[str, list[str]] | None = None
         #: In-dialog requests: the dialog, and the side ("a"/"b") it goes to and comes from.
@@ -106,7 +123,6 @@ class ResponseContext:
         #: Our Record-Route values in the forwarded request (str, as inserted).
         self.rr_ours: tuple[str, ...] = ()
         self.initial = False
-        self.attrs: dict = {}
 
     @property
     def method(self) -> str:
@@ -114,6 +130,22 @@ class ResponseContext:
 
     def pending_branches(self) -> list[Branch]:
         return [b for b in self.branches if b.final is None]
+
+    def busy(self) -> bool:
+        """True while a branch is pending or a lane waits for DNS, a connection or media."""
+        return any(b.final is None for b in self.branches) or any(lane.waiting for lane in self.lanes)
+
+
+def group_by_priority(candidates: list[tuple[Any, str]]) -> deque[list[tuple[Any, str]]]:
+    """Consecutive candidates of equal search-rule priority grouped together: each group
+    is searched in parallel, the groups one after the other (Expressway semantics)."""
+    groups: deque[list[tuple[Any, str]]] = deque()
+    for cand, ruri in candidates:
+        if groups and groups[-1][0][0].priority == cand.priority:
+            groups[-1].append((cand, ruri))
+        else:
+            groups.append([(cand, ruri)])
+    return groups
 
 
 def _class(status: int) -> int:
