@@ -1,17 +1,7 @@
-"""Event loop selection for the command line: uvloop on Linux when installed."""
+"""Event loop selection for the command line (see :mod:`edgeway.runtime`)."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
+from ..runtime import install_event_loop_policy
 
-
-def install_event_loop_policy() -> None:
-    """Use uvloop's event loop policy on Linux (falls back to asyncio's silently)."""
-    if sys.platform == "linux":
-        try:
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        except ImportError:  # pragma: no cover
-            pass
+__all__ = ["install_event_loop_policy"]

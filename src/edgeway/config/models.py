@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from edgeway.routing.transforms import check_pattern
+from edgeway.config.patterns import check_pattern
 
 __all__ = [
     "BUILTIN_ZONES", "MISSING",

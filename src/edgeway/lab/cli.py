@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edgeway.cli.loop import install_event_loop_policy
+from edgeway.runtime import install_event_loop_policy
 from edgeway.lab.report import LabReport
 from edgeway.lab.runner import Lab, LabError
 from edgeway.lab.topology import (
