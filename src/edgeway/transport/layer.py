@@ -5,10 +5,11 @@ A thin asyncio adapter around the sans-IO parser: datagrams go to
 :class:`~edgeway.sip.message.StreamFramer`. Connections are kept in a table by
 (transport, remote ip, remote port) and reused for responses and for later requests
 to the same address (RFC 3261 §18.1.1, §18.2.2). CRLFCRLF keepalives on streams are
-answered with CRLF (RFC 5626 §3.5.1). TLS handshakes are done after accept so that a
-failed handshake becomes one ``tls handshake failed`` event with its cause.
+answered with CRLF (RFC 5626 §3.5.1). A failed TLS handshake becomes one ``tls
+handshake failed`` event with its cause.
 
-SIP signalling is not the media hot path, so asyncio protocols are used here.
+Streams are asyncio protocols (bytes framed as they arrive, no reader task and no
+timeout object per read); idle connections are closed by one periodic sweep.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..diag.events import NULL_LOG, EventLog
-from ..sip.message import MAX_MESSAGE_SIZE, ParseError, Request, Response, StreamFramer, parse_message
+from ..sip.message import ParseError, Request, Response, StreamFramer, parse_message
 from ..sip.target import Flow
 
 __all__ = ["Source", "Connection", "TransportLayer", "TransportError"]
@@ -31,6 +32,8 @@ CONNECT_TIMEOUT_S = 5.0
 #: Seconds a stream connection may stay idle before it is closed (RFC 5626 flows keep
 #: theirs open with keepalives; 3600 s is Kamailio's tcp_connection_lifetime order).
 IDLE_TIMEOUT_S = 3600.0
+#: Seconds between sweeps for idle stream connections.
+IDLE_SWEEP_S = 30.0
 #: Seconds a stream whose framing was lost stays open for responses already in flight.
 FRAMING_CLOSE_GRACE_S = 0.1
 
@@ -68,15 +71,16 @@ _ids = itertools.count(1)
 class Connection:
     """A TCP or TLS connection carrying SIP (either direction).
 
-    ``peer_names``: CN then DNS SANs of the peer's certificate (TLS only).
-    ``zone``: the traversal zone this connection is bound to, once authenticated.
+    ``link`` the asyncio transport; ``peer_names``: CN then DNS SANs of the peer's
+    certificate (TLS only); ``zone``: the zone this connection is bound to (an
+    authenticated traversal connection, or one classified by TLS identity);
     ``attrs``: free per-connection state for the layers above.
     """
 
     transport: str
     local: tuple[str, int]
     remote: tuple[str, int]
-    writer: asyncio.StreamWriter
+    link: asyncio.Transport
     listener: str = "sip"
     outbound: bool = False
     peer_names: list[str] = field(default_factory=list)
@@ -95,16 +99,16 @@ class Connection:
 
     def send(self, data: bytes) -> None:
         """Queue ``data`` for sending; raises TransportError when the connection is closed."""
-        if self.closed or self.writer.is_closing():
+        if self.closed or self.link.is_closing():
             raise TransportError(f"connection to {self.remote[0]}:{self.remote[1]} is closed")
-        self.writer.write(data)
+        self.link.write(data)
 
     def close(self) -> None:
         """Close gracefully (queued data is flushed, TLS close_notify sent)."""
         if not self.closed:
             self.closed = True
             try:
-                self.writer.close()
+                self.link.close()
             except Exception:  # noqa: BLE001
                 pass
 
@@ -113,27 +117,12 @@ class Connection:
         stopped answering, whose graceful close would wait on it (issue 6 item 5)."""
         self.closed = True
         try:
-            self.writer.transport.abort()
+            self.link.abort()
         except Exception:  # noqa: BLE001
             pass
 
 
 MessageHandler = Callable[[Request | Response, Source], None]
-
-
-def _names_from_failed(conn: Connection) -> list[str]:
-    """CN and SANs of the peer certificate after a failed handshake, when the TLS
-    layer got as far as receiving it (empty list otherwise)."""
-    from ..security.tls import peer_identities
-
-    sslobj = conn.writer.get_extra_info("ssl_object")
-    if sslobj is None:
-        return []
-    try:
-        der = sslobj.getpeercert(binary_form=True)
-    except (ValueError, ssl.SSLError):
-        return []
-    return peer_identities(der) if der else []
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -161,6 +150,88 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         pass  # ICMP errors on a shared UDP socket concern one peer only
 
 
+class _SipStream(asyncio.Protocol):
+    """The SIP stream of one TCP/TLS connection: bytes are cut into messages by
+    :class:`~edgeway.sip.message.StreamFramer` as they arrive and handed to the layer.
+
+    ``tls`` (server side) makes :meth:`connection_made` run the TLS identity checks
+    before any byte is read (the handshake is complete when it is called)."""
+
+    def __init__(self, layer: "TransportLayer", listener: str, *, tls: bool = False, outbound: bool = False):
+        self.layer = layer
+        self.listener = listener
+        self.tls = tls
+        self.outbound = outbound
+        self.link: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self.src: Source | None = None
+        self.framer = StreamFramer()
+        self.last_rx = 0.0
+        self.lost: BaseException | None = None
+        self.done = False
+        self._early = b""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.link = transport
+        if self.outbound:
+            return  # the connecting side attaches the Connection itself
+        try:
+            peer = transport.get_extra_info("peername")[:2]
+            local = transport.get_extra_info("sockname")[:2]
+        except (TypeError, OSError):
+            transport.abort()
+            return
+        conn = Connection("tls" if self.tls else "tcp", local, peer, transport, listener=self.listener)
+        if self.tls and not self.layer._after_handshake(conn, server_side=True):
+            return
+        self.attach(conn)
+
+    def attach(self, conn: Connection) -> None:
+        self.conn = conn
+        self.src = Source(conn.transport, conn.remote[0], conn.remote[1], conn.local[0], conn.local[1], conn, conn.listener)
+        self.last_rx = self.layer.loop.time()
+        self.layer._opened(conn, self)
+        early, self._early = self._early, b""
+        if early:
+            self.data_received(early)
+
+    def data_received(self, data: bytes) -> None:  # type: ignore[override]
+        conn = self.conn
+        if conn is None:
+            if self.outbound and len(self._early) < 65536:
+                self._early += data  # arrived between the TLS handshake and attach()
+            return
+        if conn.closed:
+            return
+        conn.attrs["received"] = True
+        self.last_rx = self.layer.loop.time()
+        layer = self.layer
+        src = self.src
+        for ev in self.framer.feed(data):
+            if ev == "ping":
+                conn.link.write(b"\r\n")
+            elif ev == "pong":
+                conn.attrs["last_pong"] = self.last_rx
+            elif isinstance(ev, ParseError):
+                layer._bad_message(ev, src)  # type: ignore[arg-type]
+            else:
+                layer._deliver(ev, src)  # type: ignore[arg-type]
+        if self.framer.broken and not conn.closed:
+            # Framing is lost: read no more, but let responses to the messages already
+            # framed go out before closing (RFC 4475 §3.3.3 mcl01).
+            conn.link.pause_reading()
+            layer.loop.call_later(FRAMING_CLOSE_GRACE_S, conn.close)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: BaseException | None) -> None:  # type: ignore[override]
+        self.lost = exc
+        if self.conn is not None:
+            self.layer._lost(self.conn, exc)
+        self.done = True
+
+
 class TransportLayer:
     """Listeners and connections of one node.
 
@@ -181,9 +252,18 @@ class TransportLayer:
         self.conns: dict[tuple[str, str, int], Connection] = {}
         #: Open connections by id (a Flow's ``conn_id``).
         self.by_id: dict[int, Connection] = {}
+        self._streams: dict[int, _SipStream] = {}
         self.listen_socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
         self.client_ssl: ssl.SSLContext | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     # -- listeners ---------------------------------------------------------
     async def listen_udp(self, ip: str, port: int, listener: str = "sip") -> None:
@@ -204,13 +284,7 @@ class TransportLayer:
         if tls is not None:
             await self._listen_tls(ip, port, tls, listener)
             return
-
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            peer = writer.get_extra_info("peername")[:2]
-            local = writer.get_extra_info("sockname")[:2]
-            await self._run_connection(Connection("tcp", local, peer, writer, listener=listener), reader)
-
-        server = await asyncio.start_server(accept, ip, port, limit=MAX_MESSAGE_SIZE * 2)
+        server = await self.loop.create_server(lambda: _SipStream(self, listener), ip, port, reuse_address=True)
         self.servers.append(server)
 
     async def _listen_tls(self, ip: str, port: int, ctx: ssl.SSLContext, listener: str) -> None:
@@ -221,7 +295,7 @@ class TransportLayer:
         those bytes into the plain stream where TLS never sees them. Here the TLS
         protocol owns the socket from the first byte, and a failed handshake still
         becomes one ``tls handshake failed`` event with its cause."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         lsock = socket.socket(family, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -232,21 +306,16 @@ class TransportLayer:
 
         async def handle(csock: socket.socket) -> None:
             try:
-                peer, local = csock.getpeername()[:2], csock.getsockname()[:2]
+                peer = csock.getpeername()[:2]
             except OSError:
                 csock.close()
                 return
-            reader = asyncio.StreamReader(limit=MAX_MESSAGE_SIZE * 2)
-            protocol = asyncio.StreamReaderProtocol(reader)
             try:
-                tr, _ = await loop.connect_accepted_socket(lambda: protocol, csock, ssl=ctx, ssl_handshake_timeout=CONNECT_TIMEOUT_S)
+                await loop.connect_accepted_socket(lambda: _SipStream(self, listener, tls=True), csock, ssl=ctx,
+                                                   ssl_handshake_timeout=CONNECT_TIMEOUT_S)
             except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 self._handshake_failed(exc, "inbound", listener, peer, None, [])
                 csock.close()
-                return
-            conn = Connection("tls", local, peer, asyncio.StreamWriter(tr, protocol, reader, loop), listener=listener)
-            if self._after_handshake(conn, server_side=True):
-                await self._run_connection(conn, reader)
 
         async def accept_loop() -> None:
             while True:
@@ -262,7 +331,7 @@ class TransportLayer:
         self._spawn(accept_loop())
 
     def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -274,25 +343,12 @@ class TransportLayer:
             peer=f"{peer[0]}:{peer[1]}", peer_names=names, cause=describe_handshake_error(exc),
         )
 
-    async def _handshake(self, conn: Connection, ctx: ssl.SSLContext, *, server_side: bool) -> bool:
-        """Upgrade an open stream to TLS (outbound connections: we speak first, so no
-        bytes can be lost in the upgrade) and run the identity checks."""
-        conn.writer.transport.pause_reading()
-        try:
-            await asyncio.wait_for(conn.writer.start_tls(ctx), CONNECT_TIMEOUT_S)
-        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
-            self._handshake_failed(exc, "inbound" if server_side else "outbound", conn.listener, conn.remote,
-                                   conn.attrs.get("zone"), _names_from_failed(conn))
-            conn.close()
-            return False
-        return self._after_handshake(conn, server_side=server_side)
-
     def _after_handshake(self, conn: Connection, *, server_side: bool) -> bool:
         """Peer identities, the zone's verify subject name (outbound) and the layers'
         own checks; one event either way. Closes the connection when refused."""
         from ..security.tls import peer_identities, subject_name_matches
 
-        sslobj = conn.writer.get_extra_info("ssl_object")
+        sslobj = conn.link.get_extra_info("ssl_object")
         conn.peer_names = peer_identities(sslobj) if sslobj is not None else []
         verify_name = conn.attrs.get("verify_name")
         if verify_name and not subject_name_matches(conn.peer_names, verify_name):
@@ -316,52 +372,41 @@ class TransportLayer:
         )
         return True
 
-    async def _run_connection(self, conn: Connection, reader: asyncio.StreamReader) -> None:
-        key = (conn.transport, conn.remote[0], conn.remote[1])
-        self.conns[key] = conn
+    def _opened(self, conn: Connection, stream: _SipStream) -> None:
+        self.conns[(conn.transport, conn.remote[0], conn.remote[1])] = conn
         self.by_id[conn.id] = conn
-        framer = StreamFramer()
-        src = Source(conn.transport, conn.remote[0], conn.remote[1], conn.local[0], conn.local[1], conn, conn.listener)
+        self._streams[conn.id] = stream
+        if self._idle_handle is None:
+            self._idle_handle = self.loop.call_later(IDLE_SWEEP_S, self._idle_sweep)
+
+    def _idle_sweep(self) -> None:
+        """Close connections idle for :data:`IDLE_TIMEOUT_S` (one timer for all of them)."""
+        self._idle_handle = None
+        now = self.loop.time()
+        for cid, stream in list(self._streams.items()):
+            if stream.conn is not None and now - stream.last_rx >= IDLE_TIMEOUT_S:
+                stream.conn.attrs["close_reason"] = "idle"
+                stream.conn.close()
+        if self._streams:
+            self._idle_handle = self.loop.call_later(IDLE_SWEEP_S, self._idle_sweep)
+
+    def _lost(self, conn: Connection, exc: BaseException | None) -> None:
+        """The connection ended (peer close, reset, abort, TLS failure on read)."""
+        if isinstance(exc, ssl.SSLError) and conn.outbound and not conn.attrs.get("received"):
+            # TLS 1.3: the server checks our certificate after the client's side of the
+            # handshake is done, so its refusal arrives with the first read.
+            self._handshake_failed(exc, "outbound", conn.listener, conn.remote, conn.attrs.get("zone"), conn.peer_names)
+            conn.attrs["close_reason"] = "peer rejected the TLS handshake"
+        conn.closed = True
+        key = (conn.transport, conn.remote[0], conn.remote[1])
+        if self.conns.get(key) is conn:
+            del self.conns[key]
+        self.by_id.pop(conn.id, None)
+        self._streams.pop(conn.id, None)
         try:
-            while not conn.closed:
-                try:
-                    data = await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT_S)
-                except asyncio.TimeoutError:
-                    break
-                if not data:
-                    break
-                conn.attrs["received"] = True
-                for ev in framer.feed(data):
-                    if ev == "ping":
-                        conn.writer.write(b"\r\n")
-                    elif ev == "pong":
-                        conn.attrs["last_pong"] = asyncio.get_running_loop().time()
-                    elif isinstance(ev, ParseError):
-                        self._bad_message(ev, src)
-                    else:
-                        self._deliver(ev, src)
-                if framer.broken:
-                    # Framing is lost: read no more, but let responses to the messages
-                    # already framed go out before closing (RFC 4475 §3.3.3 mcl01).
-                    await asyncio.sleep(FRAMING_CLOSE_GRACE_S)
-                    break
-        except ssl.SSLError as exc:
-            if conn.outbound and not conn.attrs.get("received"):
-                # TLS 1.3: the server checks our certificate after the client's side of
-                # the handshake is done, so its refusal arrives with the first read.
-                self._handshake_failed(exc, "outbound", conn.listener, conn.remote, conn.attrs.get("zone"), conn.peer_names)
-                conn.attrs["close_reason"] = "peer rejected the TLS handshake"
-        except (ConnectionError, OSError):
+            self.on_connection_closed(conn)
+        except Exception:  # noqa: BLE001
             pass
-        finally:
-            conn.close()
-            if self.conns.get(key) is conn:
-                del self.conns[key]
-            self.by_id.pop(conn.id, None)
-            try:
-                self.on_connection_closed(conn)
-            except Exception:  # noqa: BLE001
-                pass
 
     # -- dispatch ------------------------------------------------------------
     def _deliver(self, msg, src: Source) -> None:
@@ -409,33 +454,46 @@ class TransportLayer:
         ``verify_name``: for TLS, the name the peer certificate must carry as CN or DNS
         SAN (a DNS zone's TLS verify subject name); otherwise the connection is closed
         and a ``tls handshake failed`` event names the cause. Raises TransportError."""
+        loop = self.loop
+        stream = _SipStream(self, listener, outbound=True)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(ip, port, local_addr=(local_ip, 0) if local_ip else None, limit=MAX_MESSAGE_SIZE * 2),
+            link, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: stream, ip, port, local_addr=(local_ip, 0) if local_ip else None),
                 CONNECT_TIMEOUT_S,
             )
         except (OSError, asyncio.TimeoutError) as exc:
             self.events.emit("connect failed", transport=transport, peer=f"{ip}:{port}", cause=str(exc) or type(exc).__name__)
             raise TransportError(f"connect to {ip}:{port} failed: {exc}") from None
-        local = writer.get_extra_info("sockname")[:2]
-        conn = Connection(transport, local, (ip, port), writer, listener=listener, outbound=True)
+        local = link.get_extra_info("sockname")[:2]
         if transport == "tls":
             ctx = ssl_ctx or self.client_ssl
             if ctx is None:
-                conn.close()
+                link.close()
                 raise TransportError("no TLS client context configured")
+            # We speak first, so no byte can be lost in the upgrade.
+            link.pause_reading()
+            try:
+                link = await loop.start_tls(link, stream, ctx, server_side=False, ssl_handshake_timeout=CONNECT_TIMEOUT_S)
+            except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                self._handshake_failed(exc, "outbound", listener, (ip, port), zone, [])
+                link.close()
+                raise TransportError(f"TLS handshake with {ip}:{port} failed") from None
+            stream.link = link
+        conn = Connection(transport, local, (ip, port), link, listener=listener, outbound=True)
+        if transport == "tls":
             conn.attrs["verify_name"] = verify_name
             conn.attrs["zone"] = zone
-            if not await self._handshake(conn, ctx, server_side=False):
+            if not self._after_handshake(conn, server_side=False):
                 raise TransportError(f"TLS handshake with {ip}:{port} failed")
-        self.conns[(transport, ip, port)] = conn
-        self.by_id[conn.id] = conn
-        task = asyncio.get_running_loop().create_task(self._run_connection(conn, reader))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        stream.attach(conn)
+        if stream.done:  # it ended during the handshake
+            self._lost(conn, stream.lost)
         return conn
 
     async def close(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
         for s in self.servers:
             s.close()
         for ls in self.listen_socks:
