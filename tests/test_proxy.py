@@ -1071,3 +1071,43 @@ def test_bad_header_is_400_with_reason() -> None:
                     await writer.wait_closed()
 
     run(scenario())
+
+
+# ============================================================ 9. overload
+
+
+def test_overload_sheds_new_invites_with_503_retry_after() -> None:
+    """Issue 6 item 7: when INVITEs wait in the node's UDP receive queue (here: 150 sent
+    while the node's event loop is blocked for 0.3 s), new INVITEs are answered 503 with
+    Retry-After at once instead of being left to time out; every INVITE gets a final
+    response (no rule matches the others: 404)."""
+    import time as _time
+
+    async def scenario() -> None:
+        async with running_node(node_config()) as node, UdpPeer(CALLER_IP) as peer:
+            cids = []
+            for _ in range(150):
+                data, cid = build_request("INVITE", "sip:bob@partner.test", via=udp_via(peer),
+                                          contact=f"<sip:alice@{peer.ip}:{peer.port}>")
+                cids.append(cid)
+                peer.send(data)
+            _time.sleep(0.3)  # the node cannot read: its kernel queue fills
+            finals: dict[str, Response] = {}
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 10
+            while len(finals) < len(cids) and loop.time() < end:
+                try:
+                    msg, addr = await peer.recv(max(0.01, end - loop.time()))
+                except TimeoutError:
+                    break
+                if isinstance(msg, Response) and msg.status >= 200 and msg.call_id not in finals:
+                    finals[msg.call_id] = msg
+                    peer.send(ack_for(msg), addr)
+            assert set(finals) == set(cids)
+            shed = [r for r in finals.values() if r.status == 503]
+            assert shed and all(r.headers.get("Retry-After") and r.to_tag.startswith("sl") for r in shed), \
+                sorted(r.status for r in finals.values())
+            assert node.proxy.shed == len(shed)
+            assert {r.status for r in finals.values()} <= {503, 404}
+
+    run(scenario())

@@ -8,9 +8,12 @@ timer armed at the core's next deadline.
 
 Overload (issue 6 item 7): new INVITEs wait in a bounded queue drained a batch per
 event-loop turn, after the messages of calls already set up (in-dialog requests and
-responses are never queued or shed). An INVITE that finds the queue full, or waited
-longer than :data:`INVITE_QUEUE_MAX_AGE_S`, is answered ``503 Service Unavailable`` with
-``Retry-After`` instead of being left to time out.
+responses are never queued or shed). An INVITE that finds the queue full, waited longer
+than :data:`INVITE_QUEUE_MAX_AGE_S`, or arrives while the node is overloaded (its UDP
+receive queue in the kernel stays more than :data:`OVERLOAD_BACKLOG` full: messages wait
+there longer than the node takes to process them: more than
+:data:`OVERLOAD_BACKLOG_BYTES` waiting) is answered ``503 Service
+Unavailable`` with ``Retry-After`` instead of being left to time out.
 
 The edge's connect guard lives here, in one place: an edge opens an outbound connection
 only toward a hop chosen by one of its own DNS or neighbour zones; anything for a
@@ -48,6 +51,14 @@ INVITE_QUEUE_MAX_AGE_S = 1.0
 DRAIN_BATCH = 32
 #: Retry-After (seconds) of a 503 for load shedding.
 RETRY_AFTER_S = 5
+#: Bytes waiting in a UDP listener's kernel receive queue (kernel accounting: 1.3–2.3 KiB per
+#: INVITE) above which the node sheds new INVITEs (~60–100 INVITEs: ~0.1 s of work), or
+#: the fraction of that buffer, whichever comes first; and how often it is checked (s).
+OVERLOAD_BACKLOG_BYTES = 128 * 1024
+OVERLOAD_BACKLOG = 0.5
+LOAD_CHECK_S = 0.05
+#: To tags of the 503s of load shedding start with this (their ACKs are absorbed).
+SHED_TAG = "sl"
 
 Resolver = Callable[[Any, str, str], Awaitable[list[Hop]]]
 
@@ -160,15 +171,31 @@ class ProxyDriver:
         self._draining = False
         self._closed = False
         self.shed = 0
+        self.overloaded = False
+        self._load_handle = self.loop.call_later(LOAD_CHECK_S, self._check_load)
+
+    def _check_load(self) -> None:
+        q = self._invites
+        queued, fraction = self.tl.udp_backlog()
+        self.overloaded = (queued > OVERLOAD_BACKLOG_BYTES or fraction > OVERLOAD_BACKLOG
+                           or bool(q and self.loop.time() - q[0][2] > INVITE_QUEUE_MAX_AGE_S / 2))
+        if not self._closed:
+            self._load_handle = self.loop.call_later(LOAD_CHECK_S, self._check_load)
 
     # ------------------------------------------------------------ inbound
     def receive(self, msg: Request | Response, src: Source) -> None:
         """A message from the transport (after the traversal link took its own)."""
         if self.events.sip_messages:
             self._log("in", msg, src.transport, src.ip, src.port, msg.call_id)
-        if type(msg) is Request and msg.method == "INVITE" and "tag=" not in (msg.headers.get("To") or ""):
-            if len(self._invites) >= MAX_QUEUED_INVITES:
-                self._shed(msg, src, "queue full")
+        if type(msg) is Request:
+            method = msg.method
+            if method == "ACK" and (msg.to_tag or "").startswith(SHED_TAG):
+                return  # the ACK of a 503 of load shedding
+        else:
+            method = ""
+        if method == "INVITE" and "tag=" not in (msg.headers.get("To") or ""):
+            if self.overloaded or len(self._invites) >= MAX_QUEUED_INVITES:
+                self._shed(msg, src, "overloaded" if self.overloaded else "queue full")
                 return
             self._invites.append((msg, src, self.loop.time()))
             if not self._draining:
@@ -198,7 +225,7 @@ class ProxyDriver:
         self.shed += 1
         if self.shed == 1 or self.shed % 100 == 0:
             self.events.emit("load shed", call_id=msg.call_id, reason=why, total=self.shed)
-        resp = make_response(msg, 503, "Service Unavailable", to_tag=secrets.token_hex(4),
+        resp = make_response(msg, 503, "Service Unavailable", to_tag=SHED_TAG + secrets.token_hex(4),
                              extra=[("Retry-After", str(RETRY_AFTER_S)), ("Server", f"Edgeway/{self.cfg.role}")])
         self._run(self.core.stateless_response(resp, src.flow, self.loop.time(), src.conn.zone if src.conn else None))
 
@@ -324,6 +351,7 @@ class ProxyDriver:
     # ------------------------------------------------------------ shutdown
     async def close(self) -> None:
         self._closed = True
+        self._load_handle.cancel()
         if self._timer is not None:
             self._timer.cancel()
         for t in list(self._tasks):

@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import socket
 import ssl
+import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,6 +33,8 @@ CONNECT_TIMEOUT_S = 5.0
 #: Seconds a stream connection may stay idle before it is closed (RFC 5626 flows keep
 #: theirs open with keepalives; 3600 s is Kamailio's tcp_connection_lifetime order).
 IDLE_TIMEOUT_S = 3600.0
+#: Linux getsockopt SO_MEMINFO: sk_meminfo[0] = bytes in the receive queue, [1] = rcvbuf.
+_SO_MEMINFO = 55
 #: Seconds between sweeps for idle stream connections.
 IDLE_SWEEP_S = 30.0
 #: Seconds a stream whose framing was lost stays open for responses already in flight.
@@ -429,6 +432,25 @@ class TransportLayer:
     def find_connection(self, transport: str, ip: str, port: int) -> Connection | None:
         c = self.conns.get((transport, ip, port))
         return c if c is not None and not c.closed else None
+
+    def udp_backlog(self) -> tuple[int, float]:
+        """How much waits in the fullest UDP listener's kernel receive queue: ``(bytes
+        queued, fraction of the buffer)`` (Linux ``SO_MEMINFO``; (0, 0.0) where not
+        available). A queue that stays long means messages wait there longer than the
+        node takes to process them: the node is overloaded."""
+        worst = (0, 0.0)
+        for proto in self.udp.values():
+            sock = proto.transport.get_extra_info("socket") if proto.transport is not None else None
+            if sock is None:
+                continue
+            try:
+                info = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 36)
+            except OSError:
+                continue
+            rmem_alloc, rcvbuf = struct.unpack_from("2I", info)
+            if rmem_alloc > worst[0]:
+                worst = (rmem_alloc, rmem_alloc / rcvbuf if rcvbuf else 0.0)
+        return worst
 
     def send(self, flow: Flow, data: bytes) -> None:
         """Send ``data`` on ``flow``: on its connection (TCP/TLS), or as a datagram from
