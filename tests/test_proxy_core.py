@@ -491,3 +491,31 @@ def test_media_is_anchored_or_the_call_is_refused() -> None:
     assert CALLER[0] not in fwd.body.decode() and "m=audio 36002 " in fwd.body.decode()
     out = core.receive(answer(fwd, 486), udp_in(CALLEE), 1.1)
     assert [a for a in out if isinstance(a, ReleaseMedia)]
+
+
+def test_2xx_for_a_caller_whose_traversal_connection_is_gone_is_cleared() -> None:
+    """The core resumed after a stall: the edge's traversal connection the INVITE came on
+    is gone and no replacement is up yet. The callee's 2xx can reach no one: the core
+    clears the call toward the callee (ACK + BYE) instead of leaving it established."""
+    core = ProxyCore(config(zones=[
+        {"name": "T", "type": "traversal_client", "peers": ["192.0.2.2:7001"], "username": "u", "password": "p"},
+        neighbour("CUCM", CALLEE)], rules=[rule("CUCM")]))
+    trav = Flow("tls", (NODE, 40001), ("192.0.2.2", 7001), 3, "traversal")
+    core.zone_changed("T", [trav], 0.0)
+    out = core.receive(request(transport="TLS"), trav, 0.0, "T")
+    fwd, _ = forwarded(out)
+    core.flow_closed(trav, 1.0, "reset")
+    core.zone_changed("T", [], 1.0)
+    out = core.receive(answer(fwd, 200), udp_in(CALLEE), 2.0)
+    assert sorted(m.method for m, f in requests(out) if f.remote == CALLEE) == ["ACK", "BYE"]
+    assert not responses(out)
+    # Once a replacement is up, a later response would have gone on it instead.
+    trav2 = Flow("tls", (NODE, 40002), ("192.0.2.2", 7001), 4, "traversal")
+    core.zone_changed("T", [trav2], 3.0)
+    out = core.receive(request(transport="TLS"), trav2, 3.0, "T")
+    fwd, _ = forwarded(out)
+    core.flow_closed(trav2, 3.5, "reset")
+    trav3 = Flow("tls", (NODE, 40003), ("192.0.2.2", 7001), 5, "traversal")
+    core.zone_changed("T", [trav3], 3.6)
+    out = core.receive(answer(fwd, 200), udp_in(CALLEE), 4.0)
+    assert [f for r, f in ((a.message, a.flow) for a in sent(out)) if isinstance(r, Response) and r.status == 200] == [trav3]

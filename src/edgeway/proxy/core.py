@@ -760,6 +760,13 @@ class ProxyCore:
                     b.final = resp
                     self._clear_callee(b, resp, "caller already answered " + ("487" if ctx.cancelled else "with a final response"))
                     return
+                if not ctx.answered_2xx and not self._reachable(ctx.flow, ctx.ingress):
+                    # The caller's connection is gone and nothing replaces it (a traversal
+                    # zone not yet reconnected): it will never hear this 2xx.
+                    b.final = resp
+                    ctx.final_sent = True
+                    self._clear_callee(b, resp, "the caller's connection is gone")
+                    return
                 if not ctx.answered_2xx:
                     self.stats["calls_connected"] += 1
                     self._out.append(Event("call connected", {"call_id": ctx.req.call_id, "zone": b.hop.zone}))
@@ -898,6 +905,16 @@ class ProxyCore:
                     self._ack(msg, ctx.flow, ctx.ingress)  # an ACK for a 2xx reusing the branch (RFC 6026)
             elif t is txn.Terminated:
                 self.table.remove(ctx.st)
+
+    def _reachable(self, flow: Flow, zone: str | None) -> bool:
+        """Whether a response can still reach the party of ``flow``: UDP, a live
+        connection, a traversal zone's replacement connection, or (not on an edge) a new
+        connection to its Via address."""
+        if not flow.conn_id or flow.conn_id in self.conns:
+            return True
+        if self._is_traversal(zone):
+            return self._zone_flow(zone) is not None  # type: ignore[arg-type]
+        return self.role != "edge"
 
     def _send_response(self, resp: Response, flow: Flow, zone: str | None, log_call_id: str | None = None) -> None:
         """Send a response toward its top Via (RFC 3261 §18.2.2, RFC 3581): on the flow
