@@ -6,6 +6,7 @@ a response; nothing here builds sockets or reads clocks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass
@@ -63,21 +64,20 @@ def loop_hash(req: Request) -> str:
     """A hash of the fields that change when a request loops back changed (RFC 3261
     §16.6 item 8, §16.3 item 4): Request-URI, From tag, To tag, Call-ID, CSeq number,
     Proxy-Require and Proxy-Authorization. Hex str, 16 characters."""
-    h = hashlib.sha1()
-    for part in (
+    h = req.headers
+    text = "\0".join((
         req.uri,
         req.from_tag or "",
         req.to_tag or "",
         req.call_id,
         str(req.cseq[0]),
-        ",".join(req.headers.get_all("Proxy-Require")),
-        ",".join(req.headers.get_all("Proxy-Authorization")),
-    ):
-        h.update(part.encode("utf-8", "surrogateescape"))
-        h.update(b"\0")
-    return h.hexdigest()[:16]
+        ",".join(h.get_all("Proxy-Require")),
+        ",".join(h.get_all("Proxy-Authorization")),
+    ))
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_broadcast_or_unspecified(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host.strip("[]"))

@@ -18,6 +18,7 @@ Sans-IO types shared by the transport layer, the traversal link and the proxy co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -32,6 +33,7 @@ __all__ = ["Flow", "Hop", "response_hop", "FlowTokens", "is_ip_literal", "STREAM
 STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ip_literal(host: str) -> bool:
     """True when ``host`` (str, IPv6 with or without brackets) is an IP address."""
     try:
