@@ -519,3 +519,19 @@ def test_2xx_for_a_caller_whose_traversal_connection_is_gone_is_cleared() -> Non
     core.zone_changed("T", [trav3], 3.6)
     out = core.receive(answer(fwd, 200), udp_in(CALLEE), 4.0)
     assert [f for r, f in ((a.message, a.flow) for a in sent(out)) if isinstance(r, Response) and r.status == 200] == [trav3]
+
+
+def test_timer_c_cancels_a_branch_that_rings_forever() -> None:
+    """RFC 3261 §16.8: no final response within Timer C of the last provisional: the
+    branch is cancelled, its 487 goes upstream."""
+    core = ProxyCore(parse_config({"role": "core", "name": "unit", "timers": {"timer_c_s": 181},
+                                   "sip": {"listen_ip": NODE}, "zones": [neighbour("P", CALLEE)],
+                                   "search_rules": [rule("P")]}))
+    out = core.receive(request(), udp_in(), 0.0)
+    fwd, _ = forwarded(out)
+    core.receive(answer(fwd, 180), udp_in(CALLEE), 10.0)
+    assert not [m for m, _ in requests(core.timers(190.0)) if m.method == "CANCEL"]  # reset by the 180 at 10 s
+    out = core.timers(191.5)
+    assert [m.method for m, _ in requests(out)] == ["CANCEL"]
+    out = core.receive(answer(fwd, 487), udp_in(CALLEE), 192.0)
+    assert [r.status for r in responses(out) if r.status >= 200] == [487]

@@ -92,6 +92,8 @@ class ProxyCore:
         self.role = cfg.role
         s = cfg.sip
         self.zones = {z.name: z for z in cfg.zones}
+        #: Timer C of proxied INVITE branches, seconds (> 3 minutes by RFC 3261 §16.6).
+        self.timer_c = float(cfg.timers.timer_c_s)
         self.tx_timers = txn.TimerConfig(t1=cfg.timers.t1_ms / 1000, t2=cfg.timers.t2_ms / 1000, t4=cfg.timers.t4_ms / 1000)
         self.table = txn.TransactionTable()
         self.calls = CallTable()
@@ -304,6 +306,8 @@ class ProxyCore:
             _, _, kind, obj = heapq.heappop(heap)
             if kind == "giveup":
                 self._give_up(obj)
+            elif kind == "timer_c":
+                self._timer_c(obj)
             elif kind == "failed":
                 if self._failed.get(obj[0]) is obj[1]:
                     del self._failed[obj[0]]
@@ -707,6 +711,9 @@ class ProxyCore:
         if flow.conn_id:
             self._flow_branches.setdefault(flow.conn_id, set()).add(b)
         self._client_actions(b, tx.start(self._now))
+        if fwd.method == "INVITE":
+            b.timer_c = self._now + self.timer_c
+            self._schedule(b.timer_c, "timer_c", b)
 
     def _client_actions(self, b: Branch, actions: list) -> None:
         for a in actions:
@@ -748,6 +755,8 @@ class ProxyCore:
         status = resp.status
         if status < 200:
             b.provisional = True
+            if b.timer_c is not None and status > 100:
+                b.timer_c = self._now + self.timer_c  # reset by each 101-199 (RFC 3261 §16.7 step 2)
             if (ctx.cancelled or ctx.stop) and not b.cancel_sent:
                 self._cancel_branch(b)
             if status == 100 or ctx.final_sent:
@@ -991,6 +1000,24 @@ class ProxyCore:
             return
         self._client_actions(cb, tx.start(self._now))
         self._schedule(self._now + 64 * self.tx_timers.t1, "giveup", b)
+
+    def _timer_c(self, b: Branch) -> None:
+        """Timer C of an INVITE branch fired (RFC 3261 §16.8): no final response within
+        ``timers.timer_c_s`` of its last provisional. A branch that rang is CANCELled (its
+        487, or the give-up 64*T1 later, ends it); one that never answered gets 408."""
+        if b.final is not None or b.timer_c is None:
+            return
+        if b.timer_c > self._now:
+            self._schedule(b.timer_c, "timer_c", b)
+            return
+        b.timer_c = None
+        self._out.append(Event("next hop timeout", {"call_id": b.request.call_id, "hop": f"{b.hop.ip}:{b.hop.port}",
+                                                    "zone": b.hop.zone, "cause": "Timer C: no final response"}))
+        if b.provisional:
+            if not b.cancel_sent:
+                self._cancel_branch(b)
+        else:
+            self._branch_failed(b, Response(408, "Request Timeout"))
 
     def _give_up(self, b: Branch) -> None:
         if b.final is not None:

@@ -60,7 +60,8 @@ class Branch:
     ``cancel_sent``; ``final`` the final response (or the one we synthesised: 408 on
     timeout, 503 on transport failure)."""
 
-    __slots__ = ("ctx", "lane", "tx", "hop", "flow", "request", "provisional", "cancel_sent", "final", "failed_at")
+    __slots__ = ("ctx", "lane", "tx", "hop", "flow", "request", "provisional", "cancel_sent", "final", "failed_at",
+                 "timer_c")
 
     def __init__(self, ctx: "ResponseContext | None", hop: Hop, flow: Flow, request: Any, lane: Lane | None = None):
         self.ctx = ctx
@@ -74,6 +75,8 @@ class Branch:
         self.final: Response | None = None
         #: When the branch failed locally (time, s), for recognising a late 2xx.
         self.failed_at: float | None = None
+        #: Timer C deadline (s) of an INVITE branch (RFC 3261 §16.6 item 11), or None.
+        self.timer_c: float | None = None
 
     @property
     def pending(self) -> bool:
