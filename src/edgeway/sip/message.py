@@ -677,7 +677,9 @@ def _unfold(head: str) -> list[str]:
     return lines
 
 
-def _parse_start_line(line: str) -> Request | Response:
+def _parse_start_line(line: str, headers: "Headers | None" = None) -> Request | Response:
+    """The message that ``line`` starts, with ``headers`` (empty when None); raises
+    :class:`ParseError` on a malformed request or status line."""
     if line.startswith("SIP/"):
         parts = line.split(" ", 2)
         if len(parts) < 2:
@@ -687,7 +689,7 @@ def _parse_start_line(line: str) -> Request | Response:
             raise ParseError(f"unsupported version {version!r}")
         if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
             raise ParseError(f"invalid status code {code[:20]!r}")
-        return Response(int(code), parts[2] if len(parts) > 2 else "", version=version)
+        return Response(int(code), parts[2] if len(parts) > 2 else "", headers, version=version)
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise ParseError("malformed request line (exactly one SP between method, Request-URI and version)")
@@ -696,7 +698,7 @@ def _parse_start_line(line: str) -> Request | Response:
         raise ParseError(f"invalid method {method[:32]!r}")
     if version != "SIP/2.0":
         raise ParseError(f"unsupported version {version[:16]!r}")
-    return Request(method, uri, version=version)
+    return Request(method, uri, headers, version=version)
 
 
 def _decode(b: bytes) -> str:
@@ -723,9 +725,9 @@ def _parse_headers(lines: list[str], start: int = 0) -> Headers:
     names: list[str] = []
     keys: list[str] = []
     values: list[str] = []
+    add_name, add_key, add_value = names.append, keys.append, values.append
     memo = _raw_name_memo
-    for i in range(start, len(lines)):
-        line = lines[i]
+    for line in lines[start:]:
         if not line:
             continue
         name, colon, value = line.partition(":")
@@ -743,19 +745,19 @@ def _parse_headers(lines: list[str], start: int = 0) -> Headers:
         value = value.strip()
         if "\t" in value or "  " in value:
             value = _WS_RE.sub(" ", value)
-        if key in LIST_HEADERS and value:
+        if key in LIST_HEADERS and value and ("," in value or '"' in value):
             try:
                 elements = split_header_list(value)
             except UriError as exc:
                 raise ParseError(f"{canon}: {exc}") from None
             for el in elements:
-                names.append(canon)
-                keys.append(key)
-                values.append(el)
+                add_name(canon)
+                add_key(key)
+                add_value(el)
         else:
-            names.append(canon)
-            keys.append(key)
-            values.append(value)
+            add_name(canon)
+            add_key(key)
+            add_value(value)
         if len(values) > MAX_HEADERS:
             raise ParseError("too many header fields")
     return Headers._of(names, keys, values)
@@ -768,19 +770,24 @@ def _parse_uint(text: str, what: str, limit: int) -> int:
     return int(t)
 
 
+#: The headers every request and response must carry (RFC 3261 §8.1.1), with keys.
+_REQUIRED = (("Via", "via"), ("From", "from"), ("To", "to"), ("Call-ID", "call-id"), ("CSeq", "cseq"))
+
+
 def _validate(msg: Request | Response) -> None:
     """Semantic checks of RFC 3261 §8.1.1, §20 and RFC 4475 §3.1.2 on a parsed message.
 
     The checks run in a fixed order and the first failure raises :class:`ParseError`.
     What they parse on the way (top Via, CSeq, From, To, Request-URI) is kept as the
-    message's cached views (see :class:`Message`).
+    message's cached views (see :class:`Message`). Header values are read straight
+    from the parallel lists (``values[keys.index(key)]`` is ``headers.get``).
     """
     h = msg.headers
-    keys = h._keys
+    keys, values = h._keys, h._values
     for name in SINGLE_HEADERS:
         if keys.count(name) > 1:
             raise ParseError(f"repeated {canonical_name(name)} header", fatal_for_stream=(name == "content-length"))
-    missing = [n for n in ("Via", "From", "To", "Call-ID", "CSeq") if h.get(n) is None]
+    missing = [n for n, k in _REQUIRED if k not in keys]
     if missing:
         raise ParseError("missing " + ", ".join(missing))
     views = h._views
@@ -789,7 +796,7 @@ def _validate(msg: Request | Response) -> None:
     for v in vias[1:]:
         if v not in _via_memo:  # remembered values are known to parse
             Via.parse(v)
-    cseq = h.get("CSeq") or ""
+    cseq = values[keys.index("cseq")]
     num, _, method = cseq.strip().partition(" ")
     _parse_uint(num, "CSeq number", _MAX_CSEQ)
     method = method.strip()
@@ -798,35 +805,39 @@ def _validate(msg: Request | Response) -> None:
     if isinstance(msg, Request) and method != msg.method:
         raise ParseError(f"CSeq method {method!r} does not match request method {msg.method!r}")
     views["cseq"] = (int(num), method)
-    call_id = h.get("Call-ID", "").strip()
+    call_id = values[keys.index("call-id")].strip()
     if not call_id or " " in call_id:
         raise ParseError("malformed Call-ID")
-    mf = h.get("Max-Forwards")
-    if mf is not None:
-        _parse_uint(mf, "Max-Forwards", 255)
-    ex = h.get("Expires")
-    if ex is not None:
-        _parse_uint(ex, "Expires", _MAX_UINT32)
-    ra = h.get("Retry-After")
-    if ra is not None:
+    if "max-forwards" in keys:
+        _parse_uint(values[keys.index("max-forwards")], "Max-Forwards", 255)
+    if "expires" in keys:
+        _parse_uint(values[keys.index("expires")], "Expires", _MAX_UINT32)
+    if "retry-after" in keys:
+        ra = values[keys.index("retry-after")]
         _parse_uint(ra.split(";")[0].split("(")[0], "Retry-After", _MAX_UINT32)
-    date = h.get("Date")
-    if date is not None and not _DATE_RE.match(date):
-        raise ParseError(f"malformed Date {date!r} (RFC 1123 date in GMT required)")
+    if "date" in keys:
+        date = values[keys.index("date")]
+        if not _DATE_RE.match(date):
+            raise ParseError(f"malformed Date {date!r} (RFC 1123 date in GMT required)")
     try:
-        views["from"] = parse_name_addr(h.get("From") or "")
-        views["to"] = parse_name_addr(h.get("To") or "")
-        for name in ("Route", "Record-Route"):
-            for v in h.get_all(name):
+        views["from"] = parse_name_addr(values[keys.index("from")])
+        views["to"] = parse_name_addr(values[keys.index("to")])
+        if "route" in keys:
+            for v in h.get_all("Route"):
                 _check_name_addr(v)
-        for v in h.get_all("Contact"):
-            _check_name_addr(v, allow_star=True)
+        if "record-route" in keys:
+            for v in h.get_all("Record-Route"):
+                _check_name_addr(v)
+        if "contact" in keys:
+            for v in h.get_all("Contact"):
+                _check_name_addr(v, allow_star=True)
     except UriError as exc:
         raise ParseError(str(exc)) from None
-    for w in h.get_all("Warning"):
-        code = w.strip().split(" ", 1)[0]
-        if len(code) != 3 or not code.isdigit():
-            raise ParseError(f"malformed Warning code {code[:16]!r}")
+    if "warning" in keys:
+        for w in h.get_all("Warning"):
+            code = w.strip().split(" ", 1)[0]
+            if len(code) != 3 or not code.isdigit():
+                raise ParseError(f"malformed Warning code {code[:16]!r}")
     if isinstance(msg, Request):
         try:
             uri = msg.ruri
@@ -869,15 +880,22 @@ def parse_message(data: bytes) -> Request | Response:
     return msg
 
 
+_NO_HEADERS = Headers()
+
+
 def _parse_head(head: bytes) -> tuple[Request | Response, Request | None]:
     lines = _split_lines(_decode(head))
     if not lines or not lines[0]:
         raise ParseError("empty message")
-    msg = _parse_start_line(lines[0])
+    # Start-line errors come first; the placeholder never escapes (replaced at once,
+    # and the message is dropped if the headers are malformed).
+    msg = _parse_start_line(lines[0], _NO_HEADERS)
     msg.headers = _parse_headers(lines, 1)
     partial = None
-    if isinstance(msg, Request) and all(msg.headers.get(n) for n in ("Via", "From", "To", "Call-ID", "CSeq")):
-        partial = msg
+    if isinstance(msg, Request):
+        keys, values = msg.headers._keys, msg.headers._values
+        if all(k in keys and values[keys.index(k)] for _, k in _REQUIRED):
+            partial = msg
     return msg, partial
 
 

@@ -106,14 +106,19 @@ def parse_params(text: str, *, where: str) -> dict[str, str | None]:
     values may be quoted strings (kept with their quotes). An empty name raises
     :class:`UriError` naming ``where``.
     """
-    params: dict[str, str | None] = {}
-    if not text.strip():
-        raise UriError(f"empty parameter in {where}")
     if _PARAMS_FAST_RE.fullmatch(text):
+        params: dict[str, str | None] = {}
         for part in text.split(";"):
             name, eq, value = part.partition("=")
             params[name] = value if eq else None
         return params
+    return _parse_params_careful(text, where)
+
+
+def _parse_params_careful(text: str, where: str) -> dict[str, str | None]:
+    params: dict[str, str | None] = {}
+    if not text.strip():
+        raise UriError(f"empty parameter in {where}")
     for part in _split_outside_quotes(text, ";"):
         name, eq, value = part.partition("=")
         name = name.strip()
@@ -159,6 +164,10 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
     """``text`` split at ``sep`` outside quoted strings; UriError on an unterminated one."""
     if '"' not in text:
         return text.split(sep)
+    return _split_outside_quotes_careful(text, sep)
+
+
+def _split_outside_quotes_careful(text: str, sep: str) -> list[str]:
     out, buf, i, n = [], [], 0, len(text)
     while i < n:
         c = text[i]
@@ -315,6 +324,10 @@ def parse_uri(text: str) -> Uri:
         uri = _uri_from_fast(m, 1)
         if uri is not None:
             return uri
+    return _parse_uri_careful(text)
+
+
+def _parse_uri_careful(text: str) -> Uri:
     if not text or _FORBIDDEN_RE.search(text):
         raise UriError(f"URI {text!r} contains whitespace, quotes or angle brackets")
     scheme, colon, rest = text.partition(":")
