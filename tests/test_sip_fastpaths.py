@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import sip_reference as ref
@@ -158,6 +158,20 @@ def mutated(draw, base: st.SearchStrategy[str]) -> str:
     return s
 
 
+valid_vias = st.builds(
+    lambda t, h, p, b, r: f"SIP/2.0/{t} {h}{p};branch=z9hG4bK{b}{r}",
+    st.sampled_from(["UDP", "TCP", "TLS", "tls"]), st.sampled_from(["10.0.0.1", "[::1]", "edge.example.com"]),
+    st.sampled_from(["", ":5060", ":7001"]), st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True),
+    st.sampled_from(["", ";rport", ";rport=5060;received=192.0.2.1", ";x=\"q\""]),
+)
+valid_addrs = st.builds(
+    lambda d, u, t: f"{d}<{u}>" + (f";tag={t}" if t else ""),
+    st.sampled_from(["", "Alice ", '"Bob B" ']),
+    st.sampled_from(["sip:alice@example.com", "sip:bob@10.0.0.1:5060;transport=tcp", "sips:c@h.example.com"]),
+    st.one_of(st.none(), st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True)),
+)
+
+
 # ----------------------------------------------------------------------------- primitives
 
 
@@ -183,10 +197,22 @@ def test_split_outside_quotes_matches_reference(text, sep):
 @SETTINGS
 @given(st.one_of(
     noise,
+    st.text(alphabet='<>,a ;"\\', max_size=16),  # bracket and comma structure, densely
     st.lists(st.one_of(name_addrs(), vias()), min_size=1, max_size=3).map(", ".join),
     mutated(st.lists(name_addrs(), min_size=1, max_size=3).map(",".join)),
 ))
 def test_split_header_list_matches_reference(value):
+    assert outcome(U.split_header_list, value) == outcome(ref.split_header_list, value)
+
+
+@SETTINGS
+@example("<a<b>,c")
+@example("<a>>,<b,c>")
+@example("a>,<b>,c")
+@example("<a,b>, c ,")
+@given(st.text(alphabet="<>,a ;", max_size=14))
+def test_split_header_list_bracket_structure_matches_reference(value):
+    """Quote-free values made of brackets and commas only: every way the depth can go."""
     assert outcome(U.split_header_list, value) == outcome(ref.split_header_list, value)
 
 
@@ -196,8 +222,19 @@ def test_parse_params_matches_reference(text):
     assert outcome(U.parse_params, text, where="X") == outcome(ref.parse_params, text, where="X")
 
 
+# Inputs at the edge of the fast paths' forms (each must decline or agree).
+URI_EDGES = [
+    "sip:a:pw@h.example.com", "sip:a:@h", "SIP:a@h", "Sip:a@h", "sips:a@h", "sip:a@h;x=a@b", "sip:a@h;x=a?b",
+    "sip:h;x=a@b", "sip:a@h?x=1", "sip:h:0", "sip:h:65535", "sip:h:65536", "sip:h:5060a", "sip:999.1.1.1",
+    "sip:1.2.3.4.5", "sip:a@[::1]:5060", "sip:[::1", "sip:a@h;lr;lr", "sip:a@h;lr=", "sip:a@h;=x", "sip:a@h;",
+    "sip:a;b@h", "sip:a,b@h", "sip:a%20b@h", "sip:@h", "sip:a@@h", "sip:-h", "sip:h-", "sip:h_", "sip:h.",
+    "sip:a@h;maddr=[::1]", "sip:a@h;x=(1)", "tel:+1555;x=1", "sip:a@h;X=Y;x=y",
+]
+
+
 @SETTINGS
-@given(st.one_of(uris(), mutated(uris()), noise))
+@example(URI_EDGES[0])
+@given(st.one_of(uris(), mutated(uris()), noise, st.sampled_from(URI_EDGES)))
 def test_parse_uri_matches_reference(text):
     got = outcome(U.parse_uri, text)
     assert got == outcome(ref.parse_uri, text)
@@ -216,8 +253,16 @@ def test_plain_uris_round_trip(base, params):
     assert str(U.parse_uri(text)) == text
 
 
+NAME_ADDR_EDGES = [f"<{u}>" for u in URI_EDGES] + [f"{u};tag=1" for u in URI_EDGES] + [
+    '"A" <sip:a@h>', '"A"<sip:a@h>', '"A"  <sip:a@h>', '"A\\"B" <sip:a@h>', '"" <sip:a@h>', "A B <sip:a@h>",
+    "A  B <sip:a@h>", "A<sip:a@h>", "<sip:a@h> ;tag=1", "<sip:a@h>;tag=1 ", " <sip:a@h>", "<sip:a@h>;tag",
+    "<sip:a@h>;tag=", "<sip:a@h>;tag=a@b", "<sip:a@h>;tag=<x>", "sip:a@h;tag=1;lr", "sip:a@h?x;tag=1", "*",
+    "<sip:a@h;lr>x", '<sip:a@h>;x="q"', "A@B <sip:a@h>",
+]
+
+
 @SETTINGS
-@given(st.one_of(name_addrs(), mutated(name_addrs())), st.booleans())
+@given(st.one_of(name_addrs(), mutated(name_addrs()), st.sampled_from(NAME_ADDR_EDGES)), st.booleans())
 def test_parse_name_addr_matches_reference(value, allow_star):
     got = outcome(U.parse_name_addr, value, allow_star=allow_star)
     assert got == outcome(ref.parse_name_addr, value, allow_star=allow_star)
@@ -226,8 +271,16 @@ def test_parse_name_addr_matches_reference(value, allow_star):
     assert outcome(U._check_name_addr, value, allow_star) == (got if got[0] != "ok" else ("ok", None))
 
 
+VIA_EDGES = [
+    "SIP/2.0/UDP h", "SIP/2.0/UDP h:5060", "SIP/2.0/udp h;rport", "sip/2.0/UDP h", "SIP/2.0/UDP  h",
+    "SIP/2.0/UDP\th", "SIP/2.0/UDP h ;branch=x", "SIP/2.0/UDP h:0", "SIP/2.0/UDP h:65536", "SIP/2.0/UDP [::1]:5060",
+    "SIP/2.0/UDP [::1]5060", "SIP/2.0/UDP 999.0.0.1", "SIP/2.0/UDP h;branch", "SIP/2.0/UDP h;branch=",
+    "SIP/2.0/UDP h;;x", "SIP/2.0/UDP h;x=\"q\"", "SIP/2.0/UDP h;received=a@b", "SIP/2.0/U.P h", "SIP/2.0/UDP h:",
+]
+
+
 @SETTINGS
-@given(st.one_of(vias(), mutated(vias()), noise))
+@given(st.one_of(vias(), mutated(vias()), noise, st.sampled_from(VIA_EDGES)))
 def test_via_parse_matches_reference(value):
     got = outcome(M.Via.parse, value)
     assert got == outcome(ref.Via.parse, value)
@@ -271,6 +324,19 @@ def _call_messages() -> list[bytes]:
 CALL = _call_messages()
 SAMPLES = CORPUS + CALL
 
+safe_lines = st.one_of(
+    valid_vias.map(lambda v: "Via: " + v),
+    st.lists(valid_vias, min_size=2, max_size=3).map(lambda vs: "v: " + " ,  ".join(vs)),
+    st.lists(valid_addrs, min_size=1, max_size=3).map(lambda vs: "Record-Route: " + ", ".join(vs)),
+    st.lists(valid_addrs, min_size=1, max_size=3).map(lambda vs: "Route:" + ",".join(vs)),
+    valid_addrs.map(lambda v: "m: " + v),
+    st.sampled_from([
+        "Subject: ends in SP ", "Subject: folded \r\n after SP", "Subject: folded\r\n\t after HT",
+        "Subject:  two  spaces\tand tab ", "X-Trailing: x  ", "Max-Forwards: 70", "Expires: 60",
+        "Route: <sip:a.example.com;lr> ,\r\n <sip:b.example.com;lr>", "Content-Type: application/sdp",
+        "Warning: 399 h \"x\"", "User-Agent: \xc3\xa9 agent", "Allow: INVITE,  ACK",
+    ]),
+)
 header_lines = st.one_of(
     vias().map(lambda v: "Via: " + v),
     st.lists(vias(), min_size=2, max_size=3).map(lambda vs: "v: " + ", ".join(vs)),
@@ -286,7 +352,9 @@ header_lines = st.one_of(
         "Date: Sat, 13 Nov 2010 23:29:00 GMT", "Date: yesterday", "Warning: 399 h \"x\"", "Warning: 39 h",
         "Content-Length: 0", "Content-Length: 5", "l: 3", "Content-Length: 999999", "Content-Type: application/sdp",
         "Subject: hi\t there  you", "Bad Header: x", "NoColon", ": empty", "X-é: y", "Via :SIP/2.0/UDP h",
-        " Folded: x", "\tcontinued", "Proxy-Require: foo", "Unknown-Header: \x85x\x85",
+        " Folded: x", "\tcontinued", "Proxy-Require: foo", "Unknown-Header: \x85x\x85", "Subject: ends in SP ",
+        "Subject: a\t", " continued after SP", "X-Trailing: x  ", "Subject: folded \r\n after SP",
+        "Subject: folded\r\n\t after HT", "Route: <sip:a.example.com;lr> ,\r\n <sip:b.example.com;lr>",
     ]),
 )
 
@@ -300,7 +368,16 @@ def messages(draw) -> bytes:
         "INVITE <sip:bob@example.com> SIP/2.0", "SIP/2.0 200 OK", "SIP/2.0 180 Ringing", "SIP/2.0 99 x",
         "SIP/2.0 100", "SIP/3.0 200 OK", "INVITE tel:+1555 SIP/2.0", "",
     ]))
-    lines = [start] + draw(st.lists(header_lines, max_size=12))
+    extra = draw(st.lists(header_lines, max_size=12))
+    if draw(st.booleans()):  # mostly valid: the required headers and harmless extras
+        start = draw(st.sampled_from(["INVITE sip:bob@example.com SIP/2.0", "SIP/2.0 200 OK", "SIP/2.0 180  Ringing",
+                                      "BYE sip:b@10.0.0.1:5060;transport=udp SIP/2.0", "OPTIONS sip:h.example.com SIP/2.0"]))
+        method = start.split(" ")[0] if not start.startswith("SIP/") else "INVITE"
+        required = [f"Via: {draw(valid_vias)}", f"From: {draw(valid_addrs)}", f"To: {draw(valid_addrs)}",
+                    "Call-ID: a1@example.com", f"CSeq: 1 {method}"]
+        safe = draw(st.lists(safe_lines, max_size=8))
+        extra = draw(st.permutations(required + safe + extra[:draw(st.integers(0, 1))]))
+    lines = [start] + extra
     body = draw(st.sampled_from([b"", b"", b"v=0\r\n", b"abc"]))
     eol = draw(st.sampled_from(["\r\n", "\r\n", "\n"]))
     return (eol.join(lines) + eol + eol).encode("utf-8", "surrogateescape") + body
@@ -333,6 +410,34 @@ def _compare_parse(data: bytes) -> None:
         mine, theirs = M.parse_message(data), ref.parse_message(data)
         assert views(mine) == views(theirs)
         assert mine.to_bytes() == theirs.to_bytes()
+
+
+@st.composite
+def whitespace_messages(draw) -> bytes:
+    """Valid messages whose extra headers play with SP/HT runs, trailing blanks and
+    folding (a folded line joined after a trailing SP makes a run of two). Half of
+    them have no tab and no double SP in the raw text, where the run can only come
+    from the folding."""
+    plain = draw(st.booleans())
+    ws = st.sampled_from(["", " "] if plain else ["", " ", "  ", "\t", " \t"])
+    fold = st.sampled_from([" "] if plain else [" ", "\t", "  "])
+    lines = ["OPTIONS sip:h.example.com SIP/2.0", "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1",
+             "From: <sip:a@example.com>;tag=1", "To: <sip:b@example.com>", "Call-ID: c1", "CSeq: 1 OPTIONS"]
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(["Subject", "Route", "X-H", "Contact"]))
+        value = "<sip:r.example.com;lr>" if name in ("Route", "Contact") else "a"
+        line = f"{name}{draw(ws)}:{draw(ws)}{value}{draw(ws)}"
+        for _ in range(draw(st.integers(0, 2))):
+            more = ",<sip:s.example.com;lr>" if name in ("Route", "Contact") else "b"
+            line += "\r\n" + draw(fold) + draw(ws) + more + draw(ws)
+        lines.insert(draw(st.integers(1, len(lines))), line)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@SETTINGS
+@given(whitespace_messages())
+def test_whitespace_and_folding_match_reference(data):
+    _compare_parse(data)
 
 
 @pytest.mark.parametrize("data", SAMPLES, ids=[m["name"] for m in MANIFEST] + [f"call{i}" for i in range(len(CALL))])
@@ -423,18 +528,6 @@ def test_headers_api_matches_reference(items, ops):
 
 # ----------------------------------------------------------------------------- cache coherence
 
-valid_vias = st.builds(
-    lambda t, h, p, b, r: f"SIP/2.0/{t} {h}{p};branch=z9hG4bK{b}{r}",
-    st.sampled_from(["UDP", "TCP", "TLS", "tls"]), st.sampled_from(["10.0.0.1", "[::1]", "edge.example.com"]),
-    st.sampled_from(["", ":5060", ":7001"]), st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True),
-    st.sampled_from(["", ";rport", ";rport=5060;received=192.0.2.1", ";x=\"q\""]),
-)
-valid_addrs = st.builds(
-    lambda d, u, t: f"{d}<{u}>" + (f";tag={t}" if t else ""),
-    st.sampled_from(["", "Alice ", '"Bob B" ']),
-    st.sampled_from(["sip:alice@example.com", "sip:bob@10.0.0.1:5060;transport=tcp", "sips:c@h.example.com"]),
-    st.one_of(st.none(), st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True)),
-)
 valid_ruris = st.sampled_from(["sip:bob@example.com", "sip:bob@10.0.0.9:5070;transport=udp", "sips:h.example.com;lr"])
 
 edits = st.one_of(

@@ -705,28 +705,33 @@ def _decode(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
-def _split_lines(head: str) -> list[str]:
-    """The header block's lines: split at CRLF or LF, continuation lines joined
-    (the result of :func:`_unfold`, which runs only when there is folding)."""
+def _split_lines(head: str) -> tuple[list[str], bool]:
+    """``(lines, folded)``: the header block's lines, split at CRLF or LF with
+    continuation lines joined (the result of :func:`_unfold`, which runs only when
+    there is folding), and whether any line was folded."""
     if _FOLD_RE.search(head):
-        return _unfold(head)
+        return _unfold(head), True
     lines = head.split("\r\n")
     if head.count("\n") != len(lines) - 1:  # some line ends in a bare LF
-        return head.replace("\r\n", "\n").split("\n")
-    return lines
+        return head.replace("\r\n", "\n").split("\n"), False
+    return lines, False
 
 
-def _parse_headers(lines: list[str], start: int = 0) -> Headers:
+def _parse_headers(lines: list[str], start: int = 0, ws: bool | None = None) -> Headers:
     """Header lines (from index ``start``) into :class:`Headers`: names canonicalised,
     values stripped with runs of SP/HT made one SP, list headers split into one
     entry per element. Raises :class:`ParseError` on a line that is not
     ``token ":" value``, an unterminated quote in a list header, or more than
-    :data:`MAX_HEADERS` entries."""
+    :data:`MAX_HEADERS` entries. ``ws`` False promises that no line holds a tab or
+    two spaces in a row (then values are not searched for runs of SP/HT to fold);
+    None: find out."""
     names: list[str] = []
     keys: list[str] = []
     values: list[str] = []
     add_name, add_key, add_value = names.append, keys.append, values.append
     memo = _raw_name_memo
+    if ws is None:
+        ws = any("\t" in line or "  " in line for line in lines[start:])
     for line in lines[start:]:
         if not line:
             continue
@@ -743,7 +748,7 @@ def _parse_headers(lines: list[str], start: int = 0) -> Headers:
                 memo[name] = ck
         canon, key = ck
         value = value.strip()
-        if "\t" in value or "  " in value:
+        if ws and ("\t" in value or "  " in value):
             value = _WS_RE.sub(" ", value)
         if key in LIST_HEADERS and value and ("," in value or '"' in value):
             try:
@@ -884,13 +889,17 @@ _NO_HEADERS = Headers()
 
 
 def _parse_head(head: bytes) -> tuple[Request | Response, Request | None]:
-    lines = _split_lines(_decode(head))
+    text = _decode(head)
+    lines, folded = _split_lines(text)
     if not lines or not lines[0]:
         raise ParseError("empty message")
     # Start-line errors come first; the placeholder never escapes (replaced at once,
     # and the message is dropped if the headers are malformed).
     msg = _parse_start_line(lines[0], _NO_HEADERS)
-    msg.headers = _parse_headers(lines, 1)
+    # Runs of SP/HT can only be in values if the text has a tab or two SPs in a row,
+    # or when unfolding joined lines (" " + continuation, after a trailing SP).
+    ws = None if folded else ("\t" in text or "  " in text)
+    msg.headers = _parse_headers(lines, 1, ws)
     partial = None
     if isinstance(msg, Request):
         keys, values = msg.headers._keys, msg.headers._values

@@ -205,8 +205,18 @@ def split_header_list(value: str) -> list[str]:
 
 
 def _split_list_unquoted(value: str) -> list[str]:
-    """:func:`split_header_list` for a value without quotes: visits only the
-    ``<``, ``>`` and ``,`` characters (a ``>`` never takes the depth below 0)."""
+    """:func:`split_header_list` for a value without quotes. When every piece
+    between commas is either free of ``<`` or holds one ``<`` with a ``>`` after it
+    (``<sip:a;lr>;p=1``), each piece ends at depth 0 (a ``>`` never takes the depth
+    below 0), so every comma is outside brackets: split at all of them. Otherwise
+    visit only the ``<``, ``>`` and ``,`` characters."""
+    pieces = value.split(",")
+    for p in pieces:
+        lt = p.find("<")
+        if lt >= 0 and (p.find(">", lt) < 0 or p.find("<", lt + 1) >= 0):
+            break
+    else:
+        return [p.strip() for p in pieces]
     out: list[str] = []
     start = depth = 0
     for m in _LIST_SPECIALS_RE.finditer(value):
