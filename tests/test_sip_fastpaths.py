@@ -647,3 +647,14 @@ def test_constructor_forms_and_attributes_kept():
     resp = M.make_response(req, 180, to_tag="abc")
     assert (resp.status, resp.reason) == (180, "Ringing") and resp.copy() == resp
     assert M.Via("UDP", "h", 5060, {"branch": "z9hG4bK1"}).sent_by == "h:5060"
+
+
+def test_to_bytes_forms_match_reference():
+    """No headers, no/one/two Content-Length, a raw lower-case one, non-str values."""
+    cases = [[], [["Content-Length", "9"]], [["Content-Length", "1"], ["Content-Length", "2"]],
+             [["content-length", "3"], ["Via", "x"]], [["Expires", 60], ["Via", "x"]], [["l", "5"]]]
+    for items in cases:
+        for body in (b"", b"abc"):
+            mine = M.Request("OPTIONS", "sip:h", M.Headers([list(e) for e in items]), body).to_bytes()
+            theirs = ref.Request("OPTIONS", "sip:h", ref.Headers([list(e) for e in items]), body).to_bytes()
+            assert mine == theirs, items

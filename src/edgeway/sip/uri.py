@@ -2,8 +2,14 @@
 
 Sans-IO: every function takes and returns ``str``; nothing here touches a socket.
 Parsing keeps enough of the original text that ``str(parse_uri(s)) == s`` for any
-URI this module accepts, so a proxy forwards what it received byte for byte unless it
-changes something on purpose.
+URI this module accepts (scheme in lower case, parameter names not repeated), so a
+proxy forwards what it received byte for byte unless it changes something on purpose.
+
+Each parser first tries one compiled regex for the plain form (``sip:user@host:port;
+params``, ``"Name" <sip:...>;tag=x``, ``;a=b;c``); only when that matches exactly does
+it build the result itself, otherwise the careful character-level parser runs, which
+alone decides unusual inputs and raises every error. Parsed name-addrs and host
+validity are memoised in bounded tables (a hit returns a copy).
 """
 
 from __future__ import annotations
