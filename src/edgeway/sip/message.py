@@ -178,7 +178,7 @@ class ParseError(ValueError):
 
 
 #: View keys whose cached values are immutable (str, tuple), so a copy may share them.
-_SHAREABLE_VIEWS = frozenset({"cseq"})
+_SHAREABLE_VIEWS = ("cseq", "call-id", "content-type")
 
 
 class Headers:
@@ -196,11 +196,11 @@ class Headers:
     keys, values), so lookups compare precomputed keys instead of lower-casing every
     entry on every call.
 
-    Typed views that :class:`Message` caches (top Via, From, To, CSeq) live in this
-    object, keyed by header key; every edit through this API (:meth:`set`,
-    :meth:`add`, :meth:`remove`, :meth:`pop_first`, :meth:`replace_first`) drops the
-    view of the header it touches, and assigning a new ``Headers`` to
-    ``Message.headers`` starts from an empty cache.
+    Typed views that :class:`Message` caches (top Via, From, To, CSeq, Call-ID,
+    Content-Type) live in this object, keyed by header key; every edit through this
+    API (:meth:`set`, :meth:`add`, :meth:`remove`, :meth:`pop_first`,
+    :meth:`replace_first`) drops the view of the header it touches, and assigning a
+    new ``Headers`` to ``Message.headers`` starts from its own cache.
     """
 
     __slots__ = ("_names", "_keys", "_values", "_views")
@@ -463,9 +463,9 @@ class Message:
     (:class:`Headers`) and ``body`` (bytes), plus typed accessors for the headers
     every message carries.
 
-    Cached views: :meth:`top_via`, :attr:`from_`, :attr:`to`, :attr:`cseq` (and
-    :attr:`Request.ruri`) parse their header once and return the same object until
-    that header changes. The parser fills them while it validates, so reading them
+    Cached views: :meth:`top_via`, :attr:`from_`, :attr:`to`, :attr:`cseq`,
+    :attr:`call_id`, :attr:`content_type` (and :attr:`Request.ruri`) parse their
+    header once and return the same object until that header changes. The parser fills them while it validates, so reading them
     after :func:`parse_message` costs a dict lookup. The objects returned are shared:
     treat them as read-only. To change a header, build the new value and write it
     back with ``headers.replace_first``/``headers.set`` (or ``msg.uri = ...``), which
@@ -483,8 +483,12 @@ class Message:
     # -- typed views ---------------------------------------------------------
     @property
     def call_id(self) -> str:
-        """The Call-ID value ("" when absent)."""
-        return self.headers.get("Call-ID") or ""
+        """The Call-ID value ("" when absent). Cached (a str)."""
+        h = self.headers
+        v = h._views.get("call-id")
+        if v is None:
+            v = h._views["call-id"] = h.get("Call-ID") or ""
+        return v  # type: ignore[return-value]
 
     @property
     def cseq(self) -> tuple[int, str]:
@@ -546,8 +550,12 @@ class Message:
     @property
     def content_type(self) -> str:
         """The media type of Content-Type, lower-cased, without parameters ("" when
-        absent)."""
-        return (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        absent). Cached (a str)."""
+        h = self.headers
+        v = h._views.get("content-type")
+        if v is None:
+            v = h._views["content-type"] = (h.get("Content-Type") or "").split(";")[0].strip().lower()
+        return v  # type: ignore[return-value]
 
     def start_line(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -831,9 +839,11 @@ def _validate(msg: Request | Response) -> None:
     if isinstance(msg, Request) and method != msg.method:
         raise ParseError(f"CSeq method {method!r} does not match request method {msg.method!r}")
     views["cseq"] = (int(num), method)
-    call_id = values[keys.index("call-id")].strip()
-    if not call_id or " " in call_id:
+    call_id = values[keys.index("call-id")]
+    stripped = call_id.strip()
+    if not stripped or " " in stripped:
         raise ParseError("malformed Call-ID")
+    views["call-id"] = call_id
     if "max-forwards" in keys:
         _parse_uint(values[keys.index("max-forwards")], "Max-Forwards", 255)
     if "expires" in keys:
