@@ -37,12 +37,10 @@ class UriError(ValueError):
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
 #: The RFC 3261 §25.1 token characters, as a string for ``str.strip``.
 _TOKEN_STR = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
-_TOKEN_CHARS = frozenset(_TOKEN_STR)
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?)*\.?$")
 _IPV4_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
 _IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")
 # Characters that may never appear unescaped inside a SIP URI (RFC 3261 §25.1).
-_FORBIDDEN = frozenset(" \t\r\n<>\"{}|\\^")
 _FORBIDDEN_RE = re.compile(r'[ \t\r\n<>"{}|\\^]')
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 _LIST_SPECIALS_RE = re.compile(r"[<>,]")
