@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+from conftest import RFC4475
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import RFC4475
 from edgeway.sip.message import parse_message
 from edgeway.sip.sdp import (
     Connection,
