@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+from conftest import RFC4475
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import RFC4475
 from edgeway.sip.message import parse_message
 from edgeway.sip.sdp import (
     Connection,
@@ -335,3 +337,87 @@ def test_rewrite_property(text: str, data):
         assert m.port == (0 if orig.port == 0 or p is None else p)
         assert r.connection_for(m) == Connection("IN", "IP4", "192.0.2.99")
     assert SessionDescription.parse(r.to_bytes()) == r
+
+
+def _state(s: SessionDescription) -> tuple:
+    """Everything a description holds, ``_layout`` included (not in ``==``)."""
+    return (s, s._layout, [m._layout for m in s.media], s.to_bytes())
+
+
+@settings(max_examples=100, deadline=None)
+@given(_sdp())
+def test_copy_is_a_deep_copy(text: str):
+    s = SessionDescription.parse(text)
+    if s.media and s.connection is not None:
+        s.media[-1].connection = s.connection  # a shared object stays shared, as with deepcopy
+    before = _state(s)
+    c = s.copy()
+    assert _state(c) == _state(copy.deepcopy(s)) == before
+    if s.media and s.connection is not None:
+        assert c.media[-1].connection is c.connection and c.connection is not s.connection
+    # Changing anything in the copy leaves the original alone.
+    if c.origin is not None:
+        c.origin.sess_version += 1
+    if c.connection is not None:
+        c.connection.address = "198.51.100.1"
+    c.attributes.append(("x-new", None))
+    c._layout.append(("attr", "a"))
+    for m in c.media:
+        m.fmts.append("99")
+        m.attributes.append(("x", "y"))
+        m.other.append(("i", "z"))
+        m._layout.append(("other", "i"))
+        if m.connection is not None:
+            m.connection.addrtype = "IP6"
+    c.media.append(MediaDescription.parse_mline("audio 9 RTP/AVP 0"))
+    assert _state(s) == before
+
+
+def _outcome(fn, *args):
+    """``("ok", fields as plain data, bytes)`` or ``(error type, text)``."""
+    import dataclasses
+
+    try:
+        s = fn(*args)
+    except Exception as exc:  # noqa: BLE001 - same error type and text expected
+        return (type(exc).__name__, str(exc))
+    return ("ok", dataclasses.asdict(s), s.to_bytes())
+
+
+_sdp_noise = st.text(alphabet="vosctmaib=: \t\r\nIP4N0123456789/é\x85-", max_size=60)
+
+
+@st.composite
+def _mangled_sdp(draw) -> str:
+    """A generated SDP with line ends, blank lines and characters changed."""
+    text = draw(_sdp())
+    text = text.replace("\r\n", draw(st.sampled_from(["\r\n", "\n", "\r\n\r\n", "\n \n", "\r\r\n"])))
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(text)))
+        text = text[:i] + draw(st.sampled_from(list("=\r\n \tvma1é"))) + text[i + 1:]
+    if draw(st.booleans()):
+        lines = text.split("\n")
+        i = draw(st.integers(0, len(lines)))
+        lines.insert(i, draw(st.sampled_from(["1=x", "é=y", "==", "=", "a", " a=x", "ab=c", "Z=", "\x85=1"])))
+        text = "\n".join(lines)
+    return text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_sdp(), _mangled_sdp(), _sdp_noise.map(lambda t: "v=0\r\n" + t)), st.booleans(),
+       st.sampled_from(["192.0.2.99", "2001:db8::9", "[2001:db8::9]", "relay.example.com"]))
+def test_parse_copy_rewrite_match_reference(text: str, as_bytes: bool, address: str):
+    """Parsing, copying, rewriting and writing give what the module gave before its
+    speed-ups (tests/sdp_reference.py), errors included."""
+    import sdp_reference as ref
+
+    data = text.encode("utf-8", "surrogateescape") if as_bytes else text
+    got = _outcome(SessionDescription.parse, data)
+    assert got == _outcome(ref.SessionDescription.parse, data)
+    if got[0] != "ok":
+        return
+    mine, theirs = SessionDescription.parse(data), ref.SessionDescription.parse(data)
+    assert _outcome(mine.copy) == _outcome(theirs.copy)
+    ports = [None if i % 3 == 2 else 40000 + 2 * i for i in range(len(mine.media))]
+    assert _outcome(rewrite_for_relay, mine, address, ports) == _outcome(ref.rewrite_for_relay, theirs, address, ports)
+    assert addrtype_for(address) == ref.addrtype_for(address)

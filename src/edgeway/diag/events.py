@@ -22,6 +22,21 @@ from typing import IO, Any
 __all__ = ["EventLog", "NULL_LOG"]
 
 
+def _make_encoder():
+    """``json.dumps(rec, default=str, ensure_ascii=False)`` without building a
+    JSONEncoder and a C encoder per call: one C encoder made once (no circular-
+    reference bookkeeping: a circular record fails with RecursionError instead of
+    ValueError, and either way nothing is written)."""
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # no _json C module: the pure-Python encoder
+        return json.JSONEncoder(default=str, ensure_ascii=False).encode
+    c_encode = c_make_encoder(None, str, json.encoder.encode_basestring, None, ": ", ", ", False, False, True)
+    return lambda rec: "".join(c_encode(rec, 0))
+
+
+_encode = _make_encoder()
+
+
 class EventLog:
     """Writes events as JSON lines to a file path or a stream (stderr by default).
 
@@ -42,23 +57,37 @@ class EventLog:
         self.counts: dict[str, int] = {}
 
     def emit(self, event: str, **fields: Any) -> None:
-        """Write one event line; never raises (a logging failure must not break a call)."""
-        self.counts[event] = self.counts.get(event, 0) + 1
-        if self._fh is None:
-            return
-        rec = {"ts": round(time.time(), 6), "node": self.node, "event": event}
-        rec.update(fields)
-        try:
-            line = json.dumps(rec, default=str, ensure_ascii=False)
-            with self._lock:
-                self._fh.write(line + "\n")
-        except Exception:  # noqa: BLE001 - logging is best effort
-            pass
+        """Write one event line; never raises (a logging failure must not break a call).
+
+        The line is ``{"ts": <float s>, "node": ..., "event": ..., **fields}`` as
+        ``json.dumps(rec, default=str, ensure_ascii=False)`` writes it (a field named
+        ts/node/event replaces that value in place). ``counts[event]`` goes up by
+        one whether or not anything is written. Thread-safe: the line is encoded
+        outside the lock, counted and written under it, one ``write`` per line.
+        """
+        line = None
+        if self._fh is not None:
+            rec = {"ts": round(time.time(), 6), "node": self.node, "event": event}
+            rec.update(fields)
+            try:
+                line = _encode(rec) + "\n"
+            except Exception:  # noqa: BLE001 - logging is best effort
+                pass
+        with self._lock:
+            self.counts[event] = self.counts.get(event, 0) + 1
+            if line is not None and self._fh is not None:
+                try:
+                    self._fh.write(line)
+                except Exception:  # noqa: BLE001 - logging is best effort
+                    pass
 
     def close(self) -> None:
-        if self._own and self._fh is not None:
-            self._fh.close()
-        self._fh = None
+        """Close the file this log opened (a stream given to it stays open); later
+        events are counted, not written."""
+        with self._lock:
+            if self._own and self._fh is not None:
+                self._fh.close()
+            self._fh = None
 
 
 class _NullLog(EventLog):

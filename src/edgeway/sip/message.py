@@ -6,21 +6,37 @@ Sans-IO in the style of h11: :func:`parse_message` takes the bytes of one datagr
 
 Header values are kept as text (UTF-8, undecodable bytes kept through
 ``surrogateescape``) so that forwarding is lossless; typed views (:class:`Via`,
-:class:`~edgeway.sip.uri.NameAddr`, CSeq…) are parsed on demand. Multi-value headers
+:class:`~edgeway.sip.uri.NameAddr`, CSeq…) are parsed once and cached on the message
+(read-only for callers; see :class:`Message` for the contract). Multi-value headers
 of the routing family (Via, Route, Record-Route, Contact, Path) are split into one
 entry per element on parse, whether they arrived comma-joined on one line (as SIPp
 and the cloud SBC of seed 003 §7.1 send them) or on several lines.
+
+Speed (a node parses and writes ~14 messages per call): :class:`Headers` keeps a
+lower-case key per entry so lookups are C-level list scans; the validator's parses
+become the cached views; the plain forms of Via, name-addr, URI and parameters are
+recognised by one compiled regex each and everything else goes to the careful
+parsers, so every rejection and its reason text are those of the careful code;
+repeated Via and name-addr texts are memoised in bounded tables (callers always get
+fresh objects). ``tests/test_sip_fastpaths.py`` holds all of it to the parser as it
+was before (``tests/sip_reference.py``); ``bench/parse_bench.py`` measures it.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .uri import (
+    _PARAMS,
+    _TOK,
     NameAddr,
     Uri,
     UriError,
+    _check_name_addr,
+    _fast_params,
     format_params,
     is_token,
     parse_name_addr,
@@ -109,12 +125,39 @@ _DATE_RE = re.compile(
 )
 _VIA_PROTO_RE = re.compile(r"^\s*([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/]+)\s+(.*)$", re.S)
 _WS_RE = re.compile(r"[ \t]+")
+_FOLD_RE = re.compile(r"\n[ \t]")
+# The plain Via form (``SIP/2.0/UDP host[:port];params``, single SP, no LWS, no
+# quotes); anything else goes to the careful parser.
+_VIA_FAST_RE = re.compile(
+    rf"SIP/2\.0/({_TOK}) ([A-Za-z0-9.\-_]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{{1,5}}))?({_PARAMS})"
+)
+
+
+#: Bound of the name → (canonical name, key) memo; when full, new names are
+#: computed each time (hostile header names cost only speed, never memory).
+_NAME_MEMO_MAX = 1024
+_name_memo: dict[str, tuple[str, str]] = {}
+#: Raw header-name texts (as cut from a header line, before stripping) already
+#: checked to be tokens, with their (canonical name, key); bounded like above.
+_raw_name_memo: dict[str, tuple[str, str]] = {}
+
+
+def _name_key(name: str) -> tuple[str, str]:
+    """``(canonical_name(name), its lower-case lookup key)``, memoised. Keys are
+    interned so list scans mostly compare by identity."""
+    ck = _name_memo.get(name)
+    if ck is None:
+        canon = _CANON.get(name.lower(), name)
+        ck = (canon, sys.intern(canon.lower()))
+        if len(_name_memo) < _NAME_MEMO_MAX:
+            _name_memo[name] = ck
+    return ck
 
 
 def canonical_name(name: str) -> str:
     """The canonical spelling of a header name: compact forms expanded, known names
     in their RFC spelling (``cseq`` → ``CSeq``, ``v`` → ``Via``), others unchanged."""
-    return _CANON.get(name.lower(), name)
+    return _name_key(name)[0]
 
 
 class ParseError(ValueError):
@@ -134,104 +177,201 @@ class ParseError(ValueError):
         self.fatal_for_stream = fatal_for_stream
 
 
+#: View keys whose cached values are immutable (str, tuple), so a copy may share them.
+_SHAREABLE_VIEWS = ("cseq", "call-id", "content-type")
+
+
 class Headers:
     """An ordered, case-insensitive multimap of header fields.
 
-    Entries are ``[name, value]`` lists with the canonical name (see
-    :func:`canonical_name`) and the value as text without surrounding whitespace.
+    ``Headers()`` is empty; ``Headers(items)`` takes ``(name, value)`` pairs (lists or
+    tuples) as they are, names not canonicalised. Entries added through
+    :meth:`add`/:meth:`set` get the canonical name (see :func:`canonical_name`); the
+    parser stores values as text without surrounding whitespace. Iterating yields
+    ``(name, value)`` tuples in order.
+
+    A name given to a lookup or edit matches entries whose name, lower-cased, equals
+    the lower-cased canonical form of the given name (``v``, ``VIA`` and ``Via`` all
+    find ``Via`` entries). Entries are kept as three parallel lists (names, lower-case
+    keys, values), so lookups compare precomputed keys instead of lower-casing every
+    entry on every call.
+
+    Typed views that :class:`Message` caches (top Via, From, To, CSeq, Call-ID,
+    Content-Type) live in this object, keyed by header key; every edit through this
+    API (:meth:`set`, :meth:`add`, :meth:`remove`, :meth:`pop_first`,
+    :meth:`replace_first`) drops the view of the header it touches, and assigning a
+    new ``Headers`` to ``Message.headers`` starts from its own cache.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_names", "_keys", "_values", "_views")
 
-    def __init__(self, items: list[list[str]] | None = None):
-        self._items: list[list[str]] = items if items is not None else []
+    def __init__(self, items: "Iterable[Sequence[str]] | None" = None):
+        self._names: list[str] = []
+        self._keys: list[str] = []
+        self._values: list[str] = []
+        #: header key → cached typed view (see :class:`Message`).
+        self._views: dict[str, object] = {}
+        if items:
+            for n, v in items:
+                self._names.append(n)
+                self._keys.append(sys.intern(n.lower()))
+                self._values.append(v)
 
-    def __iter__(self):
-        return ((n, v) for n, v in self._items)
+    @classmethod
+    def _of(cls, names: list[str], keys: list[str], values: list[str]) -> "Headers":
+        """A Headers owning the given parallel lists (parser and copy use)."""
+        h = cls.__new__(cls)
+        h._names, h._keys, h._values, h._views = names, keys, values, {}
+        return h
+
+    def __iter__(self) -> "Iterator[tuple[str, str]]":
+        return zip(self._names, self._values)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.items()!r})"
 
     def copy(self) -> "Headers":
-        return Headers([[n, v] for n, v in self._items])
+        """An independent copy (entries are immutable strings, so the lists are
+        copied shallowly; only immutable cached views are carried over)."""
+        h = Headers._of(self._names[:], self._keys[:], self._values[:])
+        if self._views:
+            for k in _SHAREABLE_VIEWS:
+                v = self._views.get(k)
+                if v is not None:
+                    h._views[k] = v
+        return h
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        """The first value of ``name`` (any spelling, compact form accepted)."""
-        key = canonical_name(name).lower()
-        for n, v in self._items:
-            if n.lower() == key:
-                return v
+        """The first value of ``name`` (any spelling, compact form accepted), or
+        ``default`` when absent."""
+        key = _name_key(name)[1]
+        keys = self._keys
+        if key in keys:
+            return self._values[keys.index(key)]
         return default
 
     def get_all(self, name: str) -> list[str]:
-        """All values of ``name`` in order (list headers: one element per entry)."""
-        key = canonical_name(name).lower()
-        return [v for n, v in self._items if n.lower() == key]
+        """All values of ``name`` in order (list headers: one element per entry);
+        a new list, empty when absent."""
+        key = _name_key(name)[1]
+        keys = self._keys
+        n = keys.count(key)
+        if n == 0:
+            return []
+        values = self._values
+        if n == 1:
+            return [values[keys.index(key)]]
+        out, i = [], -1
+        for _ in range(n):  # n C-level searches, not a Python loop over every entry
+            i = keys.index(key, i + 1)
+            out.append(values[i])
+        return out
 
     def count(self, name: str) -> int:
-        return len(self.get_all(name))
+        """How many entries ``name`` has."""
+        return self._keys.count(_name_key(name)[1])
 
     def set(self, name: str, value: str) -> None:
-        """Replace every ``name`` entry by one entry ``value`` at the first one's place."""
-        name = canonical_name(name)
-        key = name.lower()
-        for i, (n, _) in enumerate(self._items):
-            if n.lower() == key:
-                self._items[i] = [name, value]
-                self._items[i + 1 :] = [e for e in self._items[i + 1 :] if e[0].lower() != key]
-                return
-        self._items.append([name, value])
+        """Replace every ``name`` entry by one entry ``value`` at the first one's place
+        (appended when there was none)."""
+        name, key = _name_key(name)
+        keys = self._keys
+        if self._views:
+            self._views.pop(key, None)
+        if key not in keys:
+            self._names.append(name)
+            keys.append(key)
+            self._values.append(value)
+            return
+        i = keys.index(key)
+        self._names[i] = name
+        self._values[i] = value
+        if keys.count(key) > 1:
+            keep = [j for j in range(len(keys)) if j <= i or keys[j] != key]
+            self._names = [self._names[j] for j in keep]
+            self._values = [self._values[j] for j in keep]
+            self._keys = [keys[j] for j in keep]
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         """Add an entry: at the end, or before the first entry of the same name when
-        ``first`` (how a proxy pushes Via and Record-Route, RFC 3261 §16.6)."""
-        name = canonical_name(name)
+        ``first`` (how a proxy pushes Via and Record-Route, RFC 3261 §16.6); a
+        ``first`` Via with no Via yet goes to the top of the header block."""
+        name, key = _name_key(name)
+        if self._views:
+            self._views.pop(key, None)
+        keys = self._keys
         if first:
-            key = name.lower()
-            for i, (n, _) in enumerate(self._items):
-                if n.lower() == key:
-                    self._items.insert(i, [name, value])
-                    return
-            # Keep Via near the top of the header block for readability.
-            self._items.insert(0 if key == "via" else len(self._items), [name, value])
+            if key in keys:
+                i = keys.index(key)
+            else:
+                # Keep Via near the top of the header block for readability.
+                i = 0 if key == "via" else len(keys)
+            self._names.insert(i, name)
+            keys.insert(i, key)
+            self._values.insert(i, value)
             return
-        self._items.append([name, value])
+        self._names.append(name)
+        keys.append(key)
+        self._values.append(value)
 
     def remove(self, name: str) -> int:
         """Remove every ``name`` entry; returns how many were removed."""
-        key = canonical_name(name).lower()
-        before = len(self._items)
-        self._items = [e for e in self._items if e[0].lower() != key]
-        return before - len(self._items)
+        key = _name_key(name)[1]
+        keys = self._keys
+        n = keys.count(key)
+        if n:
+            if self._views:
+                self._views.pop(key, None)
+            keep = [j for j, k in enumerate(keys) if k != key]
+            self._names = [self._names[j] for j in keep]
+            self._values = [self._values[j] for j in keep]
+            self._keys = [keys[j] for j in keep]
+        return n
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first ``name`` entry (None when absent)."""
-        key = canonical_name(name).lower()
-        for i, (n, v) in enumerate(self._items):
-            if n.lower() == key:
-                del self._items[i]
-                return v
-        return None
+        key = _name_key(name)[1]
+        keys = self._keys
+        if key not in keys:
+            return None
+        if self._views:
+            self._views.pop(key, None)
+        i = keys.index(key)
+        del keys[i], self._names[i]
+        return self._values.pop(i)
 
     def replace_first(self, name: str, value: str) -> None:
-        """Replace the value of the first ``name`` entry (KeyError when absent)."""
-        key = canonical_name(name).lower()
-        for e in self._items:
-            if e[0].lower() == key:
-                e[1] = value
-                return
-        raise KeyError(name)
+        """Replace the value of the first ``name`` entry, keeping its name spelling
+        (KeyError when absent)."""
+        key = _name_key(name)[1]
+        keys = self._keys
+        if key not in keys:
+            raise KeyError(name)
+        if self._views:
+            self._views.pop(key, None)
+        self._values[keys.index(key)] = value
 
     def items(self) -> list[tuple[str, str]]:
-        return [(n, v) for n, v in self._items]
+        """The entries as a new list of ``(name, value)`` tuples."""
+        return list(zip(self._names, self._values))
+
+
+#: Bound of the memo of parsed Via values (see :meth:`Via.parse`); cleared when
+#: full, so hostile input costs only speed.
+_VIA_MEMO_MAX = 4096
+_via_memo: "dict[str, Via]" = {}
 
 
 @dataclass
 class Via:
     """One Via element (RFC 3261 §20.42): ``SIP/2.0/<transport> host[:port];params``.
 
-    ``transport`` upper-case str; ``port`` int or None; ``params`` ordered, values
-    None for flags (``rport`` without value).
+    ``transport`` upper-case str; ``host`` str (IPv6 with brackets); ``port`` int or
+    None; ``params`` ordered dict, values None for flags (``rport`` without value).
+    ``str(via)`` writes it back (single spaces, parameters in order).
     """
 
     transport: str
@@ -242,7 +382,39 @@ class Via:
 
     @classmethod
     def parse(cls, value: str) -> "Via":
-        """Parse one Via element; raises :class:`ParseError` when malformed."""
+        """Parse one Via element; raises :class:`ParseError` when malformed (protocol
+        not SIP/2.0, transport not a token, bad sent-by host or port, malformed or
+        empty parameters).
+
+        Returns a new object on every call. Successful parses are memoised by text
+        (bounded: a request's Vias come back in each of its responses); a hit
+        returns a copy of the remembered result."""
+        if cls is not Via:
+            return cls._parse(value)
+        memo = _via_memo.get(value)
+        if memo is not None:
+            return Via(memo.transport, memo.host, memo.port, memo.params.copy(), memo.protocol)
+        via = cls._parse(value)
+        if len(_via_memo) >= _VIA_MEMO_MAX:
+            _via_memo.clear()
+        _via_memo[value] = Via(via.transport, via.host, via.port, via.params.copy(), via.protocol)
+        return via
+
+    @classmethod
+    def _parse(cls, value: str) -> "Via":
+        """Via.parse without the memo: the fast path, else the careful parser."""
+        m = _VIA_FAST_RE.fullmatch(value)
+        if m is not None:  # the plain form: SIP/2.0/UDP host:port;branch=...;rport
+            transport, host, port_s, ptext = m.groups()
+            if valid_host(host):
+                port = None if port_s is None else int(port_s)
+                if port is None or 0 < port < 65536:
+                    return cls(transport.upper(), host, port, _fast_params(ptext) if ptext else {})
+        return cls._parse_careful(value)
+
+    @classmethod
+    def _parse_careful(cls, value: str) -> "Via":
+        """The full RFC 3261 §25.1 ``via-parm`` parser (LWS, case, IPv6, errors)."""
         m = _VIA_PROTO_RE.match(value)
         if not m:
             raise ParseError(f"malformed Via {value!r}")
@@ -274,10 +446,12 @@ class Via:
 
     @property
     def branch(self) -> str | None:
+        """The ``branch`` parameter (RFC 3261 §8.1.1.7), None when absent."""
         return self.params.get("branch")
 
     @property
     def sent_by(self) -> str:
+        """``host`` or ``host:port`` as sent."""
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
     def __str__(self) -> str:
@@ -285,8 +459,23 @@ class Via:
 
 
 class Message:
-    """Common part of :class:`Request` and :class:`Response`: ``headers`` and
-    ``body`` (bytes), plus typed accessors for the headers every message carries."""
+    """Common part of :class:`Request` and :class:`Response`: ``headers``
+    (:class:`Headers`) and ``body`` (bytes), plus typed accessors for the headers
+    every message carries.
+
+    Cached views: :meth:`top_via`, :attr:`from_`, :attr:`to`, :attr:`cseq`,
+    :attr:`call_id`, :attr:`content_type` (and :attr:`Request.ruri`) parse their
+    header once and return the same object until that header changes. The parser fills them while it validates, so reading them
+    after :func:`parse_message` costs a dict lookup. The objects returned are shared:
+    treat them as read-only. To change a header, build the new value and write it
+    back with ``headers.replace_first``/``headers.set`` (or ``msg.uri = ...``), which
+    drops the cached view; a later read parses the new text. Mutating a returned
+    :class:`Via`/:class:`~edgeway.sip.uri.NameAddr`/:class:`~edgeway.sip.uri.Uri` in
+    place changes what later reads of the same message return without changing the
+    message's text. Copies (:meth:`Request.copy`, :meth:`Response.copy`) do not share
+    mutable views. The body has no cached view: assigning ``body`` needs no
+    invalidation.
+    """
 
     headers: Headers
     body: bytes
@@ -294,49 +483,109 @@ class Message:
     # -- typed views ---------------------------------------------------------
     @property
     def call_id(self) -> str:
-        return self.headers.get("Call-ID") or ""
+        """The Call-ID value ("" when absent). Cached (a str)."""
+        h = self.headers
+        v = h._views.get("call-id")
+        if v is None:
+            v = h._views["call-id"] = h.get("Call-ID") or ""
+        return v  # type: ignore[return-value]
 
     @property
     def cseq(self) -> tuple[int, str]:
-        """(sequence number, method) from CSeq."""
-        num, _, method = (self.headers.get("CSeq") or "").strip().partition(" ")
-        return int(num), method.strip()
+        """(sequence number, method) from CSeq; ValueError when CSeq is missing or its
+        number is not an integer. Cached (a tuple, immutable)."""
+        h = self.headers
+        v = h._views.get("cseq")
+        if v is None:
+            num, _, method = (h.get("CSeq") or "").strip().partition(" ")
+            v = h._views["cseq"] = (int(num), method.strip())
+        return v  # type: ignore[return-value]
 
     def top_via(self) -> Via:
-        v = self.headers.get("Via")
+        """The first Via element, parsed (cached: read-only, see :class:`Message`).
+        Raises :class:`ParseError` when there is no Via or it is malformed."""
+        h = self.headers
+        v = h._views.get("via")
         if v is None:
-            raise ParseError("no Via header")
-        return Via.parse(v)
+            text = h.get("Via")
+            if text is None:
+                raise ParseError("no Via header")
+            v = h._views["via"] = Via.parse(text)
+        return v  # type: ignore[return-value]
 
     def vias(self) -> list[Via]:
+        """Every Via element, parsed, in order (new objects, not cached); raises
+        :class:`ParseError` on a malformed one."""
         return [Via.parse(v) for v in self.headers.get_all("Via")]
+
+    def _name_addr_view(self, key: str, name: str) -> NameAddr:
+        h = self.headers
+        v = h._views.get(key)
+        if v is None:
+            v = h._views[key] = parse_name_addr(h.get(name) or "")
+        return v  # type: ignore[return-value]
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("From") or "")
+        """The From header, parsed (cached: read-only, see :class:`Message`); raises
+        :class:`~edgeway.sip.uri.UriError` when missing or malformed."""
+        return self._name_addr_view("from", "From")
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("To") or "")
+        """The To header, parsed (cached: read-only, see :class:`Message`); raises
+        :class:`~edgeway.sip.uri.UriError` when missing or malformed."""
+        return self._name_addr_view("to", "To")
 
     @property
     def from_tag(self) -> str | None:
+        """The From ``tag`` parameter, None when absent."""
         return self.from_.tag
 
     @property
     def to_tag(self) -> str | None:
+        """The To ``tag`` parameter, None when absent."""
         return self.to.tag
 
     @property
     def content_type(self) -> str:
-        return (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        """The media type of Content-Type, lower-cased, without parameters ("" when
+        absent). Cached (a str)."""
+        h = self.headers
+        v = h._views.get("content-type")
+        if v is None:
+            v = h._views["content-type"] = (h.get("Content-Type") or "").split(";")[0].strip().lower()
+        return v  # type: ignore[return-value]
 
     def start_line(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """Serialise: start line, headers one per line with Content-Length set to
-        the body's length, blank line, body."""
+        """Serialise: start line, headers one per line in order (``Name: value``) with
+        the first Content-Length set to the body's length (added at the end when
+        absent, repeats dropped), blank line, body. Text is encoded as UTF-8 with
+        ``surrogateescape``, so undecodable bytes received go out unchanged."""
+        h = self.headers
+        names = h._names
+        body = self.body
+        ncl = names.count("Content-Length")
+        if ncl > 1 or not names:
+            return self._to_bytes_careful()
+        values = h._values
+        if ncl:
+            values = values.copy()
+            values[names.index("Content-Length")] = str(len(body))
+            tail = "\r\n\r\n"
+        else:
+            tail = f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        try:
+            block = "\r\n".join(map(": ".join, zip(names, values)))
+        except TypeError:  # a value that is not a str (set by a caller): format it
+            return self._to_bytes_careful()
+        head = self.start_line() + "\r\n" + block + tail
+        return head.encode("utf-8", "surrogateescape") + body
+
+    def _to_bytes_careful(self) -> bytes:
         lines = [self.start_line()]
         has_cl = False
         for n, v in self.headers:
@@ -367,7 +616,11 @@ class Message:
 
 
 class Request(Message):
-    """A SIP request: ``method`` (str, case-sensitive), ``uri`` (raw Request-URI text)."""
+    """A SIP request: ``method`` (str, case-sensitive), ``uri`` (raw Request-URI text),
+    ``headers``, ``body`` (bytes), ``version`` ("SIP/2.0")."""
+
+    #: (Request-URI text, its parse): the :attr:`ruri` cache, checked against ``uri``.
+    _ruri: "tuple[str, Uri] | None" = None
 
     def __init__(self, method: str, uri: str, headers: Headers | None = None, body: bytes = b"", version: str = "SIP/2.0"):
         self.method = method
@@ -378,17 +631,28 @@ class Request(Message):
 
     @property
     def ruri(self) -> Uri:
-        """The parsed Request-URI (raises UriError when malformed)."""
-        return parse_uri(self.uri)
+        """The parsed Request-URI (raises UriError when malformed). Cached while
+        ``uri`` keeps the same text: read-only, see :class:`Message`; to change the
+        Request-URI assign a new string to ``uri``."""
+        uri = self.uri
+        c = self._ruri
+        if c is not None and c[0] == uri:
+            return c[1]
+        u = parse_uri(uri)
+        self._ruri = (uri, u)
+        return u
 
     @property
     def branch(self) -> str | None:
+        """The top Via's branch (ParseError when there is no valid top Via)."""
         return self.top_via().branch
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
     def copy(self) -> "Request":
+        """An independent copy: same start line, headers (their lists copied) and
+        body; cached mutable views are not shared."""
         return Request(self.method, self.uri, self.headers.copy(), self.body, self.version)
 
     def __repr__(self) -> str:
@@ -396,7 +660,8 @@ class Request(Message):
 
 
 class Response(Message):
-    """A SIP response: ``status`` (int 100–699) and ``reason`` (str, may be empty)."""
+    """A SIP response: ``status`` (int 100–699) and ``reason`` (str, may be empty;
+    the standard phrase when given as None), ``headers``, ``body``, ``version``."""
 
     def __init__(self, status: int, reason: str | None = None, headers: Headers | None = None, body: bytes = b"", version: str = "SIP/2.0"):
         self.status = status
@@ -409,6 +674,7 @@ class Response(Message):
         return f"{self.version} {self.status} {self.reason}"
 
     def copy(self) -> "Response":
+        """An independent copy (see :meth:`Request.copy`)."""
         return Response(self.status, self.reason, self.headers.copy(), self.body, self.version)
 
     def __repr__(self) -> str:
@@ -440,7 +706,9 @@ def _unfold(head: str) -> list[str]:
     return lines
 
 
-def _parse_start_line(line: str) -> Request | Response:
+def _parse_start_line(line: str, headers: "Headers | None" = None) -> Request | Response:
+    """The message that ``line`` starts, with ``headers`` (empty when None); raises
+    :class:`ParseError` on a malformed request or status line."""
     if line.startswith("SIP/"):
         parts = line.split(" ", 2)
         if len(parts) < 2:
@@ -450,7 +718,7 @@ def _parse_start_line(line: str) -> Request | Response:
             raise ParseError(f"unsupported version {version!r}")
         if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
             raise ParseError(f"invalid status code {code[:20]!r}")
-        return Response(int(code), parts[2] if len(parts) > 2 else "", version=version)
+        return Response(int(code), parts[2] if len(parts) > 2 else "", headers, version=version)
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise ParseError("malformed request line (exactly one SP between method, Request-URI and version)")
@@ -459,36 +727,74 @@ def _parse_start_line(line: str) -> Request | Response:
         raise ParseError(f"invalid method {method[:32]!r}")
     if version != "SIP/2.0":
         raise ParseError(f"unsupported version {version[:16]!r}")
-    return Request(method, uri, version=version)
+    return Request(method, uri, headers, version=version)
 
 
 def _decode(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
-def _parse_headers(lines: list[str]) -> Headers:
-    items: list[list[str]] = []
-    for line in lines:
+def _split_lines(head: str) -> tuple[list[str], bool]:
+    """``(lines, folded)``: the header block's lines, split at CRLF or LF with
+    continuation lines joined (the result of :func:`_unfold`, which runs only when
+    there is folding), and whether any line was folded."""
+    if _FOLD_RE.search(head):
+        return _unfold(head), True
+    lines = head.split("\r\n")
+    if head.count("\n") != len(lines) - 1:  # some line ends in a bare LF
+        return head.replace("\r\n", "\n").split("\n"), False
+    return lines, False
+
+
+def _parse_headers(lines: list[str], start: int = 0, ws: bool | None = None) -> Headers:
+    """Header lines (from index ``start``) into :class:`Headers`: names canonicalised,
+    values stripped with runs of SP/HT made one SP, list headers split into one
+    entry per element. Raises :class:`ParseError` on a line that is not
+    ``token ":" value``, an unterminated quote in a list header, or more than
+    :data:`MAX_HEADERS` entries. ``ws`` False promises that no line holds a tab or
+    two spaces in a row (then values are not searched for runs of SP/HT to fold);
+    None: find out."""
+    names: list[str] = []
+    keys: list[str] = []
+    values: list[str] = []
+    add_name, add_key, add_value = names.append, keys.append, values.append
+    memo = _raw_name_memo
+    if ws is None:
+        ws = any("\t" in line or "  " in line for line in lines[start:])
+    for line in lines[start:]:
         if not line:
             continue
         name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not is_token(name):
+        if not colon:
             raise ParseError(f"malformed header line {line[:40]!r}")
-        canon = canonical_name(name)
-        value = _WS_RE.sub(" ", value.strip())
-        if canon.lower() in LIST_HEADERS and value:
+        ck = memo.get(name)
+        if ck is None:
+            stripped = name.strip()
+            if not is_token(stripped):
+                raise ParseError(f"malformed header line {line[:40]!r}")
+            ck = _name_key(stripped)
+            if len(memo) < _NAME_MEMO_MAX:
+                memo[name] = ck
+        canon, key = ck
+        value = value.strip()
+        if ws and ("\t" in value or "  " in value):
+            value = _WS_RE.sub(" ", value)
+        if key in LIST_HEADERS and value and ("," in value or '"' in value):
             try:
                 elements = split_header_list(value)
             except UriError as exc:
                 raise ParseError(f"{canon}: {exc}") from None
             for el in elements:
-                items.append([canon, el])
+                add_name(canon)
+                add_key(key)
+                add_value(el)
         else:
-            items.append([canon, value])
-        if len(items) > MAX_HEADERS:
+            add_name(canon)
+            add_key(key)
+            add_value(value)
+        if len(values) > MAX_HEADERS:
             raise ParseError("too many header fields")
-    return Headers(items)
+    return Headers._of(names, keys, values)
 
 
 def _parse_uint(text: str, what: str, limit: int) -> int:
@@ -498,18 +804,33 @@ def _parse_uint(text: str, what: str, limit: int) -> int:
     return int(t)
 
 
+#: The headers every request and response must carry (RFC 3261 §8.1.1), with keys.
+_REQUIRED = (("Via", "via"), ("From", "from"), ("To", "to"), ("Call-ID", "call-id"), ("CSeq", "cseq"))
+
+
 def _validate(msg: Request | Response) -> None:
-    """Semantic checks of RFC 3261 §8.1.1, §20 and RFC 4475 §3.1.2 on a parsed message."""
+    """Semantic checks of RFC 3261 §8.1.1, §20 and RFC 4475 §3.1.2 on a parsed message.
+
+    The checks run in a fixed order and the first failure raises :class:`ParseError`.
+    What they parse on the way (top Via, CSeq, From, To, Request-URI) is kept as the
+    message's cached views (see :class:`Message`). Header values are read straight
+    from the parallel lists (``values[keys.index(key)]`` is ``headers.get``).
+    """
     h = msg.headers
+    keys, values = h._keys, h._values
     for name in SINGLE_HEADERS:
-        if h.count(name) > 1:
+        if keys.count(name) > 1:
             raise ParseError(f"repeated {canonical_name(name)} header", fatal_for_stream=(name == "content-length"))
-    missing = [n for n in ("Via", "From", "To", "Call-ID", "CSeq") if h.get(n) is None]
+    missing = [n for n, k in _REQUIRED if k not in keys]
     if missing:
         raise ParseError("missing " + ", ".join(missing))
-    for v in h.get_all("Via"):
-        Via.parse(v)
-    cseq = h.get("CSeq") or ""
+    views = h._views
+    vias = h.get_all("Via")
+    views["via"] = Via.parse(vias[0])
+    for v in vias[1:]:
+        if v not in _via_memo:  # remembered values are known to parse
+            Via.parse(v)
+    cseq = values[keys.index("cseq")]
     num, _, method = cseq.strip().partition(" ")
     _parse_uint(num, "CSeq number", _MAX_CSEQ)
     method = method.strip()
@@ -517,35 +838,42 @@ def _validate(msg: Request | Response) -> None:
         raise ParseError(f"malformed CSeq {cseq!r}")
     if isinstance(msg, Request) and method != msg.method:
         raise ParseError(f"CSeq method {method!r} does not match request method {msg.method!r}")
-    if not h.get("Call-ID", "").strip() or " " in h.get("Call-ID", "").strip():
+    views["cseq"] = (int(num), method)
+    call_id = values[keys.index("call-id")]
+    stripped = call_id.strip()
+    if not stripped or " " in stripped:
         raise ParseError("malformed Call-ID")
-    mf = h.get("Max-Forwards")
-    if mf is not None:
-        _parse_uint(mf, "Max-Forwards", 255)
-    ex = h.get("Expires")
-    if ex is not None:
-        _parse_uint(ex, "Expires", _MAX_UINT32)
-    ra = h.get("Retry-After")
-    if ra is not None:
+    views["call-id"] = call_id
+    if "max-forwards" in keys:
+        _parse_uint(values[keys.index("max-forwards")], "Max-Forwards", 255)
+    if "expires" in keys:
+        _parse_uint(values[keys.index("expires")], "Expires", _MAX_UINT32)
+    if "retry-after" in keys:
+        ra = values[keys.index("retry-after")]
         _parse_uint(ra.split(";")[0].split("(")[0], "Retry-After", _MAX_UINT32)
-    date = h.get("Date")
-    if date is not None and not _DATE_RE.match(date):
-        raise ParseError(f"malformed Date {date!r} (RFC 1123 date in GMT required)")
+    if "date" in keys:
+        date = values[keys.index("date")]
+        if not _DATE_RE.match(date):
+            raise ParseError(f"malformed Date {date!r} (RFC 1123 date in GMT required)")
     try:
-        for name in ("From", "To"):
-            parse_name_addr(h.get(name) or "")
-        for name in ("Route", "Record-Route"):
-            for v in h.get_all(name):
-                parse_name_addr(v)
-        contacts = h.get_all("Contact")
-        for v in contacts:
-            parse_name_addr(v, allow_star=True)
+        views["from"] = parse_name_addr(values[keys.index("from")])
+        views["to"] = parse_name_addr(values[keys.index("to")])
+        if "route" in keys:
+            for v in h.get_all("Route"):
+                _check_name_addr(v)
+        if "record-route" in keys:
+            for v in h.get_all("Record-Route"):
+                _check_name_addr(v)
+        if "contact" in keys:
+            for v in h.get_all("Contact"):
+                _check_name_addr(v, allow_star=True)
     except UriError as exc:
         raise ParseError(str(exc)) from None
-    for w in h.get_all("Warning"):
-        code = w.strip().split(" ", 1)[0]
-        if len(code) != 3 or not code.isdigit():
-            raise ParseError(f"malformed Warning code {code[:16]!r}")
+    if "warning" in keys:
+        for w in h.get_all("Warning"):
+            code = w.strip().split(" ", 1)[0]
+            if len(code) != 3 or not code.isdigit():
+                raise ParseError(f"malformed Warning code {code[:16]!r}")
     if isinstance(msg, Request):
         try:
             uri = msg.ruri
@@ -588,18 +916,26 @@ def parse_message(data: bytes) -> Request | Response:
     return msg
 
 
+_NO_HEADERS = Headers()
+
+
 def _parse_head(head: bytes) -> tuple[Request | Response, Request | None]:
-    lines = _unfold(_decode(head))
+    text = _decode(head)
+    lines, folded = _split_lines(text)
     if not lines or not lines[0]:
         raise ParseError("empty message")
-    msg = _parse_start_line(lines[0])
-    try:
-        msg.headers = _parse_headers(lines[1:])
-    except ParseError:
-        raise
+    # Start-line errors come first; the placeholder never escapes (replaced at once,
+    # and the message is dropped if the headers are malformed).
+    msg = _parse_start_line(lines[0], _NO_HEADERS)
+    # Runs of SP/HT can only be in values if the text has a tab or two SPs in a row,
+    # or when unfolding joined lines (" " + continuation, after a trailing SP).
+    ws = None if folded else ("\t" in text or "  " in text)
+    msg.headers = _parse_headers(lines, 1, ws)
     partial = None
-    if isinstance(msg, Request) and all(msg.headers.get(n) for n in ("Via", "From", "To", "Call-ID", "CSeq")):
-        partial = msg
+    if isinstance(msg, Request):
+        keys, values = msg.headers._keys, msg.headers._values
+        if all(k in keys and values[keys.index(k)] for _, k in _REQUIRED):
+            partial = msg
     return msg, partial
 
 
@@ -642,10 +978,10 @@ class StreamFramer:
             head = bytes(self._buf[:end])
             try:
                 msg, partial = _parse_head(head)
-                cls = [v for n, v in msg.headers if n == "Content-Length"]
-                if len(cls) > 1:
+                ncl = msg.headers._names.count("Content-Length")
+                if ncl > 1:
                     raise ParseError("repeated Content-Length on a stream", partial, fatal_for_stream=True)
-                cl = _content_length(msg.headers) if cls else 0
+                cl = _content_length(msg.headers) if ncl else 0
             except ParseError as exc:
                 exc.fatal_for_stream = True
                 out.append(self._fatal_exc(exc))

@@ -41,6 +41,7 @@ DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 ICE_ATTRIBUTES = frozenset({"candidate", "remote-candidates", "end-of-candidates"})
 
 _LINE_RE = re.compile(r"^([A-Za-z])=(.*)$", re.S)
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # RFC 4566 §5 order of line types, used to place lines that were not in the input.
 _SESSION_RANK = {k: i for i, k in enumerate("vosiuepcbtrzka")}
 _MEDIA_RANK = {k: i for i, k in enumerate("micbka")}
@@ -50,13 +51,24 @@ class SdpError(ValueError):
     """The SDP is malformed; ``str(exc)`` names the offending line and the rule."""
 
 
+#: Bound of the :func:`addrtype_for` memo (relay and peer addresses repeat).
+_ADDRTYPE_MEMO_MAX = 1024
+_addrtype_memo: dict[str, str] = {}
+
+
 def addrtype_for(address: str) -> str:
     """``"IP6"`` when ``address`` is an IPv6 literal (brackets allowed), else
-    ``"IP4"`` (IPv4 literals and host names)."""
-    try:
-        return "IP6" if ipaddress.ip_address(address.strip("[]")).version == 6 else "IP4"
-    except ValueError:
-        return "IP4"
+    ``"IP4"`` (IPv4 literals and host names). Memoised (bounded)."""
+    t = _addrtype_memo.get(address)
+    if t is None:
+        try:
+            t = "IP6" if ipaddress.ip_address(address.strip("[]")).version == 6 else "IP4"
+        except ValueError:
+            t = "IP4"
+        if len(_addrtype_memo) >= _ADDRTYPE_MEMO_MAX:
+            _addrtype_memo.clear()
+        _addrtype_memo[address] = t
+    return t
 
 
 @dataclass
@@ -189,8 +201,12 @@ def _emit(
                 out.append(f"{k}={v}")
                 done.add(k)
 
+    # Singles without a slot in the layout (added after parsing) are the only ones
+    # flush() can write; without any, skip it (the common case: parse, edit, write).
+    pending = any(v is not None and k not in slotted for k, v in singles.items())
     for kind, letter in layout:
-        flush(rank.get(letter, last))
+        if pending:
+            flush(rank.get(letter, last))
         if kind == "single":
             v = singles.get(letter)
             if letter not in done and v is not None:
@@ -323,17 +339,18 @@ class SessionDescription(_AttributesMixin):
         port or sess-version).
         """
         text = data.decode("utf-8", "surrogateescape") if isinstance(data, (bytes, bytearray)) else data
-        lines = [ln for ln in re.split(r"\r?\n", text) if ln.strip()]
+        # Same lines as re.split(r"\r?\n"): every LF ends a line, a CR just before it goes.
+        lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if ln.strip()]
         if not lines or not lines[0].startswith("v="):
             raise SdpError("SDP must start with a v= line")
         sdp = cls(session_name=None)
         media: MediaDescription | None = None
         seen: set[str] = set()
         for line in lines:
-            m = _LINE_RE.match(line)
-            if not m:
+            # _LINE_RE, without a regex call per line: an ASCII letter, "=", the rest.
+            if line[1:2] != "=" or line[0] not in _LETTERS:
                 raise SdpError(f"malformed SDP line {line[:60]!r}: expected <type>=<value> with a one-letter type")
-            t, v = m.group(1), m.group(2)
+            t, v = line[0], line[2:]
             if t == "m":
                 media = MediaDescription.parse_mline(v)
                 sdp.media.append(media)
@@ -391,8 +408,20 @@ class SessionDescription(_AttributesMixin):
         return "\r\n".join(self.lines()) + "\r\n"
 
     def copy(self) -> "SessionDescription":
-        """A deep copy."""
-        return copy.deepcopy(self)
+        """A deep copy, equal to ``copy.deepcopy(self)`` (an origin, connection or
+        media section shared inside stays shared in the copy) but without deepcopy's
+        generic machinery: the typed fields are copied directly. The lists of
+        ``(name, value)`` tuples are copied; the tuples, which hold only str/None,
+        are shared."""
+        memo: dict[int, object] = {}
+        new = _clone(self, memo)
+        new.origin = _clone(self.origin, memo)
+        new.connection = _clone(self.connection, memo)
+        new.attributes = list(self.attributes)
+        new.other = list(self.other)
+        new._layout = list(self._layout)
+        new.media = [_copy_media(m, memo) for m in self.media]
+        return new
 
     @property
     def session_direction(self) -> str:
@@ -410,6 +439,44 @@ class SessionDescription(_AttributesMixin):
         """The ``c=`` in effect for a media section (its own, else the session's)."""
         m = self.media[media] if isinstance(media, int) else media
         return m.connection or self.connection
+
+
+_COPIED_FIELDS = frozenset({
+    "origin", "connection", "attributes", "other", "_layout", "media", "fmts",
+    "username", "sess_id", "sess_version", "nettype", "addrtype", "address",
+    "version", "session_name", "port", "port_count", "proto",
+})
+
+
+def _clone(obj, memo: dict[int, object]):
+    """A copy of ``obj`` (None, Origin, Connection, a description) sharing its field
+    values, the same object for the same original (as deepcopy's memo does); any
+    attribute outside the dataclass fields is deep-copied."""
+    if obj is None:
+        return None
+    done = memo.get(id(obj))
+    if done is not None:
+        return done
+    new = object.__new__(type(obj))
+    d = obj.__dict__
+    new.__dict__.update(d)
+    for k in d.keys() - _COPIED_FIELDS:
+        new.__dict__[k] = copy.deepcopy(d[k], memo)
+    memo[id(obj)] = new
+    return new
+
+
+def _copy_media(m: MediaDescription, memo: dict[int, object]) -> MediaDescription:
+    done = memo.get(id(m))
+    if done is not None:
+        return done  # type: ignore[return-value]
+    new = _clone(m, memo)
+    new.fmts = list(m.fmts)
+    new.connection = _clone(m.connection, memo)
+    new.attributes = list(m.attributes)
+    new.other = list(m.other)
+    new._layout = list(m._layout)
+    return new
 
 
 def _is_ice(name: str) -> bool:
@@ -456,11 +523,11 @@ def rewrite_for_relay(
         out.origin.addrtype = addrtype_for(oaddr)
         out.origin.sess_version += 1
     if out.connection is not None:
-        out.connection = copy.copy(conn)
+        out.connection = Connection(conn.nettype, conn.addrtype, conn.address)
     out.attributes = [(n, v) for n, v in out.attributes if not _is_ice(n)]
     for m, port in zip(out.media, ports):
         if m.connection is not None or out.connection is None:
-            m.connection = copy.copy(conn)
+            m.connection = Connection(conn.nettype, conn.addrtype, conn.address)
         m.other = [(t, v) for t, v in m.other if t != "c"]
         m.attributes = [(n, v) for n, v in m.attributes if not _is_ice(n)]
         if m.port == 0 or port is None:

@@ -2,8 +2,14 @@
 
 Sans-IO: every function takes and returns ``str``; nothing here touches a socket.
 Parsing keeps enough of the original text that ``str(parse_uri(s)) == s`` for any
-URI this module accepts, so a proxy forwards what it received byte for byte unless it
-changes something on purpose.
+URI this module accepts (scheme in lower case, parameter names not repeated), so a
+proxy forwards what it received byte for byte unless it changes something on purpose.
+
+Each parser first tries one compiled regex for the plain form (``sip:user@host:port;
+params``, ``"Name" <sip:...>;tag=x``, ``;a=b;c``); only when that matches exactly does
+it build the result itself, otherwise the careful character-level parser runs, which
+alone decides unusual inputs and raises every error. Parsed name-addrs and host
+validity are memoised in bounded tables (a hit returns a copy).
 """
 
 from __future__ import annotations
@@ -29,18 +35,47 @@ class UriError(ValueError):
 
 
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
-_TOKEN_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+#: The RFC 3261 §25.1 token characters, as a string for ``str.strip``.
+_TOKEN_STR = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?)*\.?$")
 _IPV4_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
 _IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")
 # Characters that may never appear unescaped inside a SIP URI (RFC 3261 §25.1).
-_FORBIDDEN = set(" \t\r\n<>\"{}|\\^")
+_FORBIDDEN_RE = re.compile(r'[ \t\r\n<>"{}|\\^]')
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+_LIST_SPECIALS_RE = re.compile(r"[<>,]")
+
+# Fast paths. Each one recognises only a plain, common form whose result the
+# careful parser below would give too, and declines (returns None) on anything
+# else, so the careful parser still decides every unusual input and every error.
+_TOK = r"[A-Za-z0-9\-.!%*_+`'~]+"
+# Parameter values the fast paths take: printable ASCII without whitespace, quotes,
+# ``;`` ``,`` ``=`` ``<`` ``>`` ``?`` ``@`` (the careful parser allows more; an ``@``
+# or ``?`` in a URI parameter changes how the careful parser splits the URI).
+_PVAL = r"[A-Za-z0-9\-.!%*_+`'~:\[\]/&$()]+"
+_PARAMS = rf"(?:;{_TOK}(?:={_PVAL})?)*"
+# A plain sip/sips URI: lower-case scheme, user without password, escapes are kept.
+_SIP_FAST = (rf"(sips?):(?:([A-Za-z0-9\-.!~*'()&=+$%/_]+)@)?([A-Za-z0-9.\-_]+|\[[0-9A-Fa-f:.]+\])"
+             rf"(?::([0-9]{{1,5}}))?({_PARAMS})")
+_URI_FAST_RE = re.compile(_SIP_FAST)
+# Parameters without the leading ``;`` (as parse_params takes them).
+_PARAMS_FAST_RE = re.compile(rf"{_TOK}(?:={_PVAL})?{_PARAMS}")
+_NAME_ADDR_FAST_RE = re.compile(
+    rf'(?:("[^"\\]*") ?|({_TOK}(?: {_TOK})*) ?)?<{_SIP_FAST}>({_PARAMS})'
+)
+# addr-spec form: every parameter after the URI is a header parameter (RFC 3261 §20).
+_ADDR_SPEC_FAST_RE = _URI_FAST_RE
+#: Bound of the memo of :func:`valid_host` results (host texts repeat: peers,
+#: our own addresses); when full it is cleared, so hostile input costs only speed.
+_HOST_MEMO_MAX = 4096
+_host_memo: dict[str, bool] = {}
 
 
 def is_token(text: str) -> bool:
     """True when ``text`` is a non-empty RFC 3261 §25.1 token."""
-    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+    # strip() removes token characters from both ends: only an all-token text
+    # becomes empty, any other character stops it (C speed, no per-character loop).
+    return bool(text) and not text.strip(_TOKEN_STR)
 
 
 def unescape(text: str) -> str:
@@ -49,7 +84,18 @@ def unescape(text: str) -> str:
 
 
 def valid_host(host: str) -> bool:
-    """True for a hostname, an IPv4 address or a bracketed IPv6 reference."""
+    """True for a hostname, an IPv4 address (each octet < 256) or a bracketed IPv6
+    reference (RFC 3261 §25.1 ``host``). Results are memoised (bounded)."""
+    ok = _host_memo.get(host)
+    if ok is None:
+        ok = _valid_host(host)
+        if len(_host_memo) >= _HOST_MEMO_MAX:
+            _host_memo.clear()
+        _host_memo[host] = ok
+    return ok
+
+
+def _valid_host(host: str) -> bool:
     if _IPV4_RE.match(host):
         return all(int(p) < 256 for p in host.split("."))
     if host.startswith("["):
@@ -64,6 +110,16 @@ def parse_params(text: str, *, where: str) -> dict[str, str | None]:
     values may be quoted strings (kept with their quotes). An empty name raises
     :class:`UriError` naming ``where``.
     """
+    if _PARAMS_FAST_RE.fullmatch(text):
+        params: dict[str, str | None] = {}
+        for part in text.split(";"):
+            name, eq, value = part.partition("=")
+            params[name] = value if eq else None
+        return params
+    return _parse_params_careful(text, where)
+
+
+def _parse_params_careful(text: str, where: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text.strip():
         raise UriError(f"empty parameter in {where}")
@@ -80,7 +136,7 @@ def parse_params(text: str, *, where: str) -> dict[str, str | None]:
                 end = _quoted_end(value, 0)
                 if end != len(value):
                     raise UriError(f"unbalanced quotes in parameter {name!r} of {where}")
-            elif any(c in " \t\"" for c in value):
+            elif " " in value or "\t" in value or '"' in value:
                 raise UriError(f"malformed value for parameter {name!r} in {where}")
             params[name] = value
         else:
@@ -109,6 +165,13 @@ def _quoted_end(text: str, start: int) -> int:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside quoted strings; UriError on an unterminated one."""
+    if '"' not in text:
+        return text.split(sep)
+    return _split_outside_quotes_careful(text, sep)
+
+
+def _split_outside_quotes_careful(text: str, sep: str) -> list[str]:
     out, buf, i, n = [], [], 0, len(text)
     while i < n:
         c = text[i]
@@ -133,8 +196,49 @@ def split_header_list(value: str) -> list[str]:
     """Split a comma-joined header value (Via, Route, Contact…) into its elements.
 
     Commas inside quoted strings and inside ``<...>`` do not split (RFC 3261 §7.3.1).
-    Raises :class:`UriError` on an unterminated quoted string.
+    Elements are stripped of surrounding whitespace (an empty element stays, as
+    ``""``). Raises :class:`UriError` on an unterminated quoted string.
     """
+    if '"' not in value:
+        if "," not in value:
+            return [value.strip()]
+        if "<" not in value:
+            return [e.strip() for e in value.split(",")]
+        return _split_list_unquoted(value)
+    return _split_header_list_careful(value)
+
+
+def _split_list_unquoted(value: str) -> list[str]:
+    """:func:`split_header_list` for a value without quotes. When every piece
+    between commas is either free of ``<`` or holds one ``<`` with a ``>`` after it
+    (``<sip:a;lr>;p=1``), each piece ends at depth 0 (a ``>`` never takes the depth
+    below 0), so every comma is outside brackets: split at all of them. Otherwise
+    visit only the ``<``, ``>`` and ``,`` characters."""
+    pieces = value.split(",")
+    for p in pieces:
+        lt = p.find("<")
+        if lt >= 0 and (p.find(">", lt) < 0 or p.find("<", lt + 1) >= 0):
+            break
+    else:
+        return [p.strip() for p in pieces]
+    out: list[str] = []
+    start = depth = 0
+    for m in _LIST_SPECIALS_RE.finditer(value):
+        c = m.group()
+        if c == "<":
+            depth += 1
+        elif c == ">":
+            if depth:
+                depth -= 1
+        elif not depth:
+            i = m.start()
+            out.append(value[start:i].strip())
+            start = i + 1
+    out.append(value[start:].strip())
+    return out
+
+
+def _split_header_list_careful(value: str) -> list[str]:
     out, buf, i, n, depth = [], [], 0, len(value), 0
     while i < n:
         c = value[i]
@@ -229,7 +333,16 @@ def parse_uri(text: str) -> Uri:
     Raises :class:`UriError` when the text is not a URI: bad scheme, whitespace or
     ``<>`` inside, empty or malformed host, bad port, empty parameter.
     """
-    if not text or any(c in _FORBIDDEN for c in text):
+    m = _URI_FAST_RE.fullmatch(text)
+    if m is not None:
+        uri = _uri_from_fast(m, 1)
+        if uri is not None:
+            return uri
+    return _parse_uri_careful(text)
+
+
+def _parse_uri_careful(text: str) -> Uri:
+    if not text or _FORBIDDEN_RE.search(text):
         raise UriError(f"URI {text!r} contains whitespace, quotes or angle brackets")
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):
@@ -245,6 +358,31 @@ def parse_uri(text: str) -> Uri:
     if not rest:
         raise UriError(f"URI {text!r} is empty after the scheme")
     return Uri(scheme=scheme, opaque=rest)
+
+
+def _fast_params(ptext: str) -> dict[str, str | None]:
+    """Parameters matched by ``_PARAMS`` (``;a=b;c``, possibly empty) as parse_params
+    gives them."""
+    params: dict[str, str | None] = {}
+    if ptext:
+        for part in ptext[1:].split(";"):
+            name, eq, value = part.partition("=")
+            params[name] = value if eq else None
+    return params
+
+
+def _uri_from_fast(m: re.Match, g: int) -> Uri | None:
+    """The Uri of a ``_SIP_FAST`` match whose groups start at ``g``; None when the
+    host or port is out of range (the careful parser then says why)."""
+    scheme, user, host, port_s, ptext = m.group(g, g + 1, g + 2, g + 3, g + 4)
+    if not valid_host(host):
+        return None
+    port = None
+    if port_s is not None:
+        port = int(port_s)
+        if not 0 < port < 65536:
+            return None
+    return Uri(scheme, user, None, host, port, _fast_params(ptext) if ptext else {})
 
 
 def _parse_sip(scheme: str, rest: str, text: str) -> Uri:
@@ -308,13 +446,82 @@ class NameAddr:
         return s + format_params(self.params)
 
 
+#: Bound of the memo of parsed name-addr values (From/To/Contact/Route texts
+#: repeat in every message of a dialog and across calls through the same
+#: proxies); cleared when full, so hostile input costs only speed.
+_NAME_ADDR_MEMO_MAX = 4096
+_name_addr_memo: dict[str, NameAddr] = {}
+
+
+def _clone_uri(u: Uri) -> Uri:
+    return Uri(u.scheme, u.user, u.password, u.host, u.port, u.params.copy(), u.headers, u.opaque)
+
+
+def _clone_name_addr(na: NameAddr) -> NameAddr:
+    return NameAddr(_clone_uri(na.uri), na.display, na.params.copy(), na.star)  # type: ignore[arg-type]
+
+
 def parse_name_addr(value: str, *, allow_star: bool = False) -> NameAddr:
     """Parse a name-addr or addr-spec header value (RFC 3261 §20.10, §25.1).
 
     Raises :class:`UriError` for: unbalanced quotes, a display name that is not tokens
     or a quoted string, whitespace just inside ``<``/``>``, an addr-spec form URI that
     holds ``?`` or ``,`` (those require angle brackets), empty or malformed parameters.
+
+    Every call returns new objects (the caller may change them). Successful parses
+    are memoised by text (bounded); a hit returns a copy of the remembered result.
     """
+    memo = _name_addr_memo.get(value)
+    if memo is not None:
+        return _clone_name_addr(memo)
+    na = _parse_name_addr(value, allow_star)
+    if not na.star:  # "*" parses only when allowed: never remembered
+        if len(_name_addr_memo) >= _NAME_ADDR_MEMO_MAX:
+            _name_addr_memo.clear()
+        _name_addr_memo[value] = _clone_name_addr(na)
+    return na
+
+
+def _check_name_addr(value: str, allow_star: bool = False) -> None:
+    """Raise :class:`UriError` unless ``value`` parses with :func:`parse_name_addr`
+    (cheaper when only validity matters: a remembered value costs a lookup)."""
+    if value not in _name_addr_memo:
+        parse_name_addr(value, allow_star=allow_star)
+
+
+def _parse_name_addr(value: str, allow_star: bool) -> NameAddr:
+    """parse_name_addr without the memo: the fast path, else the careful parser."""
+    m = _NAME_ADDR_FAST_RE.fullmatch(value)
+    if m is not None:
+        uri = _uri_from_fast(m, 3)
+        if uri is not None:
+            ptext = m.group(8)
+            return NameAddr(uri, m.group(1) or m.group(2), _fast_params(ptext) if ptext else {})
+    else:
+        m = _ADDR_SPEC_FAST_RE.fullmatch(value)
+        if m is not None:
+            ptext = m.group(5)
+            uri = _uri_from_fast_bare(m)
+            if uri is not None:
+                return NameAddr(uri, None, _fast_params(ptext) if ptext else {})
+    return _parse_name_addr_careful(value, allow_star)
+
+
+def _uri_from_fast_bare(m: re.Match) -> Uri | None:
+    """The Uri of an addr-spec ``_URI_FAST_RE`` match without its parameters (they
+    are header parameters there)."""
+    scheme, user, host, port_s = m.group(1, 2, 3, 4)
+    if not valid_host(host):
+        return None
+    port = None
+    if port_s is not None:
+        port = int(port_s)
+        if not 0 < port < 65536:
+            return None
+    return Uri(scheme, user, None, host, port, {})
+
+
+def _parse_name_addr_careful(value: str, allow_star: bool) -> NameAddr:
     v = value.strip()
     if allow_star and v == "*":
         return NameAddr(uri=None, star=True)

@@ -1,0 +1,464 @@
+"""The SDP module as it was before the copy/parse speed-ups (src/edgeway/sip/sdp.py
+of commit 3d1db24, verbatim below this docstring): the oracle for
+tests/test_sdp.py's equivalence tests. Not used by the product.
+"""
+# ruff: noqa
+
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "SdpError",
+    "Origin",
+    "Connection",
+    "MediaDescription",
+    "SessionDescription",
+    "DIRECTIONS",
+    "ICE_ATTRIBUTES",
+    "addrtype_for",
+    "rewrite_for_relay",
+]
+
+#: The four direction attributes (RFC 4566 §6, RFC 3264 §5.1).
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+#: Attribute names removed by :func:`rewrite_for_relay` besides any ``ice-*``
+#: (RFC 8839 §5): the relay anchors media, so the endpoint's candidates are useless.
+ICE_ATTRIBUTES = frozenset({"candidate", "remote-candidates", "end-of-candidates"})
+
+_LINE_RE = re.compile(r"^([A-Za-z])=(.*)$", re.S)
+# RFC 4566 §5 order of line types, used to place lines that were not in the input.
+_SESSION_RANK = {k: i for i, k in enumerate("vosiuepcbtrzka")}
+_MEDIA_RANK = {k: i for i, k in enumerate("micbka")}
+
+
+class SdpError(ValueError):
+    """The SDP is malformed; ``str(exc)`` names the offending line and the rule."""
+
+
+def addrtype_for(address: str) -> str:
+    """``"IP6"`` when ``address`` is an IPv6 literal (brackets allowed), else
+    ``"IP4"`` (IPv4 literals and host names)."""
+    try:
+        return "IP6" if ipaddress.ip_address(address.strip("[]")).version == 6 else "IP4"
+    except ValueError:
+        return "IP4"
+
+
+@dataclass
+class Origin:
+    """The ``o=`` line (RFC 4566 §5.2): ``<username> <sess-id> <sess-version>
+    <nettype> <addrtype> <unicast-address>``. ``sess_id`` is text (kept as sent),
+    ``sess_version`` an int."""
+
+    username: str
+    sess_id: str
+    sess_version: int
+    nettype: str
+    addrtype: str
+    address: str
+
+    @classmethod
+    def parse(cls, value: str) -> "Origin":
+        """Parse the value of an ``o=`` line; raises :class:`SdpError` when it has
+        not six fields or sess-version is not a non-negative integer."""
+        parts = value.split()
+        if len(parts) != 6:
+            raise SdpError(f"malformed o= line {value!r}: expected 6 fields, got {len(parts)}")
+        if not parts[2].isdigit():
+            raise SdpError(f"malformed o= line {value!r}: sess-version {parts[2]!r} is not an integer")
+        return cls(parts[0], parts[1], int(parts[2]), parts[3], parts[4], parts[5])
+
+    def __str__(self) -> str:
+        return f"{self.username} {self.sess_id} {self.sess_version} {self.nettype} {self.addrtype} {self.address}"
+
+
+@dataclass
+class Connection:
+    """A ``c=`` line (RFC 4566 §5.7): ``<nettype> <addrtype> <connection-address>``.
+    ``address`` keeps any multicast ``/ttl/count`` suffix as text."""
+
+    nettype: str = "IN"
+    addrtype: str = "IP4"
+    address: str = ""
+
+    @classmethod
+    def parse(cls, value: str) -> "Connection":
+        """Parse the value of a ``c=`` line; raises :class:`SdpError` when it has
+        not three fields."""
+        parts = value.split()
+        if len(parts) != 3:
+            raise SdpError(f"malformed c= line {value!r}: expected <nettype> <addrtype> <address>")
+        return cls(*parts)
+
+    @classmethod
+    def for_address(cls, address: str) -> "Connection":
+        """``IN IP4 <address>`` or ``IN IP6 <address>`` chosen by the address
+        (IPv6 brackets removed)."""
+        return cls("IN", addrtype_for(address), address.strip("[]"))
+
+    def __str__(self) -> str:
+        return f"{self.nettype} {self.addrtype} {self.address}"
+
+
+def _attr_line(name: str, value: str | None) -> str:
+    return f"a={name}" if value is None else f"a={name}:{value}"
+
+
+def _parse_attr(value: str) -> tuple[str, str | None]:
+    name, colon, val = value.partition(":")
+    return (name, val if colon else None)
+
+
+class _AttributesMixin:
+    attributes: list[tuple[str, str | None]]
+
+    def attribute_values(self, name: str) -> list[str | None]:
+        """Values of every ``a=<name>`` in order (None for a flag attribute).
+        Names compare case-sensitively (RFC 4566 §5.13)."""
+        return [v for n, v in self.attributes if n == name]
+
+    def get_attribute(self, name: str, default: str | None = None) -> str | None:
+        """Value of the first ``a=<name>`` (None for a flag), ``default`` if absent."""
+        for n, v in self.attributes:
+            if n == name:
+                return v
+        return default
+
+    def has_attribute(self, name: str) -> bool:
+        return any(n == name for n, _ in self.attributes)
+
+    def remove_attributes(self, *names: str) -> int:
+        """Remove every attribute named in ``names``; returns how many went."""
+        before = len(self.attributes)
+        self.attributes[:] = [(n, v) for n, v in self.attributes if n not in names]
+        return before - len(self.attributes)
+
+    @property
+    def direction(self) -> str | None:
+        """The direction attribute at this level (the last one if several), or None."""
+        found = None
+        for n, v in self.attributes:
+            if v is None and n in DIRECTIONS:
+                found = n
+        return found
+
+    def set_direction(self, direction: str | None) -> None:
+        """Replace the direction attribute at this level (None removes it); raises
+        ValueError for a value not in :data:`DIRECTIONS`."""
+        if direction is not None and direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}")
+        idx = next((i for i, (n, v) in enumerate(self.attributes) if v is None and n in DIRECTIONS), None)
+        self.attributes[:] = [(n, v) for n, v in self.attributes if not (v is None and n in DIRECTIONS)]
+        if direction is not None:
+            self.attributes.insert(len(self.attributes) if idx is None else idx, (direction, None))
+
+
+def _emit(
+    layout: list[tuple[str, str]],
+    singles: dict[str, str | None],
+    attributes: list[tuple[str, str | None]],
+    other: list[tuple[str, str]],
+    rank: dict[str, int],
+) -> list[str]:
+    """Lines in the parsed ``layout`` order; items without a slot are placed by
+    RFC 4566 order (singles) or appended (attributes and other lines)."""
+    out: list[str] = []
+    done: set[str] = set()
+    slotted = {letter for kind, letter in layout if kind == "single"}
+    ai = oi = 0
+    last = len(rank)
+
+    def flush(before: int) -> None:
+        for k, v in singles.items():
+            if k not in done and v is not None and k not in slotted and rank.get(k, last) < before:
+                out.append(f"{k}={v}")
+                done.add(k)
+
+    for kind, letter in layout:
+        flush(rank.get(letter, last))
+        if kind == "single":
+            v = singles.get(letter)
+            if letter not in done and v is not None:
+                out.append(f"{letter}={v}")
+                done.add(letter)
+        elif kind == "attr":
+            if ai < len(attributes):
+                out.append(_attr_line(*attributes[ai]))
+                ai += 1
+        elif oi < len(other):
+            out.append(f"{other[oi][0]}={other[oi][1]}")
+            oi += 1
+    flush(last + 1)
+    for k in singles:  # singles with a slot that was skipped because it was None then
+        if k not in done and singles[k] is not None:
+            out.append(f"{k}={singles[k]}")
+    out += [f"{t}={v}" for t, v in other[oi:]]
+    out += [_attr_line(*a) for a in attributes[ai:]]
+    return out
+
+
+@dataclass
+class MediaDescription(_AttributesMixin):
+    """One media section (RFC 4566 §5.14): ``m=<media> <port>[/<port_count>]
+    <proto> <fmt> ...`` and the lines under it.
+
+    ``port`` int (0 = stream rejected or disabled, RFC 3264 §6); ``port_count`` int
+    or None; ``fmts`` the format list as text (payload types for RTP);
+    ``connection`` the media-level ``c=`` (None → the session-level one applies);
+    ``attributes`` ``(name, value)`` pairs in order, value None for a flag
+    (``a=sendonly``), text after the first ``:`` otherwise; ``other`` every other
+    line (``i=``, ``b=``, ``k=``, a second ``c=``, unknown types) as ``(type,
+    value)`` in order.
+    """
+
+    media: str
+    port: int
+    port_count: int | None
+    proto: str
+    fmts: list[str]
+    connection: Connection | None = None
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    other: list[tuple[str, str]] = field(default_factory=list)
+    _layout: list[tuple[str, str]] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def parse_mline(cls, value: str) -> "MediaDescription":
+        """A section with only its ``m=`` line parsed from ``value``. Raises
+        :class:`SdpError` on fewer than three fields or a port (or port count) that
+        is not an integer in range."""
+        parts = value.split()
+        if len(parts) < 3:
+            raise SdpError(f"malformed m= line {value!r}: expected <media> <port> <proto> <fmt> ...")
+        port_s, slash, count_s = parts[1].partition("/")
+        if not port_s.isdigit() or int(port_s) > 65535:
+            raise SdpError(f"malformed m= line {value!r}: port {port_s!r} is not an integer in 0..65535")
+        count = None
+        if slash:
+            if not count_s.isdigit() or int(count_s) < 1:
+                raise SdpError(f"malformed m= line {value!r}: port count {count_s!r} is not a positive integer")
+            count = int(count_s)
+        return cls(parts[0], int(port_s), count, parts[2], parts[3:])
+
+    @property
+    def mline(self) -> str:
+        """The value of the ``m=`` line."""
+        port = str(self.port) if self.port_count is None else f"{self.port}/{self.port_count}"
+        return " ".join([self.media, port, self.proto, *self.fmts])
+
+    @property
+    def is_rejected(self) -> bool:
+        """True when the port is 0 (RFC 3264 §6)."""
+        return self.port == 0
+
+    @property
+    def rtcp_attribute(self) -> tuple[int, Connection | None] | None:
+        """``a=rtcp:<port> [<nettype> <addrtype> <address>]`` (RFC 3605) as
+        ``(port, Connection or None)``; None when absent. Raises :class:`SdpError`
+        when malformed."""
+        if not self.has_attribute("rtcp"):
+            return None
+        value = self.get_attribute("rtcp")
+        parts = (value or "").split()
+        if not parts or not parts[0].isdigit() or int(parts[0]) > 65535 or len(parts) not in (1, 4):
+            raise SdpError(f"malformed a=rtcp:{value}: expected <port> [<nettype> <addrtype> <address>]")
+        conn = Connection(*parts[1:]) if len(parts) == 4 else None
+        return int(parts[0]), conn
+
+    @property
+    def crypto(self) -> list[str]:
+        """The raw values of the ``a=crypto`` attributes (RFC 4568), in order."""
+        return [v for n, v in self.attributes if n == "crypto" and v is not None]
+
+    def lines(self) -> list[str]:
+        """The section's lines (``m=`` first), without line ends."""
+        singles = {"c": str(self.connection) if self.connection is not None else None}
+        return [f"m={self.mline}"] + _emit(self._layout, singles, self.attributes, self.other, _MEDIA_RANK)
+
+
+@dataclass
+class SessionDescription(_AttributesMixin):
+    """A parsed SDP body (RFC 4566).
+
+    ``version`` the ``v=`` value (int, 0); ``origin`` the ``o=`` line or None when
+    absent; ``session_name`` the ``s=`` value or None; ``connection`` the
+    session-level ``c=`` or None; ``attributes`` the session-level ``a=`` lines as
+    ``(name, value|None)``; ``media`` the :class:`MediaDescription` list in order;
+    ``other`` every other session-level line (``i= u= e= p= b= t= r= z= k=``,
+    unknown types) as ``(type, value)`` in order.
+    """
+
+    version: int = 0
+    origin: Origin | None = None
+    session_name: str | None = "-"
+    connection: Connection | None = None
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    media: list[MediaDescription] = field(default_factory=list)
+    other: list[tuple[str, str]] = field(default_factory=list)
+    _layout: list[tuple[str, str]] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> "SessionDescription":
+        """Parse an SDP body. Bytes are decoded as UTF-8 (undecodable bytes kept
+        through ``surrogateescape``); lines may end in CRLF or LF; blank lines are
+        skipped.
+
+        Raises :class:`SdpError` when the first line is not ``v=``, ``v=`` is not an
+        integer, a line is not ``<letter>=<value>`` (e.g. ``m =video``), or an
+        ``o=``, ``c=`` or ``m=`` line is malformed (wrong field count, non-integer
+        port or sess-version).
+        """
+        text = data.decode("utf-8", "surrogateescape") if isinstance(data, (bytes, bytearray)) else data
+        lines = [ln for ln in re.split(r"\r?\n", text) if ln.strip()]
+        if not lines or not lines[0].startswith("v="):
+            raise SdpError("SDP must start with a v= line")
+        sdp = cls(session_name=None)
+        media: MediaDescription | None = None
+        seen: set[str] = set()
+        for line in lines:
+            m = _LINE_RE.match(line)
+            if not m:
+                raise SdpError(f"malformed SDP line {line[:60]!r}: expected <type>=<value> with a one-letter type")
+            t, v = m.group(1), m.group(2)
+            if t == "m":
+                media = MediaDescription.parse_mline(v)
+                sdp.media.append(media)
+                continue
+            if media is not None:
+                if t == "c" and media.connection is None:
+                    media.connection = Connection.parse(v)
+                    media._layout.append(("single", "c"))
+                elif t == "a":
+                    media.attributes.append(_parse_attr(v))
+                    media._layout.append(("attr", "a"))
+                else:
+                    media.other.append((t, v))
+                    media._layout.append(("other", t))
+                continue
+            if t in "vosc" and t not in seen:
+                seen.add(t)
+                if t == "v":
+                    if not v.strip().isdigit():
+                        raise SdpError(f"malformed v= line {v!r}: not an integer")
+                    sdp.version = int(v)
+                elif t == "o":
+                    sdp.origin = Origin.parse(v)
+                elif t == "s":
+                    sdp.session_name = v
+                else:
+                    sdp.connection = Connection.parse(v)
+                sdp._layout.append(("single", t))
+            elif t == "a":
+                sdp.attributes.append(_parse_attr(v))
+                sdp._layout.append(("attr", "a"))
+            else:
+                sdp.other.append((t, v))
+                sdp._layout.append(("other", t))
+        return sdp
+
+    def lines(self) -> list[str]:
+        """All lines (session then media sections), without line ends."""
+        singles = {
+            "v": str(self.version),
+            "o": str(self.origin) if self.origin is not None else None,
+            "s": self.session_name,
+            "c": str(self.connection) if self.connection is not None else None,
+        }
+        out = _emit(self._layout, singles, self.attributes, self.other, _SESSION_RANK)
+        for m in self.media:
+            out += m.lines()
+        return out
+
+    def to_bytes(self) -> bytes:
+        """Serialise with CRLF after every line (RFC 4566 §5), UTF-8."""
+        return ("\r\n".join(self.lines()) + "\r\n").encode("utf-8", "surrogateescape")
+
+    def __str__(self) -> str:
+        return "\r\n".join(self.lines()) + "\r\n"
+
+    def copy(self) -> "SessionDescription":
+        """A deep copy."""
+        return copy.deepcopy(self)
+
+    @property
+    def session_direction(self) -> str:
+        """The session-level direction, ``"sendrecv"`` when none is given."""
+        return self.direction or "sendrecv"
+
+    def media_direction(self, media: MediaDescription | int) -> str:
+        """The direction in effect for a media section (its own attribute, else the
+        session's, else ``"sendrecv"``, RFC 4566 §6). ``media`` is the section or
+        its index."""
+        m = self.media[media] if isinstance(media, int) else media
+        return m.direction or self.session_direction
+
+    def connection_for(self, media: MediaDescription | int) -> Connection | None:
+        """The ``c=`` in effect for a media section (its own, else the session's)."""
+        m = self.media[media] if isinstance(media, int) else media
+        return m.connection or self.connection
+
+
+def _is_ice(name: str) -> bool:
+    return name in ICE_ATTRIBUTES or name.startswith("ice-")
+
+
+def rewrite_for_relay(
+    sdp: SessionDescription,
+    address: str,
+    ports: list[int | None],
+    *,
+    origin_address: str | None = None,
+) -> SessionDescription:
+    """A copy of ``sdp`` pointing the media at a relay (``sdp`` is not changed).
+
+    * Every ``c=`` (session level, and media level where present; a media section
+      with no ``c=`` gets one when the session has none) becomes ``IN IP4|IP6
+      <address>``, the address type chosen by ``address`` (IPv6 brackets dropped);
+      extra media-level ``c=`` lines are removed.
+    * ``o=``: address (and address type) = ``origin_address`` or ``address``;
+      ``sess-version`` incremented by one (the same input gives the same output, a
+      changed offer with a bumped version gives a bumped one); ``sess-id`` copied.
+    * ``m=`` port ``i`` becomes ``ports[i]`` (int 1–65535). A stream whose port is 0
+      stays 0 whatever ``ports[i]`` is (RFC 3264 §6); a None entry sets the port to
+      0 (the stream is not relayed). ``port_count`` is kept.
+    * ``a=rtcp`` of a relayed stream becomes ``<port+1> IN IP4|IP6 <address>``
+      (RFC 3605); on a port-0 stream it is removed, so no address leaks.
+    * ICE attributes (``a=candidate``, ``a=remote-candidates``,
+      ``a=end-of-candidates``, ``a=ice-*``) are removed at both levels.
+
+    Raises ``ValueError`` when ``len(ports) != len(sdp.media)`` or a port is out of
+    range.
+    """
+    if len(ports) != len(sdp.media):
+        raise ValueError(f"{len(ports)} ports given for {len(sdp.media)} media sections")
+    for p in ports:
+        if p is not None and not 0 < p < 65536:
+            raise ValueError(f"relay port {p} out of range 1..65535")
+    out = sdp.copy()
+    conn = Connection.for_address(address)
+    if out.origin is not None:
+        oaddr = origin_address or address
+        out.origin.address = oaddr.strip("[]")
+        out.origin.addrtype = addrtype_for(oaddr)
+        out.origin.sess_version += 1
+    if out.connection is not None:
+        out.connection = copy.copy(conn)
+    out.attributes = [(n, v) for n, v in out.attributes if not _is_ice(n)]
+    for m, port in zip(out.media, ports):
+        if m.connection is not None or out.connection is None:
+            m.connection = copy.copy(conn)
+        m.other = [(t, v) for t, v in m.other if t != "c"]
+        m.attributes = [(n, v) for n, v in m.attributes if not _is_ice(n)]
+        if m.port == 0 or port is None:
+            m.port = 0
+            m.remove_attributes("rtcp")
+            continue
+        m.port = port
+        m.attributes = [
+            (n, f"{port + 1} {conn}" if n == "rtcp" else v) for n, v in m.attributes
+        ]
+    return out
