@@ -20,7 +20,7 @@ import secrets
 from ..sip.message import Request, Response
 from ..sip.uri import NameAddr, UriError, format_params, parse_name_addr
 
-__all__ = ["CONTACT_PREFIX", "SESSION_EXPIRES", "MIN_SE", "rewrite_contact", "contact_token", "strip_ruri_params",
+__all__ = ["CONTACT_PREFIX", "SESSION_EXPIRES", "MIN_SE", "rewrite_contact", "single_contact", "contact_token", "strip_ruri_params",
            "add_session_timer"]
 
 #: User part prefix of the Contacts the B2BUA writes.
@@ -32,6 +32,19 @@ MIN_SE = "500"
 _ALWAYS_KEPT = ("transport", "user", "lr")
 
 
+def single_contact(msg: Request | Response) -> NameAddr | None:
+    """The Contact of ``msg`` when it has exactly one usable one (not ``*``, not
+    malformed), else None."""
+    values = msg.headers.get_all("Contact")
+    if len(values) != 1:
+        return None
+    try:
+        na = parse_name_addr(values[0])
+    except UriError:
+        return None
+    return na if na.uri is not None else None
+
+
 def rewrite_contact(msg: Request | Response, our_hostport: str, transport: str, *, preserve: bool,
                     token: str | None = None) -> tuple[str, str] | None:
     """Replace the (single) Contact of ``msg`` by one of ours.
@@ -41,14 +54,8 @@ def rewrite_contact(msg: Request | Response, our_hostport: str, transport: str, 
     random one; a call keeps one per party). Returns ``(token, original contact URI as
     str)`` or None when there is no usable Contact (``*``, several, malformed: left
     alone)."""
-    values = msg.headers.get_all("Contact")
-    if len(values) != 1:
-        return None
-    try:
-        na = parse_name_addr(values[0])
-    except UriError:
-        return None
-    if na.uri is None:
+    na = single_contact(msg)
+    if na is None:
         return None
     token = token or secrets.token_hex(8)
     params = dict(na.params) if preserve else {}

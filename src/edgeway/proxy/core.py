@@ -69,14 +69,9 @@ _ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOT
 
 
 def _contact_uri(msg: Request | Response) -> str | None:
-    values = msg.headers.get_all("Contact")
-    if len(values) != 1:
-        return None
-    try:
-        na = parse_name_addr(values[0])
-    except UriError:
-        return None
-    return str(na.uri) if na.uri is not None else None
+    """The single Contact URI of ``msg`` (str), or None."""
+    na = b2bua.single_contact(msg)
+    return str(na.uri) if na is not None else None
 
 
 class ProxyCore:

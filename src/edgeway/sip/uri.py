@@ -375,6 +375,11 @@ def _uri_from_fast(m: re.Match, g: int) -> Uri | None:
     """The Uri of a ``_SIP_FAST`` match whose groups start at ``g``; None when the
     host or port is out of range (the careful parser then says why)."""
     scheme, user, host, port_s, ptext = m.group(g, g + 1, g + 2, g + 3, g + 4)
+    return _fast_uri(scheme, user, host, port_s, _fast_params(ptext) if ptext else {})
+
+
+def _fast_uri(scheme: str, user: str | None, host: str, port_s: str | None, params: dict) -> Uri | None:
+    """A Uri from fast-path pieces; None when the host or port is out of range."""
     if not valid_host(host):
         return None
     port = None
@@ -382,7 +387,7 @@ def _uri_from_fast(m: re.Match, g: int) -> Uri | None:
         port = int(port_s)
         if not 0 < port < 65536:
             return None
-    return Uri(scheme, user, None, host, port, _fast_params(ptext) if ptext else {})
+    return Uri(scheme, user, None, host, port, params)
 
 
 def _parse_sip(scheme: str, rest: str, text: str) -> Uri:
@@ -511,14 +516,7 @@ def _uri_from_fast_bare(m: re.Match) -> Uri | None:
     """The Uri of an addr-spec ``_URI_FAST_RE`` match without its parameters (they
     are header parameters there)."""
     scheme, user, host, port_s = m.group(1, 2, 3, 4)
-    if not valid_host(host):
-        return None
-    port = None
-    if port_s is not None:
-        port = int(port_s)
-        if not 0 < port < 65536:
-            return None
-    return Uri(scheme, user, None, host, port, {})
+    return _fast_uri(scheme, user, host, port_s, {})
 
 
 def _parse_name_addr_careful(value: str, allow_star: bool) -> NameAddr:
