@@ -63,6 +63,8 @@ _BRANCH_PREFIX = BRANCH_PREFIX  # the name earlier code and tests use
 _TARGET_METHODS = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 #: Seconds a call without activity is kept (a BYE that never came).
 CALL_IDLE_S = 12 * 3600.0
+#: Seconds between Timer C sweeps (Timer C fires up to this late).
+TIMER_C_SWEEP_S = 1.0
 #: Seconds between sweeps for idle calls.
 CALL_SWEEP_S = 60.0
 _ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
@@ -127,6 +129,10 @@ class ProxyCore:
         self._now = 0.0
         self._out: list = []
         self._sweeping = False
+        #: INVITE branches waiting for a final response (Timer C), swept once a second
+        #: so that no timer entry keeps a finished branch alive.
+        self._timer_c_branches: set[Branch] = set()
+        self._timer_c_armed = False
         self.stats = {"calls_attempted": 0, "calls_connected": 0, "calls_rejected": 0, "calls_cleared": 0}
 
     # ================================================================ driver API
@@ -302,7 +308,13 @@ class ProxyCore:
             if kind == "giveup":
                 self._give_up(obj)
             elif kind == "timer_c":
-                self._timer_c(obj)
+                for b in [b for b in self._timer_c_branches if b.final is not None or b.timer_c <= now]:
+                    self._timer_c_branches.discard(b)
+                    if b.final is None:
+                        self._timer_c(b)
+                self._timer_c_armed = bool(self._timer_c_branches)
+                if self._timer_c_armed:
+                    self._schedule(now + TIMER_C_SWEEP_S, "timer_c", None)
             elif kind == "failed":
                 if self._failed.get(obj[0]) is obj[1]:
                     del self._failed[obj[0]]
@@ -708,7 +720,10 @@ class ProxyCore:
         self._client_actions(b, tx.start(self._now))
         if fwd.method == "INVITE":
             b.timer_c = self._now + self.timer_c
-            self._schedule(b.timer_c, "timer_c", b)
+            self._timer_c_branches.add(b)
+            if not self._timer_c_armed:
+                self._timer_c_armed = True
+                self._schedule(self._now + TIMER_C_SWEEP_S, "timer_c", None)
 
     def _client_actions(self, b: Branch, actions: list) -> None:
         for a in actions:
@@ -727,6 +742,12 @@ class ProxyCore:
                     self._branch_failed(b, self._warned(503, "Service Unavailable", a.reason or "transport error"))
             elif t is txn.Terminated:
                 self.table.remove(b.tx)
+                b.tx.tu = None  # break the cycles so reference counting frees it (no GC work)
+                if b.ctx is not None and b.final is not None:
+                    try:
+                        b.ctx.branches.remove(b)
+                    except ValueError:
+                        pass
                 if b.flow.conn_id:
                     s = self._flow_branches.get(b.flow.conn_id)
                     if s is not None:
@@ -909,6 +930,7 @@ class ProxyCore:
                     self._ack(msg, ctx.flow, ctx.ingress)  # an ACK for a 2xx reusing the branch (RFC 6026)
             elif t is txn.Terminated:
                 self.table.remove(ctx.st)
+                ctx.st.tu = None  # break the cycle (reference counting frees the context)
 
     def _reachable(self, flow: Flow, zone: str | None) -> bool:
         """Whether a response can still reach the party of ``flow``: UDP, a live
@@ -1000,11 +1022,6 @@ class ProxyCore:
         """Timer C of an INVITE branch fired (RFC 3261 §16.8): no final response within
         ``timers.timer_c_s`` of its last provisional. A branch that rang is CANCELled (its
         487, or the give-up 64*T1 later, ends it); one that never answered gets 408."""
-        if b.final is not None or b.timer_c is None:
-            return
-        if b.timer_c > self._now:
-            self._schedule(b.timer_c, "timer_c", b)
-            return
         b.timer_c = None
         self._out.append(Event("next hop timeout", {"call_id": b.request.call_id, "hop": f"{b.hop.ip}:{b.hop.port}",
                                                     "zone": b.hop.zone, "cause": "Timer C: no final response"}))
@@ -1295,6 +1312,7 @@ class ProxyCore:
         if call.ended:
             return
         self.calls.remove(call)
+        call.dialogs = {}  # dialogs point back at the call: break the cycle
         if release and call.media is not None:
             self._out.append(ReleaseMedia(call.key, call.call_id, reason))
 
