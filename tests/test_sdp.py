@@ -421,3 +421,53 @@ def test_parse_copy_rewrite_match_reference(text: str, as_bytes: bool, address: 
     ports = [None if i % 3 == 2 else 40000 + 2 * i for i in range(len(mine.media))]
     assert _outcome(rewrite_for_relay, mine, address, ports) == _outcome(ref.rewrite_for_relay, theirs, address, ports)
     assert addrtype_for(address) == ref.addrtype_for(address)
+
+
+# ---------------------------------------------------------------------------
+# The relay fast path (scan_for_relay / RelayScan.rewrite) against the object model.
+
+_SESSION_LINES = ["s=-", "s=call", "t=0 0", "b=AS:64", "i=info", "a=group:BUNDLE 0", "a=ice-ufrag:abc", "a=ice-lite",
+                  "a=sendrecv", "c=IN IP4 192.0.2.9", "o=dup 1 1 IN IP4 192.0.2.8", "z=0 0", "x=unknown"]
+_MEDIA_LINES = ["a=rtpmap:8 PCMA/8000", "a=rtcp:40001", "a=rtcp:40001 IN IP4 192.0.2.7", "a=candidate:1 1 UDP 1 192.0.2.7 40000 typ host",
+                "a=end-of-candidates", "a=ice-pwd:xyz", "a=sendonly", "b=AS:32", "c=IN IP4 192.0.2.6", "c=IN IP6 2001:db8::6",
+                "i=media", "k=prompt", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"]
+
+
+@st.composite
+def _sdp_bodies(draw) -> bytes:
+    lines = ["v=0", f"o=alice {draw(st.integers(0, 9))} {draw(st.integers(0, 99))} IN IP4 192.0.2.1"]
+    lines += draw(st.lists(st.sampled_from(_SESSION_LINES), max_size=6))
+    lines.insert(draw(st.integers(2, len(lines))), "c=IN IP4 192.0.2.1")  # the fast path needs a session c=
+    for _ in range(draw(st.integers(0, 3))):
+        port = draw(st.sampled_from(["0", "40000", "40002/2", "9"]))
+        lines.append(f"m={draw(st.sampled_from(['audio', 'video']))} {port} {draw(st.sampled_from(['RTP/AVP', 'RTP/SAVP']))} 8 0")
+        lines += draw(st.lists(st.sampled_from(_MEDIA_LINES), max_size=6))
+    end = draw(st.sampled_from(["\r\n", "\n"]))
+    return (end.join(lines) + end).encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(_sdp_bodies(), st.data())
+def test_relay_fast_path_equals_the_object_model(body: bytes, data) -> None:
+    from edgeway.sip import sdp as S
+
+    scan = S.scan_for_relay(body)
+    model = S.SessionDescription.parse(body)
+    assert scan is not None, body  # every body of this grammar has a session c= and is well formed
+    ports = [data.draw(st.sampled_from([None, 36000, 50000])) for _ in model.media]
+    assert scan.rewrite("203.0.113.1", ports) == S.rewrite_for_relay(model, "203.0.113.1", ports).to_bytes()
+    want = []
+    for m in model.media:
+        c = m.connection or model.connection
+        rtcp = m.rtcp_attribute
+        want.append((m.port, m.proto, c.address if c else None, rtcp[0] if rtcp else None))
+    assert scan.media == want
+
+
+def test_relay_fast_path_declines_what_it_does_not_take() -> None:
+    from edgeway.sip import sdp as S
+
+    assert S.scan_for_relay(b"v=0\r\no=a 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n") is None  # no session c=
+    assert S.scan_for_relay(b"m =audio 4000 RTP/AVP 0\r\n") is None
+    assert S.scan_for_relay(b"v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 99999 RTP/AVP 0\r\n") is None
+    assert S.scan_for_relay(b"v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:x\r\n") is None

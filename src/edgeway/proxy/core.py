@@ -683,7 +683,7 @@ class ProxyCore:
             cont(msg)
             return
         try:
-            desc = MediaPlanner.parse(msg)
+            desc = self.planner.parse(call.media, msg)
         except SdpError as exc:
             self._out.append(Event("sdp rewrite failed", {"call_id": call.call_id, "error": str(exc)}))
             cont(None)

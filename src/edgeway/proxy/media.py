@@ -38,6 +38,9 @@ from .actions import Event, MediaCrypto, MediaRemote
 
 __all__ = ["MediaPlanner", "CallMedia", "StreamCrypto", "PROBE_INTERVAL_S", "PROBE_COUNT"]
 
+_RTP_PROTOS = frozenset({"RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"})
+_SAVP_PROTOS = frozenset({"RTP/SAVP", "RTP/SAVPF"})
+
 #: Seconds between latch probes the core sends toward the edge, and how many.
 PROBE_INTERVAL_S = 0.5
 PROBE_COUNT = 10
@@ -126,21 +129,44 @@ class MediaPlanner:
         return "a" if from_a else "b"
 
     # -- offer/answer ---------------------------------------------------------------
-    @staticmethod
-    def parse(msg: Request | Response) -> sdpmod.SessionDescription | None:
-        """The SDP body of ``msg`` or None when it has none. Raises SdpError."""
+    def parse(self, call: CallMedia, msg: Request | Response) -> sdpmod.SessionDescription | sdpmod.RelayScan | None:
+        """The SDP body of ``msg`` read for anchoring, or None when it has none: a
+        :class:`~edgeway.sip.sdp.RelayScan` (the fast path) when the body is plain and no
+        SRTP interworking can apply to it, else a full
+        :class:`~edgeway.sip.sdp.SessionDescription`. Raises SdpError."""
         if not msg.body or msg.content_type != "application/sdp":
             return None
+        scan = sdpmod.scan_for_relay(msg.body)
+        if scan is not None and self._plain(call, msg, scan):
+            return scan
         return sdpmod.SessionDescription.parse(msg.body)
 
+    def _plain(self, call: CallMedia, msg: Request | Response, scan: sdpmod.RelayScan) -> bool:
+        """True when :meth:`_interwork` would leave every stream of ``scan`` alone."""
+        if call.crypto:
+            return False
+        want = self.mode(call.a_zone if self.toward(call, msg) == "a" else call.b_zone)
+        if want == "auto":
+            return True
+        for port, proto, _addr, _rtcp in scan.media:
+            if port == 0 or proto not in _RTP_PROTOS:
+                continue
+            savp = proto in _SAVP_PROTOS
+            if (not savp and want in ("on", "force")) or (savp and want == "off"):
+                return False
+        return True
+
     @staticmethod
-    def missing(call: CallMedia, desc: sdpmod.SessionDescription) -> list[int]:
+    def _ports(desc: sdpmod.SessionDescription | sdpmod.RelayScan) -> list[int]:
+        if isinstance(desc, sdpmod.RelayScan):
+            return [m[0] for m in desc.media]
+        return [m.port for m in desc.media]
+
+    @classmethod
+    def missing(cls, call: CallMedia, desc: sdpmod.SessionDescription | sdpmod.RelayScan) -> list[int]:
         """Indexes of the ``m=`` lines that need a relay port pair on each side."""
-        out = []
-        for i, m in enumerate(desc.media):
-            if m.port != 0 and (i >= len(call.ports) or call.ports[i] is None):
-                out.append(i)
-        return out
+        have = call.ports
+        return [i for i, port in enumerate(cls._ports(desc)) if port != 0 and (i >= len(have) or have[i] is None)]
 
     @staticmethod
     def allocated(call: CallMedia, ports: dict[int, tuple[int, int]]) -> None:
@@ -150,7 +176,7 @@ class MediaPlanner:
                 call.ports.append(None)
             call.ports[i] = pair
 
-    def rewrite(self, call: CallMedia, msg: Request | Response, desc: sdpmod.SessionDescription) -> list:
+    def rewrite(self, call: CallMedia, msg: Request | Response, desc: sdpmod.SessionDescription | sdpmod.RelayScan) -> list:
         """Rewrite the body of ``msg`` (in place) toward its receiver and return the
         relay actions (remote addresses, latch probes, SRTP keys) and events.
 
@@ -160,6 +186,18 @@ class MediaPlanner:
         src_zone = call.a_zone if source == "a" else call.b_zone
         probe = self.role == "core" and self.is_traversal(src_zone)
         actions: list = []
+        if isinstance(desc, sdpmod.RelayScan):
+            ports_out: list[int | None] = []
+            for i, (port, _proto, ip, rtcp) in enumerate(desc.media):
+                pair = call.ports[i] if i < len(call.ports) else None
+                if port == 0 or pair is None:
+                    ports_out.append(None)
+                    continue
+                if ip:
+                    actions.append(MediaRemote(call.key, i, source, ip, port, rtcp, probe and ip not in ("0.0.0.0", "::")))
+                ports_out.append(pair[0] if toward == "a" else pair[1])
+            msg.body = desc.rewrite(self.address, ports_out)
+            return actions
         ports: list[int | None] = []
         for i, m in enumerate(desc.media):
             pair = call.ports[i] if i < len(call.ports) else None

@@ -32,6 +32,8 @@ __all__ = [
     "ICE_ATTRIBUTES",
     "addrtype_for",
     "rewrite_for_relay",
+    "scan_for_relay",
+    "RelayScan",
 ]
 
 #: The four direction attributes (RFC 4566 §6, RFC 3264 §5.1).
@@ -539,3 +541,169 @@ def rewrite_for_relay(
             (n, f"{port + 1} {conn}" if n == "rtcp" else v) for n, v in m.attributes
         ]
     return out
+
+
+# ---------------------------------------------------------------------------
+# The relay rewrite of a plain body without the object model (the hot path).
+
+
+class RelayScan:
+    """A body read for :func:`scan_for_relay`: per ``m=`` line its port, protocol,
+    the connection address that applies to it (str or None) and the ``a=rtcp`` port
+    (int or None); and enough of the lines to write the rewrite of
+    :func:`rewrite_for_relay` without building a :class:`SessionDescription`.
+
+    ``media`` is a list of ``(port, proto, address, rtcp_port)``. Use
+    :meth:`rewrite` to produce the body."""
+
+    __slots__ = ("media", "_session", "_sections")
+
+    def __init__(self, media: list, session: list, sections: list):
+        self.media = media
+        self._session = session
+        self._sections = sections
+
+    def rewrite(self, address: str, ports: list[int | None]) -> bytes:
+        """The same bytes as ``rewrite_for_relay(SessionDescription.parse(body),
+        address, ports).to_bytes()``. Raises ValueError like it."""
+        if len(ports) != len(self.media):
+            raise ValueError(f"{len(ports)} ports given for {len(self.media)} media sections")
+        for p in ports:
+            if p is not None and not 0 < p < 65536:
+                raise ValueError(f"relay port {p} out of range 1..65535")
+        addrtype = addrtype_for(address)
+        bare = address.strip("[]")
+        conn = f"IN {addrtype} {bare}"
+        out = _fill(self._session, lambda kind, v: (
+            f"o={v[0]} {v[1]} {v[2] + 1} {v[3]} {addrtype} {bare}" if kind == "o" else f"c={conn}"), None)
+        for (head, slots), (mport, _proto, _addr, _rtcp), port in zip(self._sections, self.media, ports):
+            media, count, proto, fmts = head
+            relayed = mport != 0 and port is not None
+            p = port if relayed else 0
+            pstr = str(p) if count is None else f"{p}/{count}"
+            out.append(" ".join(["m=" + media, pstr, proto, *fmts]) if fmts else f"m={media} {pstr} {proto}")
+            out += _fill(slots, lambda kind, v: f"c={conn}", f"rtcp:{p + 1} {conn}" if relayed else "")
+        return ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _fill(slots: tuple, single, rtcp: str | None) -> list[str]:
+    """Write one level's lines the way :func:`_emit` does after the relay rewrite:
+    attribute and other lines keep their order but move up into the earlier slots of
+    their kind when some were removed (ICE attributes, extra media ``c=`` lines, an
+    ``a=rtcp`` of a stream that is not relayed). ``rtcp`` (media level): the new
+    ``a=rtcp`` value, or "" to drop it; None at session level (left alone)."""
+    layout, attrs, others, is_media = slots
+    kept = []
+    for a in attrs:
+        name = a.partition(":")[0]
+        if name in ICE_ATTRIBUTES or name.startswith("ice-"):
+            continue
+        if is_media and name == "rtcp":
+            if rtcp:
+                kept.append("a=" + rtcp)
+            continue
+        kept.append("a=" + a)
+    out: list[str] = []
+    ai = oi = 0
+    for kind, v in layout:
+        if kind == "a":
+            if ai < len(kept):
+                out.append(kept[ai])
+                ai += 1
+        elif kind == "x":
+            if oi < len(others):
+                out.append(others[oi])
+                oi += 1
+        elif kind in ("o", "c"):
+            out.append(single(kind, v))
+        else:
+            out.append(v)
+    return out
+
+
+def scan_for_relay(data: bytes) -> RelayScan | None:
+    """Read an SDP body for the relay rewrite, or None when it is not one the fast
+    path takes (anything unusual, malformed or without a session-level ``c=``): then
+    use :class:`SessionDescription` and :func:`rewrite_for_relay`, which also say what
+    is wrong with a malformed body."""
+    text = data.decode("utf-8", "surrogateescape")
+    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if ln.strip()]
+    if not lines or not lines[0].startswith("v="):
+        return None
+    session_layout: list = []
+    s_attrs: list[str] = []
+    s_others: list[str] = []
+    seen: set[str] = set()
+    session_addr: str | None = None
+    sections: list = []
+    media: list = []
+    cur = None
+    for line in lines:
+        if line[1:2] != "=" or line[0] not in _LETTERS:
+            return None
+        t, v = line[0], line[2:]
+        if t == "m":
+            parts = v.split()
+            if len(parts) < 3:
+                return None
+            port_s, slash, count_s = parts[1].partition("/")
+            if not port_s.isdigit() or int(port_s) > 65535 or (slash and (not count_s.isdigit() or int(count_s) < 1)):
+                return None
+            cur = {"layout": [], "attrs": [], "others": [], "c": None, "rtcp": None}
+            sections.append(((parts[0], int(count_s) if slash else None, parts[2], parts[3:]), cur))
+            media.append([int(port_s), parts[2]])
+            continue
+        if cur is not None:
+            if t == "c" and cur["c"] is None:
+                f = v.split()
+                if len(f) != 3:
+                    return None
+                cur["c"] = f[2]
+                cur["layout"].append(("c", None))
+            elif t == "a":
+                if v.partition(":")[0] == "rtcp" and cur["rtcp"] is None:
+                    rp = v.partition(":")[2].split()
+                    if not rp or not rp[0].isdigit() or int(rp[0]) > 65535 or len(rp) not in (1, 4):
+                        return None
+                    cur["rtcp"] = int(rp[0])
+                cur["attrs"].append(v)
+                cur["layout"].append(("a", None))
+            elif t == "c":
+                cur["layout"].append(("x", None))  # an extra c=: removed by the rewrite
+            else:
+                cur["others"].append(line)
+                cur["layout"].append(("x", None))
+            continue
+        if t in "vosc" and t not in seen:
+            seen.add(t)
+            if t == "v":
+                if not v.strip().isdigit():
+                    return None
+                session_layout.append(("v", f"v={int(v)}"))
+            elif t == "o":
+                f = v.split()
+                if len(f) != 6 or not f[2].isdigit():
+                    return None
+                session_layout.append(("o", (f[0], f[1], int(f[2]), f[3])))
+            elif t == "s":
+                session_layout.append(("s", line))
+            else:
+                f = v.split()
+                if len(f) != 3:
+                    return None
+                session_addr = f[2]
+                session_layout.append(("c", None))
+        elif t == "a":
+            s_attrs.append(v)
+            session_layout.append(("a", None))
+        else:
+            s_others.append(line)
+            session_layout.append(("x", None))
+    if session_addr is None:
+        return None
+    out_sections = []
+    for (head, cur), m in zip(sections, media):
+        m.append(cur["c"] or session_addr)
+        m.append(cur["rtcp"])
+        out_sections.append((head, (cur["layout"], cur["attrs"], cur["others"], True)))
+    return RelayScan([tuple(m) for m in media], (session_layout, s_attrs, s_others, False), out_sections)
