@@ -94,7 +94,8 @@ def test_file_lines_threads_and_close(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    lines = path.read_text(encoding="utf-8").splitlines()  # readable while open: line-buffered
+    log.flush()
+    lines = path.read_text(encoding="utf-8").splitlines()  # readable while open once flushed
     assert len(lines) == n_threads * per and log.counts == {"sip message": n_threads * per}
     seen = {(r["thread"], r["n"]) for r in map(json.loads, lines)}
     assert len(seen) == n_threads * per
@@ -108,3 +109,24 @@ def test_null_log_counts_only():
     before = NULL_LOG.counts.get("x", 0)
     NULL_LOG.emit("x", a=1)
     assert NULL_LOG.counts["x"] == before + 1
+
+
+def test_sip_message_line_is_the_generic_one_and_buffered_lines_reach_the_file(tmp_path):
+    import time
+
+    from edgeway.diag.events import FLUSH_INTERVAL_S
+
+    path = tmp_path / "events.jsonl"
+    log = EventLog("edge", str(path))
+    log.sip_message("in", "udp", "192.0.2.1:5060", 'c"1@x', "INVITE sip:bob@é.test", "1 INVITE")
+    log.emit("sip message", dir="out", transport="tls", peer="192.0.2.2:7001", call_id="c2", line="SIP/2.0 200 OK", cseq=None)
+    time.sleep(FLUSH_INTERVAL_S + 0.02)
+    log.emit("flush me")  # the period passed: this write flushes everything
+    got = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    assert [{k: v for k, v in r.items() if k != "ts"} for r in got[:2]] == [
+        {"node": "edge", "event": "sip message", "dir": "in", "transport": "udp", "peer": "192.0.2.1:5060",
+         "call_id": 'c"1@x', "line": "INVITE sip:bob@é.test", "cseq": "1 INVITE"},
+        {"node": "edge", "event": "sip message", "dir": "out", "transport": "tls", "peer": "192.0.2.2:7001",
+         "call_id": "c2", "line": "SIP/2.0 200 OK", "cseq": None}]
+    assert isinstance(got[0]["ts"], float) and log.counts["sip message"] == 2
+    log.close()

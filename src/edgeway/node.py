@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from .config.models import DnsZone, NodeConfig
-from .diag.events import EventLog
+from .diag.events import FLUSH_INTERVAL_S, EventLog
 from .media.relay import MediaRelay
 from .proxy.driver import ProxyDriver
 from .routing.zones import classify_by_tls_identity
@@ -42,6 +42,7 @@ class Node:
         self.proxy: ProxyDriver | None = None
         self.traversal: Traversal | None = None
         self.resolver = None
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     async def _resolve(self, uri, default_transport: str, zone: str) -> list[Hop]:
         """RFC 3263 targets of ``uri`` for DNS zone ``zone`` (or the zone a dialog party
@@ -101,6 +102,7 @@ class Node:
                 mtls = server_context(t.cert_file, t.key_file, t.ca_file, require_client_cert=True, min_version=t.min_version)
                 await self.tl.listen_stream(s.listen_ip, z.port, tls=mtls, listener=TRAVERSAL_LISTENER)
         self.traversal.start()
+        self._flush_handle = loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
         self.events.emit("node started", role=cfg.role, listen_ip=s.listen_ip, udp=s.udp_port, tcp=s.tcp_port, tls=s.tls_port)
 
     # ------------------------------------------------------------ inbound chain
@@ -146,7 +148,14 @@ class Node:
         self.traversal.connection_closed(conn)
         self.proxy.connection_closed(conn)
 
+    def _flush_events(self) -> None:
+        """Flush the event log on its period, so that lines reach the file while idle."""
+        self.events.flush()
+        self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_INTERVAL_S, self._flush_events)
+
     async def close(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         if self.traversal:
             await self.traversal.close()
         if self.proxy:

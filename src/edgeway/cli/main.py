@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
 import typer
 
-from .loop import install_event_loop_policy
+from ..runtime import install_event_loop_policy, tune_gc
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edgeway collaboration edge: core/edge traversal pair.")
 
@@ -38,11 +39,21 @@ def run_node(cfg) -> None:
     async def main() -> None:
         node = Node(cfg)
         await node.start()
+        tune_gc()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        profile = os.environ.get("EDGEWAY_PROFILE")  # bench/: a cProfile dump of the running node
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         await stop.wait()
+        if profile:
+            prof.disable()
+            prof.dump_stats(f"{profile}.{cfg.name}")
         await node.close()
 
     asyncio.run(main())

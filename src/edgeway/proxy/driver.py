@@ -293,8 +293,7 @@ class ProxyDriver:
 
     def _log(self, direction: str, msg: Request | Response, transport: str, ip: str, port: int, call_id: str) -> None:
         line = msg.start_line() if type(msg) is Response else f"{msg.method} {msg.uri}"
-        self.events.emit("sip message", dir=direction, transport=transport, peer=f"{ip}:{port}", call_id=call_id,
-                         line=line, cseq=msg.headers.get("CSeq"))
+        self.events.sip_message(direction, transport, f"{ip}:{port}", call_id, line, msg.headers.get("CSeq"))
 
     def _arm(self) -> None:
         d = self.core.next_deadline()
