@@ -48,7 +48,7 @@ from ..sip.target import Flow, FlowTokens, Hop, is_ip_literal, response_hop
 from ..sip.uri import Uri, UriError, format_params, parse_name_addr, parse_uri
 from . import b2bua, hiding
 from .actions import AllocateMedia, Connect, Event, ReleaseMedia, Resolve, Send
-from .checks import response_next_hop_forbidden
+from .checks import loop_hash, response_next_hop_forbidden
 from .dialogs import DIALOG_METHODS, Call, CallTable, Dialog, DialogSide, other_side
 from .forward import branch_request, cancel_for, new_branch, record_route_entry, via_value
 from .media import CallMedia, MediaPlanner
@@ -435,7 +435,8 @@ class ProxyCore:
         if rej is not None:
             self._respond(ctx, rej.status, rej.reason, extra=list(rej.headers))
             return
-        if is_loop(req, self.our_hosts):
+        ctx.loop_hash = loop_hash(req)
+        if is_loop(req, self.our_hosts, ctx.loop_hash):
             self._respond(ctx, 482, "Loop Detected")
             return
         try:
@@ -638,7 +639,7 @@ class ProxyCore:
             return
         req = ctx.req
         ip, port = self._egress_address(flow)
-        branch = new_branch(req)
+        branch = new_branch(req, ctx.loop_hash)
         via = via_value(flow.transport, ip, port, branch, zone_token(hop.zone))
         call = ctx.call
         rr: tuple[str, ...] = ()
@@ -1343,8 +1344,8 @@ class ProxyCore:
         route = list(reversed(rr[:i])) if i is not None else []
         ip, port = self._egress_address(flow)
         zt = zone_token(b.hop.zone)
-        ack = ack_for_2xx(inv, resp, via=via_value(flow.transport, ip, port, new_branch(inv), zt), route=route)
-        bye = bye_after_2xx(inv, resp, via=via_value(flow.transport, ip, port, new_branch(inv), zt), route=route)
+        ack = ack_for_2xx(inv, resp, via=str(via_value(flow.transport, ip, port, new_branch(inv), zt)), route=route)
+        bye = bye_after_2xx(inv, resp, via=str(via_value(flow.transport, ip, port, new_branch(inv), zt)), route=route)
         if ack is None or bye is None:
             return
         bye.headers.add("Reason", 'SIP;cause=480;text="Call cleared by Edgeway"')

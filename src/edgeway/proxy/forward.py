@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import secrets
 
-from ..sip.message import Request
+from ..sip.message import Request, Via
 from .checks import loop_hash
 from .request import BRANCH_PREFIX
 
@@ -23,18 +23,18 @@ _counter = itertools.count(1)
 _salt = secrets.token_hex(2)
 
 
-def new_branch(req: Request) -> str:
+def new_branch(req: Request, hash_: str | None = None) -> str:
     """A fresh branch (str) for a request forwarded from ``req``: the magic cookie, our
-    prefix, the loop hash of ``req`` (RFC 3261 §16.6 item 8) and a per-process unique
-    suffix."""
-    return f"{BRANCH_PREFIX}{loop_hash(req)}.{next(_counter):x}{_salt}"
+    prefix, the loop hash of ``req`` (RFC 3261 §16.6 item 8; ``hash_`` when already
+    computed) and a per-process unique suffix."""
+    return f"{BRANCH_PREFIX}{hash_ or loop_hash(req)}.{next(_counter):x}{_salt}"
 
 
-def via_value(transport: str, ip: str, port: int, branch: str, zone_token: str) -> str:
+def via_value(transport: str, ip: str, port: int, branch: str, zone_token: str) -> Via:
     """Our Via for a request leaving by ``transport`` from ``ip``:``port``, with
     ``rport`` (RFC 3581) and the egress zone (``egress-zone=<token>``)."""
     host = f"[{ip}]" if ":" in ip and not ip.startswith("[") else ip
-    return f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch};rport;egress-zone={zone_token}"
+    return Via(transport.upper(), host, port, {"branch": branch, "rport": None, "egress-zone": zone_token})
 
 
 def record_route_entry(host: str, port: int, transport: str, token: str | None) -> str:
@@ -47,7 +47,7 @@ def record_route_entry(host: str, port: int, transport: str, token: str | None) 
     return f"<sip:{user}{host}:{port};transport={transport};lr>"
 
 
-def branch_request(req: Request, *, ruri: str | None, via: str, record_route: tuple[str, ...] = (),
+def branch_request(req: Request, *, ruri: str | None, via: Via, record_route: tuple[str, ...] = (),
                    default_max_forwards: int = 70) -> Request:
     """The request sent on one branch (RFC 3261 §16.6): a copy of ``req`` with the
     Request-URI ``ruri`` (None: unchanged), Max-Forwards decremented (or
@@ -60,7 +60,7 @@ def branch_request(req: Request, *, ruri: str | None, via: str, record_route: tu
     fwd.headers.set("Max-Forwards", str(int(mf) - 1) if mf is not None else str(default_max_forwards))
     for rr in reversed(record_route):
         fwd.headers.add("Record-Route", rr, first=True)
-    fwd.headers.add("Via", via, first=True)
+    fwd.push_via(via)
     return fwd
 
 

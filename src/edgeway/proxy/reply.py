@@ -96,7 +96,7 @@ class ResponseContext:
 
     __slots__ = ("st", "req", "flow", "ingress", "call", "groups", "lanes", "branches", "finals", "final_sent",
                  "answered_2xx", "cancelled", "stop", "search", "dialog", "to_side", "from_side", "route_override",
-                 "hidden_rr_tail", "rr_ours", "initial")
+                 "hidden_rr_tail", "rr_ours", "initial", "loop_hash")
 
     def __init__(self, st: Any, req: Any, flow: Flow, ingress: str):
         self.st = st
@@ -126,6 +126,8 @@ class ResponseContext:
         #: Our Record-Route values in the forwarded request (str, as inserted).
         self.rr_ours: tuple[str, ...] = ()
         self.initial = False
+        #: The loop hash of the request (RFC 3261 §16.6 item 8), computed once.
+        self.loop_hash: str | None = None
 
     @property
     def method(self) -> str:

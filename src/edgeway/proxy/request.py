@@ -59,13 +59,14 @@ def validate(req: Request) -> Rejection | None:
     return check_request(req, answer_options_mf0=False)
 
 
-def is_loop(req: Request, our_hosts: frozenset[str]) -> bool:
+def is_loop(req: Request, our_hosts: frozenset[str], hash_: str | None = None) -> bool:
     """RFC 3261 §16.3 item 4: a Via of ours whose branch carries the loop hash of this
-    request (a spiral, where the request changed, has another hash and is not a loop)."""
+    request (``hash_`` when already computed; a spiral, where the request changed, has
+    another hash and is not a loop)."""
     vias = req.headers.get_all("Via")
     if len(vias) < 2:
         return False
-    wanted = BRANCH_PREFIX + loop_hash(req)
+    wanted = BRANCH_PREFIX + (hash_ or loop_hash(req))
     for v in vias:
         if wanted not in v:
             continue

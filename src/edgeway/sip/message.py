@@ -513,6 +513,14 @@ class Message:
             v = h._views["via"] = Via.parse(text)
         return v  # type: ignore[return-value]
 
+    def push_via(self, via: Via) -> None:
+        """Put ``via`` on top of the Via header set (how a proxy adds its own, RFC 3261
+        §16.6 item 8) and keep it as the cached :meth:`top_via` view (read-only from
+        then on)."""
+        h = self.headers
+        h.add("Via", str(via), first=True)
+        h._views["via"] = via
+
     def vias(self) -> list[Via]:
         """Every Via element, parsed, in order (new objects, not cached); raises
         :class:`ParseError` on a malformed one."""
