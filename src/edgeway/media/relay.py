@@ -47,6 +47,7 @@ counters count UDP payload bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -91,6 +92,12 @@ class Endpoint(NamedTuple):
     ip: str
     rtp_port: int
     rtcp_port: int
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``ipaddress.ip_address`` memoised (the same few addresses come in every SDP)."""
+    return ipaddress.ip_address(text)
 
 
 def _host_port(addr: Addr | None) -> tuple[str, int] | None:
@@ -448,7 +455,7 @@ class RelaySession:
         if self.closed:
             return
         rtp_leg, rtcp_leg = self._legs[side]
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        addr = _ip(ip.split("%", 1)[0])
         if not (0 <= rtp_port <= 65535):
             raise ValueError(f"invalid RTP port {rtp_port}")
         if rtcp_port is None:
@@ -466,7 +473,7 @@ class RelaySession:
         else:
             host = ip if "%" in ip else str(addr)
             for mine in (self.local("a"), self.local("b")):
-                same_ip = ipaddress.ip_address(mine.ip.split("%", 1)[0]) == addr
+                same_ip = _ip(mine.ip.split("%", 1)[0]) == addr
                 if same_ip and {rtp_port, rtcp_port} & {mine.rtp_port, mine.rtcp_port}:
                     raise ValueError(f"remote {host}:{rtp_port} is this session's own port")
             rtp_leg.sdp = (host, rtp_port)
@@ -710,6 +717,7 @@ class RelaySession:
         self._readers.clear()
         for leg in (self._a_rtp, self._a_rtcp, self._b_rtp, self._b_rtcp):
             leg.rx = leg.tx = None
+            leg.peer = None  # the legs point at each other: break the cycle
         for side in ("a", "b"):
             self._allocs[side].release(self._pairs[side])
         self._relay._forget(self)
