@@ -456,7 +456,7 @@ def spread(values: list[float | None], fmt: str) -> str:
     return med if lo == hi else f"{med} [{lo}–{hi}]"
 
 
-LINE = "{row:<13} {rate:>5}  {system:<9} {offered:>12} {ok:>16} {failed:>12} {shed:>14} {cps:>18}  {cpu:<40} {p50:>18} {p99:>18}"
+LINE = "{row:<13} {rate:>5}  {system:<9} {offered:>12} {ok:>16} {failed:>12} {shed:>14} {cps:>18}  {cpu:<46} {p50:>18} {p99:>18}"
 
 
 def print_header(args: argparse.Namespace, kamailio_note: str) -> None:
