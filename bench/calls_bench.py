@@ -162,14 +162,20 @@ class Load:
 
 # ---- CPU time from /proc ---------------------------------------------------------------------
 
+#: Whether the kernel keeps per-task run time in nanoseconds (/proc/<pid>/task/<tid>/schedstat).
+SCHEDSTAT = Path("/proc/self/schedstat").exists()
+
+
 def process_cpu_seconds(pid: int) -> float:
     """CPU seconds used by process ``pid``: the sum of its threads' schedstat run time
-    (ns), or ``/proc/<pid>/stat`` (clock ticks) when schedstat is not there."""
-    try:
-        return sum(int((task / "schedstat").read_text().split()[0])
-                   for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
-    except (OSError, ValueError, IndexError):
+    (ns), or ``/proc/<pid>/stat`` (clock ticks) on a kernel without schedstat."""
+    if not SCHEDSTAT:
         return cpu_seconds(pid)
+    ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            ns += int((task / "schedstat").read_text().split()[0])
+    return ns / 1e9
 
 
 def process_group(pgid: int) -> list[int]:
