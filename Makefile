@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEB_TEST_PEERS := sip-tester kamailio kamailio-tls-modules baresip openssl
 DEB_TEST_BINS := sipp kamailio baresip openssl
+# bench/calls_bench.py also needs stunnel (TLS legs in front of SIPp, which has no TLS).
+DEB_BENCH_PEERS := stunnel4
 
-.PHONY: lab lab-up test venv debdeps bench clean
+.PHONY: lab lab-up test venv debdeps benchdeps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +40,17 @@ lab-up: $(STAMP)
 test: $(STAMP) debdeps
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+# Bench peers (stunnel): installed with apt-get when running as root and missing.
+benchdeps: debdeps
+	@if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian bench peers: $(DEB_BENCH_PEERS)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_BENCH_PEERS) >/dev/null; \
+	  else echo "warning: stunnel missing and not root; the calls bench skips its TLS rows"; fi; \
+	fi
+
+bench: $(STAMP) benchdeps
 	$(BIN)/python bench/relay_bench.py
 	$(BIN)/python bench/calls_bench.py
 

@@ -6,8 +6,11 @@
   cloud calling service stand-in (127.0.0.6:5062, mutual TLS, SRTP on the cloud
   leg, plain RTP inside), prints the report and exits 0 only when every call,
   its media and (for the hybrid calls) its media encryption were as expected.
-* ``edgeway lab up [--workdir DIR]`` starts DNS, edge and core, prints where to
-  point clients, and runs until Ctrl-C / SIGTERM.
+* ``edgeway lab up [--workdir DIR] [--call-control-transport tcp|tls]`` starts DNS,
+  edge and core, prints where to point clients, and runs until Ctrl-C / SIGTERM.
+  The core reaches call control at 127.0.0.4:5060 over TCP, or with ``tls`` at
+  127.0.0.4:5061 over TLS (whatever listens there needs a certificate of the
+  lab CA, ``pki/ca.pem`` / ``pki/ca.key`` in the work directory).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -33,6 +37,8 @@ from edgeway.lab.topology import (
     CLOUD_SERVICE_FQDN,
     HYBRID_ZONE,
     MTLS_PORT,
+    SIP_PORT,
+    TLS_PORT,
     TRAVERSAL_ZONE,
     LabTopology,
 )
@@ -124,18 +130,31 @@ async def _demo(console: Console, workdir: Path, media_seconds: float, traversal
         return LabReport(workdir=wd, error=str(exc))
 
 
+class CallControlTransport(str, Enum):
+    """Transport of the core's Call Control neighbour zone in ``lab up``."""
+
+    tcp = "tcp"
+    tls = "tls"
+
+
 @lab_app.command()
 def up(
     workdir: Path = typer.Option(_DEFAULT_WORKDIR, "--workdir", "-w",
                                  help="work directory (wiped and rebuilt; default ./lab-run)"),
     traversal_timeout: float = typer.Option(20.0, "--traversal-timeout", min=1.0,
                                             help="seconds to wait for the traversal zone"),
+    call_control_transport: CallControlTransport = typer.Option(
+        CallControlTransport.tcp, "--call-control-transport",
+        help="how the core reaches call control: tcp (127.0.0.4:5060) or tls (127.0.0.4:5061)"),
 ) -> None:
     """Start DNS, edge and core and keep them running until Ctrl-C (no calls placed)."""
     console = Console()
     install_event_loop_policy()
+    tls = call_control_transport is CallControlTransport.tls
+    topology = LabTopology(call_control_transport=call_control_transport.value,
+                           call_control_port=TLS_PORT if tls else SIP_PORT)
     try:
-        code = asyncio.run(_up(console, workdir, traversal_timeout))
+        code = asyncio.run(_up(console, workdir, traversal_timeout, topology))
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
@@ -168,11 +187,11 @@ def _addresses(lab: Lab) -> Table:
     return table
 
 
-async def _up(console: Console, workdir: Path, traversal_timeout: float) -> int:
+async def _up(console: Console, workdir: Path, traversal_timeout: float, topology: LabTopology) -> int:
     say = _progress(console)
     try:
         wd = fresh_workdir(workdir)
-        async with Lab(wd, LabTopology(), progress=say) as lab:
+        async with Lab(wd, topology, progress=say) as lab:
             await lab.wait_traversal(traversal_timeout)
             console.rule("Edgeway lab is up")
             console.print(_addresses(lab))

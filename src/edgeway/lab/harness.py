@@ -39,16 +39,18 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGINT, grace_s: floa
 
 
 class LabUp:
-    """``edgeway lab up`` in ``workdir``: ``start()`` waits until it prints that it is up."""
+    """``edgeway lab up`` in ``workdir``: ``start()`` waits until it prints that it is up.
+    ``args`` are added to its command line (e.g. ``["--call-control-transport", "tls"]``)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, args: list[str] | tuple[str, ...] = ()):
         self.workdir = workdir
+        self.args = list(args)
         self.proc: subprocess.Popen | None = None
         self.out = workdir.parent / f"{workdir.name}.out"
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeway", "lab", "up", "--workdir", str(self.workdir)],
+            [sys.executable, "-m", "edgeway", "lab", "up", "--workdir", str(self.workdir), *self.args],
             stdout=open(self.out, "w"), stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "COLUMNS": "120"},
         )
