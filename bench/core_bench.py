@@ -29,7 +29,7 @@ SDP = (b"v=0\r\no=sipp 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r
 
 
 def _invite(n: int) -> bytes:
-    lines = [f"INVITE sip:bob@partner.test SIP/2.0",
+    lines = ["INVITE sip:bob@partner.test SIP/2.0",
              f"Via: SIP/2.0/UDP {CALLER[0]}:{CALLER[1]};branch=z9hG4bK-{n};rport",
              f'From: "sipp" <sip:sipp@{CALLER[0]}:{CALLER[1]}>;tag={n}SIPpTag00', "To: <sip:bob@partner.test>",
              f"Call-ID: {n}-1234@{CALLER[0]}", "CSeq: 1 INVITE", f"Contact: <sip:sipp@{CALLER[0]}:{CALLER[1]};transport=udp>",
