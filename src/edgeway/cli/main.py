@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from ..runtime import install_event_loop_policy, tune_gc
+from ..runtime import GcPolicy, install_event_loop_policy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edgeway collaboration edge: core/edge traversal pair.")
 
@@ -39,9 +39,10 @@ def run_node(cfg) -> None:
     async def main() -> None:
         node = Node(cfg)
         await node.start()
-        tune_gc()
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        gc_policy = GcPolicy()
+        gc_policy.start(loop)
+        stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         profile = os.environ.get("EDGEWAY_PROFILE")  # bench/: a cProfile dump of the running node
@@ -54,6 +55,7 @@ def run_node(cfg) -> None:
         if profile:
             prof.disable()
             prof.dump_stats(f"{profile}.{cfg.name}")
+        gc_policy.stop()
         await node.close()
 
     asyncio.run(main())
