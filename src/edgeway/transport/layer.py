@@ -91,6 +91,7 @@ class Connection:
     attrs: dict = field(default_factory=dict)
     id: int = field(default_factory=lambda: next(_ids))
     closed: bool = False
+    _pending: list[bytes] | None = field(default=None, repr=False)
 
     @property
     def flow(self) -> Flow:
@@ -101,14 +102,30 @@ class Connection:
         return f
 
     def send(self, data: bytes) -> None:
-        """Queue ``data`` for sending; raises TransportError when the connection is closed."""
+        """Queue ``data`` for sending; raises TransportError when the connection is closed.
+
+        What is sent during one event-loop turn goes out in one write (one TLS record,
+        one system call) at the end of the turn: under load many calls share a
+        connection (the traversal connection carries all of them)."""
         if self.closed or self.link.is_closing():
             raise TransportError(f"connection to {self.remote[0]}:{self.remote[1]} is closed")
-        self.link.write(data)
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self.closed and not self.link.is_closing():
+            self.link.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:
         """Close gracefully (queued data is flushed, TLS close_notify sent)."""
         if not self.closed:
+            if self._pending:
+                self._flush()
             self.closed = True
             try:
                 self.link.close()
