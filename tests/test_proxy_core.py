@@ -535,3 +535,25 @@ def test_timer_c_cancels_a_branch_that_rings_forever() -> None:
     assert [m.method for m, _ in requests(out)] == ["CANCEL"]
     out = core.receive(answer(fwd, 487), udp_in(CALLEE), 192.0)
     assert [r.status for r in responses(out) if r.status >= 200] == [487]
+
+
+def test_the_edge_connects_only_where_its_own_dns_and_neighbour_zones_point() -> None:
+    """The one place the edge's connections are allowed (the driver's connect guard):
+    hops its DNS or neighbour zones chose; never a traversal zone, a dialog party's
+    address, a Via address, or a hop of an unknown zone. A core may connect anywhere."""
+    from edgeway.proxy.driver import connect_allowed
+
+    edge = config(role="edge", zones=[
+        {"name": "Traversal", "type": "traversal_server", "username": "core", "tls_verify_subject_name": "core.test"},
+        {"name": "Partner", "type": "dns", "default_transport": "tls"}, neighbour("SBC", CALLEE, "tcp")])
+    allowed = [Hop("tls", "203.0.113.5", 5061, "Partner", origin="dns"), Hop("tcp", *CALLEE, "SBC", origin="neighbour")]
+    refused = [Hop("tls", "10.0.0.3", 44611, "Traversal", origin="traversal"),
+               Hop("tcp", "10.0.0.4", 5060, "DefaultZone", origin="dialog"),
+               Hop("tcp", "10.0.0.4", 5060, "Partner", origin="dialog"),
+               Hop("tcp", "10.0.0.4", 5060, "DefaultZone", origin="via"),
+               Hop("tcp", "10.0.0.4", 5060, "Partner", origin="neighbour"),  # origin and zone type disagree
+               Hop("tcp", "10.0.0.4", 5060, "Nowhere", origin="dns")]
+    assert all(connect_allowed(edge, h) for h in allowed)
+    assert not any(connect_allowed(edge, h) for h in refused)
+    core = config(zones=[neighbour("CUCM", CALLEE, "tcp")])
+    assert all(connect_allowed(core, h) for h in refused)
