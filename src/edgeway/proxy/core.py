@@ -1130,7 +1130,10 @@ class ProxyCore:
             if self._is_traversal(zone):
                 r = self._zone_flow(zone)
                 return Hop(r.transport, r.remote[0], r.remote[1], zone, flow=r, origin="traversal") if r else self._zone_unavailable(zone)
-            if f.transport == "tls":
+            z = self.zones.get(zone)
+            if f.transport == "tls" and not (z is not None and z.type == "dns"):
+                # A TLS party (behind NAT, reachable only on its own connection): 430
+                # upstream (RFC 5626 §5.3). A DNS zone's server is found again by DNS.
                 self._out.append(Event("flow failed", {"call_id": req.call_id, "peer": f"{f.remote[0]}:{f.remote[1]}", "zone": zone}))
                 return Response(430, "Flow Failed")
         if self._is_traversal(zone):
