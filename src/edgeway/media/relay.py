@@ -333,6 +333,18 @@ class _Leg:
             self.srtp_errors += srtperr
 
 
+def _leg_totals(s: RelaySession) -> tuple[int, int, int]:
+    """``(packets, bytes, dropped)`` over a session's four legs (as :meth:`RelaySession.stats`
+    counts them, without building the stats dict)."""
+    packets = bytes_ = dropped = 0
+    for leg in (s._a_rtp, s._a_rtcp, s._b_rtp, s._b_rtcp):
+        packets += leg.packets
+        bytes_ += leg.bytes
+        dropped += leg.drop_foreign + leg.drop_nodest + leg.send_errors
+        dropped += leg.srtp_auth + leg.srtp_replay + leg.srtp_errors
+    return packets, bytes_, dropped
+
+
 def _ctx_info(ctx: SrtpContext | None) -> str | None:
     if ctx is None:
         return None
@@ -901,13 +913,12 @@ class MediaRelay:
     def _forget(self, session: RelaySession) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
-        st = session.stats()
         t = self._closed_totals
         t["sessions"] += 1
-        for d in ("a_to_b", "b_to_a"):
-            t["packets"] += st[d]["rtp_packets"] + st[d]["rtcp_packets"]
-            t["bytes"] += st[d]["rtp_bytes"] + st[d]["rtcp_bytes"]
-        t["dropped"] += st["dropped"]
+        packets, bytes_, dropped = _leg_totals(session)
+        t["packets"] += packets
+        t["bytes"] += bytes_
+        t["dropped"] += dropped
 
     def _sweep(self) -> None:
         self._sweep_handle = None
@@ -930,11 +941,10 @@ class MediaRelay:
         and already-closed sessions."""
         packets = bytes_ = dropped = 0
         for s in self._sessions.values():
-            for leg in (s._a_rtp, s._a_rtcp, s._b_rtp, s._b_rtcp):
-                packets += leg.packets
-                bytes_ += leg.bytes
-                dropped += leg.drop_foreign + leg.drop_nodest + leg.send_errors
-                dropped += leg.srtp_auth + leg.srtp_replay + leg.srtp_errors
+            p, b, d = _leg_totals(s)
+            packets += p
+            bytes_ += b
+            dropped += d
         t = self._closed_totals
         return {
             "open_sessions": len(self._sessions),
