@@ -554,3 +554,28 @@ def test_relay_lifecycle_leaves_no_descriptor_open(fds_unchanged, udp):
         assert a_alloc.free == a_alloc.capacity and b_alloc.free == b_alloc.capacity
 
     run(main)
+
+
+def test_refill_maps_a_taken_block_off_the_call_path(fds_unchanged, holder):
+    """A call that gives up on a block of taken ports leaves the refill probing
+    the rest in bounded ticks; a later call then gets a pooled pair."""
+    lo, hi = port_range(128)
+    holder(RELAY_A, list(range(lo, lo + 160)))  # the first 80 pairs
+
+    async def main():
+        alloc = PortAllocator(RELAY_A, lo, hi, pool_size=4, refill_batch=2)
+        try:
+            with pytest.raises(PortsExhausted):
+                alloc.allocate_pair()  # the refill starts from the same block
+            for _ in range(100):
+                if alloc.pooled:
+                    break
+                await asyncio.sleep(0)
+            assert alloc.taken == 80
+            pair = alloc.allocate_pair()
+            assert pair.rtp_port == lo + 160 and alloc.stats()["from_pool"] == 1
+            alloc.release(pair)
+        finally:
+            alloc.close()
+
+    run(main)

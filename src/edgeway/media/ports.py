@@ -394,7 +394,14 @@ class PortAllocator:
             counters["from_pool"] += 1
         else:
             tried = bool(self._free) or self._taken_due()
-            pair, _ = self._take(CALL_PATH_BIND_ATTEMPTS)
+            try:
+                pair, _ = self._take(CALL_PATH_BIND_ATTEMPTS)
+            except PortsExhausted:  # out of descriptors or memory
+                counters["exhausted"] += 1
+                raise
+            finally:
+                if self._target:  # the refill goes on probing off the call path
+                    self._want_refill()
             if pair is None:
                 counters["exhausted"] += 1
                 raise self._exhausted("taken" if tried else "range")
