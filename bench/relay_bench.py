@@ -32,11 +32,21 @@ packet (libsrtp's replay protection), so in SRTP mode the sender numbers the
 packets per session (distinct SSRCs) and builds, and for ``unprotect``
 protects, each run's packets before the run starts (outside the timing).
 
+First (``--lifecycle yes``, the default; ``only`` skips the packet runs), a
+child process measures the cost of session set-up on its own loop: the median
+call-path time of one ``open_session`` + ``close`` and of one
+``allocate_pair`` + ``release`` (what a SIP transaction waits for), the
+process CPU per operation with the loop running between operations (the "all
+included" cost: pool refills, deferred handle closes), and ``allocate_pair`` +
+``release`` outside any loop (bind on demand).  Medians over
+``--lifecycle-runs`` runs of ``--lifecycle-ops`` operations.
+
 Bounded: each run stops after ``--max-run-s`` seconds and the whole benchmark
 after ``--budget-s`` seconds (default 20).
 
     .venv/bin/python bench/relay_bench.py [--sessions 20] [--packets 200000] [--runs 5]
     .venv/bin/python bench/relay_bench.py --srtp [protect|unprotect]
+    .venv/bin/python bench/relay_bench.py --lifecycle only
 """
 
 from __future__ import annotations
