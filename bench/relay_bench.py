@@ -32,11 +32,21 @@ packet (libsrtp's replay protection), so in SRTP mode the sender numbers the
 packets per session (distinct SSRCs) and builds, and for ``unprotect``
 protects, each run's packets before the run starts (outside the timing).
 
+First (``--lifecycle yes``, the default; ``only`` skips the packet runs), a
+child process measures the cost of session set-up on its own loop: the median
+call-path time of one ``open_session`` + ``close`` and of one
+``allocate_pair`` + ``release`` (what a SIP transaction waits for), the
+process CPU per operation with the loop running between operations (the "all
+included" cost: pool refills, deferred handle closes), and ``allocate_pair`` +
+``release`` outside any loop (bind on demand).  Medians over
+``--lifecycle-runs`` runs of ``--lifecycle-ops`` operations.
+
 Bounded: each run stops after ``--max-run-s`` seconds and the whole benchmark
 after ``--budget-s`` seconds (default 20).
 
     .venv/bin/python bench/relay_bench.py [--sessions 20] [--packets 200000] [--runs 5]
     .venv/bin/python bench/relay_bench.py --srtp [protect|unprotect]
+    .venv/bin/python bench/relay_bench.py --lifecycle only
 """
 
 from __future__ import annotations
@@ -125,6 +135,94 @@ def relay_main(conn, n_sessions: int, loop_kind: str, cpu: int | None,
     relay.close()
     loop.close()
     conn.send("bye")
+
+
+# ------------------------------------------------------------------- session lifecycle cost
+
+
+async def _spin(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def _lifecycle(n_ops: int, runs: int) -> dict:
+    """Median cost of ``open_session`` + ``close`` and of ``allocate_pair`` +
+    ``release`` on the running loop.
+
+    ``*_path_us``: wall time of the call itself (median per operation, µs): what
+    a SIP transaction waits for.  ``*_cpu_us``: process CPU time per operation
+    over a whole run, including whatever the loop runs between operations
+    (e.g. refilling a warm pool), minus the same loop without the operations
+    (µs per operation, median over runs): the "all included" cost.
+    """
+    loop = asyncio.get_running_loop()
+    relay = MediaRelay(loop, inactivity_timeout_s=600.0)
+    a_alloc = PortAllocator(RELAY_A, 36000, 59999)
+    b_alloc = PortAllocator(RELAY_B, 36000, 59999)
+    ns = time.perf_counter_ns
+    out: dict[str, list[float]] = {k: [] for k in (
+        "session_path_us", "session_cpu_us", "alloc_path_us", "alloc_cpu_us", "bind_path_us")}
+
+    def one_session() -> None:
+        relay.open_session(a_alloc, b_alloc, label="bench").close()
+
+    def one_alloc() -> None:
+        a_alloc.release(a_alloc.allocate_pair())
+
+    async def timed(op, path_key: str, cpu_key: str | None) -> None:
+        samples = []
+        cpu0 = time.process_time()
+        for _ in range(n_ops):
+            t0 = ns()
+            op()
+            samples.append(ns() - t0)
+            await asyncio.sleep(0)  # the loop runs between calls, as in a node
+        await _spin(200)  # let deferred work (pool refill) finish inside the window
+        cpu = time.process_time() - cpu0
+        out[path_key].append(statistics.median(samples) / 1e3)
+        if cpu_key is not None:
+            cpu0 = time.process_time()
+            await _spin(n_ops + 200)
+            idle = time.process_time() - cpu0
+            out[cpu_key].append(max(cpu - idle, 0.0) / n_ops * 1e6)
+
+    for _ in range(100):  # warm-up: caches, pools
+        one_session()
+        one_alloc()
+        await asyncio.sleep(0)
+    await _spin(200)
+    for _ in range(runs):
+        await timed(one_session, "session_path_us", "session_cpu_us")
+        await timed(one_alloc, "alloc_path_us", "alloc_cpu_us")
+    relay.close()
+    # Bind on demand: an allocator used outside any event loop.
+    raw = PortAllocator(RELAY_B, 36000, 59999)
+    for _ in range(runs):
+        samples = []
+        for _ in range(n_ops):
+            t0 = ns()
+            raw.release(raw.allocate_pair())
+            samples.append(ns() - t0)
+        out["bind_path_us"].append(statistics.median(samples) / 1e3)
+    for alloc in (a_alloc, b_alloc, raw):
+        close = getattr(alloc, "close", None)
+        if close is not None:
+            close()
+    return {k: statistics.median(v) for k, v in out.items()} | {"runs": out}
+
+
+def lifecycle_main(conn, loop_kind: str, cpu: int | None, n_ops: int, runs: int) -> None:
+    _pin(cpu)
+    if loop_kind == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        conn.send(loop.run_until_complete(_lifecycle(n_ops, runs)))
+    finally:
+        loop.close()
 
 
 # --------------------------------------------------------------------------- sender process
@@ -327,6 +425,11 @@ def main() -> int:
     ap.add_argument("--srtp", nargs="?", const="protect", choices=["protect", "unprotect"],
                     help="SRTP on one side: 'protect' (B is SRTP; default) or 'unprotect' (A is SRTP)")
     ap.add_argument("--srtp-suite", choices=sorted(SRTP_TAG), default="AES_CM_128_HMAC_SHA1_80")
+    ap.add_argument("--lifecycle-ops", type=int, default=2000,
+                    help="session open+close (and allocate+release) operations per lifecycle run")
+    ap.add_argument("--lifecycle-runs", type=int, default=5)
+    ap.add_argument("--lifecycle", choices=["yes", "no", "only"], default="yes",
+                    help="measure the session lifecycle cost first ('only': skip the packet runs)")
     args = ap.parse_args()
     t_begin = time.monotonic()
 
@@ -337,6 +440,32 @@ def main() -> int:
     other_cpu = cpus[1] if pin else None
 
     ctx = mp.get_context("fork")
+    life = None
+    if args.lifecycle != "no":
+        life_conn, life_child = ctx.Pipe()
+        life_proc = ctx.Process(
+            target=lifecycle_main,
+            args=(life_child, args.loop, relay_cpu, args.lifecycle_ops, args.lifecycle_runs),
+            daemon=True,
+        )
+        life_proc.start()
+        if life_conn.poll(args.budget_s):
+            life = life_conn.recv()
+        life_proc.join(5)
+        if life_proc.is_alive():
+            life_proc.terminate()
+            life_proc.join(1)
+        if life is not None and not args.json:
+            print(f"lifecycle ({args.lifecycle_runs} x {args.lifecycle_ops} ops, loop={args.loop}): "
+                  f"session open+close median {life['session_path_us']:.1f} us on the call path, "
+                  f"{life['session_cpu_us']:.1f} us CPU all included; "
+                  f"allocate_pair+release {life['alloc_path_us']:.1f} us on the call path, "
+                  f"{life['alloc_cpu_us']:.1f} us CPU all included; "
+                  f"bind on demand (no loop) {life['bind_path_us']:.1f} us")
+        if args.lifecycle == "only":
+            if args.json:
+                print(json.dumps({"args": vars(args), "lifecycle": life}, indent=2))
+            return 0 if life is not None else 1
     sinks = []
     for _ in range(args.sessions):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -393,7 +522,7 @@ def main() -> int:
             s.close()
 
     if args.json:
-        print(json.dumps({"args": vars(args), "sanity_delivered": delivered,
+        print(json.dumps({"args": vars(args), "lifecycle": life, "sanity_delivered": delivered,
                           "sanity_expected": expected, "runs": results}, indent=2))
         return 0
     mode = f"paced at {args.rate:.0f} pkt/s" if args.rate > 0 else "unpaced (relay saturated)"

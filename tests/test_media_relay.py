@@ -10,7 +10,6 @@ import asyncio
 import errno
 import random
 import socket
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -587,78 +586,3 @@ def test_relay_close_with_default_loop_argument():
             relay.open_session(*make_allocs())
 
     run(main)
-
-
-
-# ---------------------------------------------------------------- port reuse and exhaustion
-
-
-def test_released_pairs_rest_then_are_reused_drained(monkeypatch) -> None:
-    """A released pair is kept open, rests ``quarantine_s`` and is handed out again
-    with anything that arrived meanwhile drained; beyond ``pool_size`` pairs close."""
-    import time as _time
-
-    from edgeway.media import ports as P
-
-    alloc = P.PortAllocator("127.0.0.1", 42000, 42011, pool_size=1, quarantine_s=0.2)
-    a, b = alloc.allocate_pair(), alloc.allocate_pair()
-    alloc.release(a)
-    alloc.release(b)
-    assert alloc.resting == 1 and not a.closed and b.closed
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.sendto(b"late packet of the old call", ("127.0.0.1", a.rtp_port))
-    c = alloc.allocate_pair()  # still resting: a fresh pair, not a
-    assert c is not a and c.rtp_port not in (a.rtp_port, b.rtp_port)
-    _time.sleep(0.25)
-    d = alloc.allocate_pair()
-    assert d is a and alloc.resting == 0
-    d.rtp_sock.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        d.rtp_sock.recv(100)  # the late packet was drained
-    for p in (c, d):
-        alloc.release(p)
-    alloc.close()
-    assert a.closed and c.closed and alloc.resting == 0
-    sender.close()
-
-
-def test_exhausted_range_fails_at_once_until_a_release() -> None:
-    from edgeway.media import ports as P
-
-    alloc = P.PortAllocator("127.0.0.1", 42100, 42103)  # two pairs
-    held = [alloc.allocate_pair(), alloc.allocate_pair()]
-    with pytest.raises(P.PortsExhausted):
-        alloc.allocate_pair()
-    t0 = time.perf_counter()
-    for _ in range(100):
-        with pytest.raises(P.PortsExhausted, match="last sweep"):
-            alloc.allocate_pair()
-    assert time.perf_counter() - t0 < 0.05  # no sweep, no bind: O(1)
-    alloc.release(held.pop())
-    p = alloc.allocate_pair()  # a release makes the range worth sweeping again
-    for x in (p, *held):
-        alloc.release(x)
-
-
-def test_out_of_file_descriptors_is_ports_exhausted() -> None:
-    """EMFILE while binding fails the allocation at once with its cause (the proxy
-    then refuses the call with 503 instead of sending un-anchored SDP)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import resource, socket\n"
-        "from edgeway.media.ports import PortAllocator, PortsExhausted\n"
-        "alloc = PortAllocator('127.0.0.1', 42200, 42299)\n"
-        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
-        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
-        "keep = []\n"
-        "try:\n"
-        "    while True: keep.append(socket.socket())\n"
-        "except OSError: pass\n"
-        "try:\n"
-        "    alloc.allocate_pair(); print('allocated')\n"
-        "except PortsExhausted as exc: print('exhausted:', exc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert out.stdout.startswith("exhausted: out of file descriptors"), out

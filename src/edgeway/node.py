@@ -26,6 +26,9 @@ from .traversal.link import TRAVERSAL_LISTENER, Traversal
 
 __all__ = ["Node", "MTLS_LISTENER"]
 
+#: Relay port pairs a node keeps bound ahead of calls (two per stream per call; refilled
+#: in the background, see :class:`~edgeway.media.ports.PortAllocator`).
+MEDIA_POOL_PAIRS = 64
 #: Listener name of the mutual-TLS SIP port (5062).
 MTLS_LISTENER = "mtls"
 
@@ -74,7 +77,7 @@ class Node:
         if t.cert_file and t.key_file:
             client_ssl = client_context(t.cert_file, t.key_file, t.ca_file, min_version=t.min_version)
             self.tl.client_ssl = client_ssl
-        self.relay = MediaRelay(loop, inactivity_timeout_s=cfg.media.inactivity_timeout_s)
+        self.relay = MediaRelay(loop, inactivity_timeout_s=cfg.media.inactivity_timeout_s, pool_size=MEDIA_POOL_PAIRS)
         if cfg.dns.servers:
             from .routing.resolver import make_resolver
 

@@ -49,19 +49,6 @@ MAX_QUEUED_INVITES = 400
 INVITE_QUEUE_MAX_AGE_S = 1.0
 #: New INVITEs processed per event-loop turn.
 DRAIN_BATCH = 32
-#: Relay port pairs kept open for reuse after a call (see PortAllocator: a call then
-#: costs no socket()/bind()/close()), at most, and never more than an eighth of the
-#: process's file descriptors; and how long a released pair rests first (seconds).
-MEDIA_POOL_SIZE = 4096
-MEDIA_QUARANTINE_S = 3.0
-
-
-def media_pool_size() -> int:
-    """Pairs to keep for reuse: :data:`MEDIA_POOL_SIZE` bounded by RLIMIT_NOFILE / 8."""
-    import resource
-
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(0, min(MEDIA_POOL_SIZE, (soft if soft != resource.RLIM_INFINITY else 1 << 20) // 8))
 #: Retry-After (seconds) of a 503 for load shedding.
 RETRY_AFTER_S = 5
 #: Bytes waiting in a UDP listener's kernel receive queue (kernel accounting: 1.3–2.3 KiB per
@@ -99,8 +86,8 @@ class RelaySessions:
         m = cfg.media
         self.relay = relay
         self.events = events
-        self.alloc = PortAllocator(m.ip or cfg.sip.listen_ip, m.port_min, m.port_max, pool_size=media_pool_size(),
-                                   quarantine_s=MEDIA_QUARANTINE_S)
+        self.alloc = PortAllocator(m.ip or cfg.sip.listen_ip, m.port_min, m.port_max)
+        relay.warm(self.alloc)  # bound pairs ready before the first call (the relay keeps the pool)
         self.calls: dict[int, dict[int, RelaySession]] = {}
         self.call_ids: dict[int, str] = {}
 
@@ -158,7 +145,6 @@ class RelaySessions:
     def close(self) -> None:
         for key in list(self.calls):
             self.release(key, self.call_ids.get(key, ""), "shutdown")
-        self.alloc.close()
 
 
 class ProxyDriver:
