@@ -6,9 +6,9 @@ and traversal zone change, carries out the actions the core returns (sends, RFC 
 lookups, connects, relay port allocation and configuration, events) and keeps **one**
 timer armed at the core's next deadline.
 
-Overload (issue 6 item 7): new INVITEs wait in a bounded queue drained a batch per
-event-loop turn, after the messages of calls already set up (in-dialog requests and
-responses are never queued or shed). An INVITE that finds the queue full, waited longer
+Overload (issue 6 item 7): while messages wait in the kernel, new INVITEs wait in a
+bounded queue drained a batch per event-loop turn, after the messages of calls already
+set up (in-dialog requests and responses are never queued or shed). An INVITE that finds the queue full, waited longer
 than :data:`INVITE_QUEUE_MAX_AGE_S`, or arrives while the node is overloaded (its UDP
 receive queue in the kernel stays more than :data:`OVERLOAD_BACKLOG` full: messages wait
 there longer than the node takes to process them: more than
@@ -47,6 +47,9 @@ MAX_QUEUED_INVITES = 400
 #: Seconds a new INVITE may wait in the queue before it gets 503 (the caller's Timer A
 #: would already have retransmitted it: T1 = 0.5 s).
 INVITE_QUEUE_MAX_AGE_S = 1.0
+#: Bytes waiting in the kernel above which a new INVITE is queued rather than processed
+#: at once (a few messages: below that there is nothing to prioritise over it).
+QUEUE_AFTER_BACKLOG_BYTES = 16 * 1024
 #: New INVITEs processed per event-loop turn.
 DRAIN_BATCH = 32
 #: Retry-After (seconds) of a 503 for load shedding.
@@ -198,11 +201,13 @@ class ProxyDriver:
             if self.overloaded or len(self._invites) >= MAX_QUEUED_INVITES:
                 self._shed(msg, src, "overloaded" if self.overloaded else "queue full")
                 return
-            self._invites.append((msg, src, self.loop.time()))
-            if not self._draining:
-                self._draining = True
-                self.loop.call_soon(self._drain)
-            return
+            if self._invites or self.tl.udp_backlog()[0] > QUEUE_AFTER_BACKLOG_BYTES:
+                # Messages are waiting: new calls wait their turn behind calls in progress.
+                self._invites.append((msg, src, self.loop.time()))
+                if not self._draining:
+                    self._draining = True
+                    self.loop.call_soon(self._drain)
+                return
         zone = src.conn.zone if src.conn is not None else None
         self._run(self.core.receive(msg, src.flow, self.loop.time(), zone))
 
