@@ -3,8 +3,8 @@ running lab (``edgeway lab up``) with independent peers (SIPp, baresip).
 
     outside (127.0.0.5)  →  edge 127.0.0.2 (5060 udp/tcp, 5061 tls)  ═mTLS 7001═  core 127.0.0.3  →  inside 127.0.0.4:5060/tcp
 
-What they pin down (several fail on today's proxy; the module docstring of each test says
-what it expects, the assertion messages say what happened instead):
+What they pin down (several fail on today's proxy, on purpose: each test's docstring says
+what it expects, its assertion message what happened instead, message by message):
 
 * dialog scenarios outside → inside over UDP and TCP: callee hangs up, caller hangs up,
   callee re-INVITE, caller CANCEL while ringing, 486 Busy Here; 0 failed calls on both sides.
@@ -720,11 +720,12 @@ def test_core_stalled(lab: LabUp, tmp_path: Path) -> None:
         problems.append(f"the core has {len(conns)} connections open to the edge's traversal port after recovery "
                         f"(from {', '.join(conns[:4])}{', …' if len(conns) > 4 else ''}); it opened {len(opened)} "
                         f"during the test")
-    outcome: dict[int | None, int] = {}
+    outcome: dict[str, dict[int | None, int]] = {"before": {}, "during": {}, "after": {}}
     for f in fates.values():
-        outcome[f.final] = outcome.get(f.final, 0) + 1
+        phase = outcome["before" if f.invite_ts < t_stop else "during" if f.invite_ts < t_cont else "after"]
+        phase[f.final] = phase.get(f.final, 0) + 1
     down = [ev["ts"] - t_stop for ev in lab.events("edge") if ev.get("event") == "traversal disconnected" and ev.get("ts", 0) >= t_stop]
-    context = (f"final statuses of the {len(fates)} load INVITEs: {outcome}; "
+    context = (f"final statuses of the {len(fates)} load INVITEs placed before/during/after the stall: {outcome}; "
                + (f"the edge marked the zone down at stall+{down[0]:.1f} s; " if down else "the edge never marked the zone down; ")
                + ("no recovery" if recovered_after is None else f"a call succeeded {recovered_after:.1f} s after SIGCONT"))
     assert not problems, "\n".join(problems) + f"\n({context})"
