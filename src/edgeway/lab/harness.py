@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 #: SIPp scenarios shipped with the lab (UAC with pcap RTP, UAS with RTP echo, ...).
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
@@ -483,3 +485,326 @@ class Kamailio:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+# ---- dialog interop: SIPp message traces, the kernel's TCP table, canary listeners ----------
+
+#: The separator line SIPp's ``-trace_msg`` log puts before every message, with its local time.
+_SIPP_TRACE_SEP = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)\s*$", re.MULTILINE)
+_SIPP_TRACE_HEAD = re.compile(r"^(UDP|TCP|TLS|SCTP) message (sent|received)\b")
+
+
+@dataclass
+class SippMessage:
+    """One message of a SIPp ``-trace_msg`` log: when (epoch seconds, from SIPp's local-time
+    stamp), ``direction`` ("sent"/"received"), ``transport`` ("UDP"/"TCP"/…) and the text
+    (CRLF normalised to LF; the body cut to its Content-Length)."""
+
+    ts: float
+    direction: str
+    transport: str
+    text: str
+
+    @property
+    def first_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+    @property
+    def is_request(self) -> bool:
+        return not self.first_line.startswith("SIP/2.0 ")
+
+    @property
+    def method(self) -> str:
+        """The request method, or the CSeq method of a response."""
+        return self.first_line.split(" ", 1)[0] if self.is_request else self.cseq[1]
+
+    @property
+    def status(self) -> int | None:
+        return None if self.is_request else int(self.first_line.split()[1])
+
+    @property
+    def header_lines(self) -> list[tuple[str, str]]:
+        """``(name, value)`` of every header line, in order (folded lines joined)."""
+        out: list[tuple[str, str]] = []
+        for line in self.text.split("\n\n", 1)[0].split("\n")[1:]:
+            if line[:1] in (" ", "\t") and out:
+                out[-1] = (out[-1][0], out[-1][1] + " " + line.strip())
+            elif ":" in line:
+                name, _, value = line.partition(":")
+                out.append((name.strip(), value.strip()))
+        return out
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        for n, v in self.header_lines:
+            if n.lower() == name.lower():
+                return v
+        return None
+
+    @property
+    def call_id(self) -> str:
+        return self.header("Call-ID") or self.header("i") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        num, _, method = (self.header("CSeq") or "0 ?").partition(" ")
+        return int(num), method.strip()
+
+    @property
+    def body(self) -> str:
+        return self.text.split("\n\n", 1)[1] if "\n\n" in self.text else ""
+
+
+def sipp_messages(path: Path) -> list[SippMessage]:
+    """Parse a SIPp ``-trace_msg`` log (``-message_file``) into :class:`SippMessage` s, in order.
+
+    Lines SIPp writes there that are no message (e.g. "Problem EAGAIN on socket …") are
+    skipped; a body is cut to the message's Content-Length."""
+    from datetime import datetime
+
+    text = Path(path).read_text(errors="replace").replace("\r\n", "\n") if Path(path).exists() else ""
+    marks = list(_SIPP_TRACE_SEP.finditer(text))
+    out: list[SippMessage] = []
+    for i, m in enumerate(marks):
+        block = text[m.end():marks[i + 1].start() if i + 1 < len(marks) else len(text)].lstrip("\n")
+        head, _, rest = block.partition("\n")
+        h = _SIPP_TRACE_HEAD.match(head)
+        if h is None:
+            continue
+        msg_text = rest.lstrip("\n")
+        headers, sep, body = msg_text.partition("\n\n")
+        length = None
+        for line in headers.split("\n"):
+            name, colon, value = line.partition(":")
+            if colon and name.strip().lower() in ("content-length", "l") and value.strip().isdigit():
+                length = int(value.strip())
+        if length is not None:
+            body = body.replace("\n", "\r\n")[:length].replace("\r\n", "\n")
+        else:
+            body = body.rstrip("\n")
+        ts = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f" if "." in m.group(1) else "%Y-%m-%d %H:%M:%S").timestamp()
+        out.append(SippMessage(ts, h.group(2), h.group(1), headers + (sep + body if sep else "")))
+    return out
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """One row of the kernel's TCP table: ``local`` and ``remote`` as ``(ip, port)``,
+    ``state`` as its name (``ESTABLISHED``, ``LISTEN``, ``TIME_WAIT``, …)."""
+
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: str
+
+
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
+               "0B": "CLOSING"}
+
+
+def tcp_sockets() -> list[TcpSocket]:
+    """The IPv4 TCP sockets of this network namespace now (``/proc/net/tcp``), TIME_WAIT included."""
+
+    def addr(s: str) -> tuple[str, int]:
+        ip, port = s.split(":")
+        return ".".join(str(b) for b in bytes.fromhex(ip)[::-1]), int(port, 16)
+
+    out = []
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return out
+    for line in lines:
+        f = line.split()
+        if len(f) > 3:
+            out.append(TcpSocket(addr(f[1]), addr(f[2]), _TCP_STATES.get(f[3], f[3])))
+    return out
+
+
+class TcpWatch:
+    """Samples the kernel's TCP table (:func:`tcp_sockets`) every ``interval_s`` in a thread
+    and remembers every connection and listening socket it saw, so a test can ask afterwards
+    who connected to whom. Connections leave TIME_WAIT rows for a minute after they close, so
+    even one shorter than the interval is usually seen; :meth:`stop` takes a last sample.
+
+    Connections already in the table when the watch starts (TIME_WAIT rows of earlier
+    tests included) are not counted. A connection's *initiator* is the end whose address is
+    not a listening socket seen (a wildcard listener counts for every address):
+    :meth:`opened` lists ``(client, server)`` pairs, filtered by the client's and the
+    server's IP."""
+
+    def __init__(self, interval_s: float = 0.02):
+        import threading
+
+        self.interval_s = interval_s
+        self.listeners: set[tuple[str, int]] = set()
+        self.pairs: dict[frozenset, tuple[tuple[str, int], tuple[str, int]]] = {}
+        self.baseline: set[frozenset] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tcp-watch", daemon=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.baseline = {frozenset((s.local, s.remote)) for s in tcp_sockets() if s.state != "LISTEN"}
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        for s in tcp_sockets():
+            if s.state == "LISTEN":
+                self.listeners.add(s.local)
+            elif s.remote[1] != 0 and frozenset((s.local, s.remote)) not in self.baseline:
+                self.pairs.setdefault(frozenset((s.local, s.remote)), (s.local, s.remote))
+
+    def _is_listener(self, end: tuple[str, int]) -> bool:
+        return end in self.listeners or ("0.0.0.0", end[1]) in self.listeners
+
+    def opened(self, client_ip: str | None = None, server_ips: tuple[str, ...] | None = None) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+        """``(client, server)`` of every connection seen whose client (initiator) is at
+        ``client_ip`` and server in ``server_ips`` (None: any)."""
+        out = []
+        for a, b in self.pairs.values():
+            if self._is_listener(b) and not self._is_listener(a):
+                client, server = a, b
+            elif self._is_listener(a) and not self._is_listener(b):
+                client, server = b, a
+            else:  # both or neither listen: the lower port is taken to be the server's
+                client, server = (a, b) if a[1] > b[1] else (b, a)
+            if (client_ip is None or client[0] == client_ip) and (server_ips is None or server[0] in server_ips):
+                out.append((client, server))
+        return sorted(set(out))
+
+
+class Canary:
+    """A TCP listener and a UDP socket on ``ip:port`` (either may be left out) that record
+    who reached them and the first bytes they sent, in a thread, without answering.
+
+    A TCP connection is closed as soon as its first data arrived (or after ``hold_s``), so
+    a sender waiting for an answer fails fast. ``hits`` lists ``(proto, "ip:port", data)``."""
+
+    def __init__(self, ip: str, port: int, *, tcp: bool = True, udp: bool = True, hold_s: float = 0.5):
+        import socket
+        import threading
+
+        self.ip, self.port, self.hold_s = ip, port, hold_s
+        self.hits: list[tuple[str, str, bytes]] = []
+        self._socks = []
+        if tcp:
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            t.bind((ip, port))
+            t.listen(16)
+            self._socks.append(("tcp", t))
+        if udp:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((ip, port))
+            self._socks.append(("udp", u))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"canary-{ip}:{port}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        conns: dict[object, tuple[str, float]] = {}
+        while not self._stop.is_set():
+            socks = [s for _, s in self._socks] + list(conns)
+            ready, _, _ = select.select(socks, [], [], 0.05)
+            for s in ready:
+                kind = next((k for k, x in self._socks if x is s), None)
+                if kind == "tcp":
+                    c, peer = s.accept()
+                    conns[c] = (f"{peer[0]}:{peer[1]}", time.monotonic())
+                elif kind == "udp":
+                    data, peer = s.recvfrom(65536)
+                    self.hits.append(("udp", f"{peer[0]}:{peer[1]}", data))
+                else:
+                    peer, _ = conns.pop(s)
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        data = b""
+                    self.hits.append(("tcp", peer, data))
+                    s.close()
+            now = time.monotonic()
+            for c, (peer, t0) in list(conns.items()):
+                if now - t0 > self.hold_s:
+                    self.hits.append(("tcp", peer, b""))
+                    del conns[c]
+                    c.close()
+        for c in conns:
+            c.close()
+
+    def summary(self) -> str:
+        return "; ".join(f"{p} from {peer}: {data.decode(errors='replace').splitlines()[0] if data else '(connected, sent nothing)'}"
+                         for p, peer, data in self.hits)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for _, s in self._socks:
+            s.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def free_port(ip: str) -> int:
+    """A port on ``ip`` that is free for TCP and UDP right now."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((ip, 0))
+            port = t.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind((ip, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {ip}")
+
+
+def wait_tcp_listening(ip: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> bool:
+    """Wait (bounded) until a TCP socket listens on ``ip:port``; False on timeout or when
+    ``proc`` exited first."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if _listening("tcp", ip, port):
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return _listening("tcp", ip, port)
+
+
+def wait_udp_bound(ip: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> bool:
+    """Wait (bounded) until a UDP socket is bound on ``ip:port``."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if _listening("udp", ip, port):
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return _listening("udp", ip, port)
