@@ -557,3 +557,16 @@ def test_the_edge_connects_only_where_its_own_dns_and_neighbour_zones_point() ->
     assert not any(connect_allowed(edge, h) for h in refused)
     core = config(zones=[neighbour("CUCM", CALLEE, "tcp")])
     assert all(connect_allowed(core, h) for h in refused)
+
+
+def test_edge_hides_the_core_in_responses_to_requests_outside_any_call() -> None:
+    edge = _edge()
+    edge.zone_changed("Traversal", [TRAV], 0.0)
+    out = edge.receive(request("OPTIONS", ruri="sip:alice@corp.test"), udp_in(), 0.0)
+    fwd, flow = forwarded(out, "OPTIONS")
+    assert flow == TRAV
+    nf = make_response(fwd, 404, to_tag="c1", extra=[("Warning", '399 10.0.0.3 "Policy Response"'), ("Server", "Edgeway/core")])
+    out = edge.receive(nf, TRAV, 0.1, "Traversal")
+    [up] = [r for r in responses(out) if r.status == 404]
+    assert "10.0.0.3" not in up.to_bytes().decode() and up.headers.get("Server") is None
+    assert up.headers.get("Warning") == f'399 {NODE} "Policy Response"'

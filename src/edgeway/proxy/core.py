@@ -638,6 +638,8 @@ class ProxyCore:
             self._advance(ctx)
             return
         req = ctx.req
+        if self.role == "edge" and self._is_traversal(hop.zone) and not self._is_traversal(ctx.ingress):
+            ctx.inward = True
         ip, port = self._egress_address(flow)
         branch = new_branch(req, ctx.loop_hash)
         via = via_value(flow.transport, ip, port, branch, zone_token(hop.zone))
@@ -1249,12 +1251,14 @@ class ProxyCore:
         """Topology hiding and Contact masking of a response going upstream."""
         call = ctx.call
         if call is None:
-            if self.role == "edge" and self._is_traversal(b.hop.zone if b else None) and not self._is_traversal(ctx.ingress):
+            if ctx.inward:
                 hiding.rewrite_warning_agents(up, self.public)
+                up.headers.remove("Server")
             return
         responder = ctx.to_side or "b"
         if call.inside == responder:
             hiding.rewrite_warning_agents(up, self.public)
+            up.headers.remove("Server")  # the inside's software is not the outside's business
             if ctx.initial and ctx.rr_ours:
                 rr = up.headers.get_all("Record-Route")
                 i = hiding.find_entries(rr, ctx.rr_ours)

@@ -96,7 +96,7 @@ class ResponseContext:
 
     __slots__ = ("st", "req", "flow", "ingress", "call", "groups", "lanes", "branches", "finals", "final_sent",
                  "answered_2xx", "cancelled", "stop", "search", "dialog", "to_side", "from_side", "route_override",
-                 "hidden_rr_tail", "rr_ours", "initial", "loop_hash")
+                 "hidden_rr_tail", "rr_ours", "initial", "loop_hash", "inward")
 
     def __init__(self, st: Any, req: Any, flow: Flow, ingress: str):
         self.st = st
@@ -128,6 +128,9 @@ class ResponseContext:
         self.initial = False
         #: The loop hash of the request (RFC 3261 §16.6 item 8), computed once.
         self.loop_hash: str | None = None
+        #: On an edge: the request came from outside and was sent into a traversal zone
+        #: (its responses go back out topology-hidden).
+        self.inward = False
 
     @property
     def method(self) -> str:

@@ -269,6 +269,9 @@ class Traversal:
             conn = None
             try:
                 conn = await self.tl.connect("tls", host, port, local_ip=self.cfg.sip.listen_ip, ssl_ctx=self.client_ssl, listener=TRAVERSAL_LISTENER)
+                # Ours and toward the zone's edge from the start: the edge may send a call
+                # right behind the 200 to our REGISTER, before we have read that 200.
+                conn.zone = zone.name
                 if await self._authenticate(conn, zone):
                     self._join(zs, conn, peer=f"{host}:{port}")
                     await self._probe_loop(conn, zone)
