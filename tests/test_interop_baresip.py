@@ -63,13 +63,6 @@ MIN_PACKETS = 100
 CLEARTEXT_RTCP = 2
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> LabUp:
-    up = LabUp(tmp_path_factory.mktemp("baresip") / "lab")
-    up.start()
-    yield up
-    up.stop()
-
 
 def _tcp_listening(ip: str, port: int) -> bool:
     """Whether a TCP socket listens on ip:port (Linux /proc/net/tcp, no connection made)."""

@@ -87,13 +87,6 @@ SIPP_TIMEOUT_S = 30
 TO_ALICE = ["-s", "alice", "-key", "domain", "corp.edgeway.test"]
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> LabUp:
-    up = LabUp(tmp_path_factory.mktemp("dialogs") / "lab")
-    up.start()
-    yield up
-    up.stop()
-
 
 # ---- running SIPp pairs ----------------------------------------------------------------------
 

@@ -158,13 +158,6 @@ def make_sbc(workdir: Path, cert: Path, key: Path, ca: Path, name: str = "cloud-
                     listen=[("udp", CLOUD_IP, SIP_PORT), ("tcp", CLOUD_IP, MTLS_PORT)])
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> LabUp:
-    up = LabUp(tmp_path_factory.mktemp("kamailio") / "lab")
-    up.start()
-    yield up
-    up.stop()
-
 
 @pytest.fixture(scope="module")
 def sbc(lab: LabUp) -> Kamailio:

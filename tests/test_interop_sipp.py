@@ -22,13 +22,6 @@ RATE = int(os.environ.get("EDGEWAY_SIPP_RATE", "20"))
 HOLD_MS = 1000
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> LabUp:
-    up = LabUp(tmp_path_factory.mktemp("sipp") / "lab")
-    up.start()
-    yield up
-    up.stop()
-
 
 def _media_by_call(lab: LabUp, node: str, marker: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}

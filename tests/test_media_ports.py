@@ -11,7 +11,6 @@ import asyncio
 import gc
 import json
 import os
-import random
 import socket
 import statistics
 import subprocess
@@ -23,35 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from udputil import addr_of, nothing_on, recv, udp_sockets
+from udputil import LOOP_KINDS, addr_of, nothing_on, port_range, recv, run, udp_sockets, uvloop
 from edgeway.media import MediaRelay, PortAllocator, PortsExhausted
 from edgeway.media import ports as ports_mod
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a Linux dependency
-    uvloop = None
 
 RELAY_A, RELAY_B = "127.0.0.221", "127.0.0.222"
 PARTY_A, PARTY_B, PARTY_X = "127.0.0.223", "127.0.0.224", "127.0.0.225"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
-LOOP_KINDS = ["uvloop", "asyncio"] if uvloop is not None else ["asyncio"]
 
 
-def run(coro_fn: Callable, kind: str = "uvloop", timeout: float = 5.0):
-    """Run ``coro_fn()`` on a fresh event loop of the given kind, bounded."""
-    factory = asyncio.new_event_loop
-    if kind == "uvloop" and uvloop is not None:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(asyncio.wait_for(coro_fn(), timeout))
-
-
-def port_range(n_pairs: int) -> tuple[int, int]:
-    """A random even-aligned range below the kernel's ephemeral ports."""
-    base = random.randrange(20000, 30000 - 2 * n_pairs, 2)
-    return base, base + 2 * n_pairs - 1
 
 
 def can_bind(ip: str, port: int) -> bool:
@@ -315,17 +296,9 @@ def test_whole_range_taken_by_other_sockets_fails_fast_without_probing(fds_uncha
     assert f"{RELAY_A} in {lo}-{hi}" in str(info.value) and "taken by other processes" in str(info.value)
     assert alloc.taken == 2 and alloc.free == 0
 
-    probes = 0
-    real_socket = alloc._socket
-
-    def counting_socket():
-        nonlocal probes
-        probes += 1
-        return real_socket()
-
-    alloc._socket = counting_socket
+    probes = _count_socket_calls(alloc)
     median_us, worst_us = _median_us(alloc.allocate_pair, 500)
-    assert probes == 0  # known without a scan: the taken pairs are not probed again
+    assert probes[0] == 0  # known without a scan: the taken pairs are not probed again
     assert median_us < 100 and worst_us < 5000, (median_us, worst_us)
     err = info.value
     assert err.reason == "taken" and (err.ip, err.port_min, err.port_max) == (RELAY_A, lo, hi)
@@ -334,26 +307,31 @@ def test_whole_range_taken_by_other_sockets_fails_fast_without_probing(fds_uncha
     assert again.value.reason == "range" and "all 2 pairs" in str(again.value)
 
 
+def _count_socket_calls(alloc: PortAllocator) -> list[int]:
+    """Count the sockets ``alloc`` makes from now on (``[count]``, updated in place)."""
+    probes = [0]
+    real_socket = alloc._socket
+
+    def counting_socket():
+        probes[0] += 1
+        return real_socket()
+
+    alloc._socket = counting_socket
+    return probes
+
+
 def test_range_in_use_fails_in_constant_time(fds_unchanged):
     lo, hi = port_range(300)
     alloc = PortAllocator(RELAY_B, lo, hi)
     pairs = [alloc.allocate_pair() for _ in range(alloc.capacity)]
     try:
-        probes = 0
-        real_socket = alloc._socket
-
-        def counting_socket():
-            nonlocal probes
-            probes += 1
-            return real_socket()
-
-        alloc._socket = counting_socket
+        probes = _count_socket_calls(alloc)
         median_us, worst_us = _median_us(alloc.allocate_pair, 500)
-        assert probes == 0
+        assert probes[0] == 0
         assert median_us < 100 and worst_us < 5000, (median_us, worst_us)
         alloc.release(pairs.pop(0))  # recovery: a released pair is found at once
         pairs.append(alloc.allocate_pair())
-        assert probes == 2
+        assert probes[0] == 2
     finally:
         for p in pairs:
             alloc.release(p)

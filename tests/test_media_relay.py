@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import random
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from udputil import addr_of, nothing_on, recv, udp_sockets
+from udputil import LOOP_KINDS, addr_of, nothing_on, port_range, recv, run, udp_sockets
 from edgeway.media import (
     LATCH_PROBE,
     MediaRelay,
@@ -22,10 +21,6 @@ from edgeway.media import (
     PortsExhausted,
 )
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a Linux dependency
-    uvloop = None
 
 # Relay-side addresses (what the relay binds) and party addresses.
 RELAY_A, RELAY_B = "127.0.0.201", "127.0.0.202"
@@ -34,22 +29,8 @@ EDGE_EXT, EDGE_INT, CORE_DMZ, CORE_INT = (
     "127.0.0.211", "127.0.0.212", "127.0.0.213", "127.0.0.214",
 )
 
-LOOP_KINDS = ["uvloop", "asyncio"] if uvloop is not None else ["asyncio"]
 
 
-def run(coro_fn: Callable, kind: str = "uvloop", timeout: float = 5.0):
-    """Run ``coro_fn()`` on a fresh event loop of the given kind, bounded."""
-    factory = asyncio.new_event_loop
-    if kind == "uvloop" and uvloop is not None:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(asyncio.wait_for(coro_fn(), timeout))
-
-
-def port_range(n_pairs: int) -> tuple[int, int]:
-    """A random even-aligned range below the kernel's ephemeral ports."""
-    base = random.randrange(20000, 30000, 2)
-    return base, base + 2 * n_pairs - 1
 
 
 def can_bind(ip: str, port: int) -> bool:

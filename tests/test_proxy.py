@@ -76,6 +76,12 @@ def any_alias_rule(zone: str, name: str = "to target", **kw: Any) -> dict:
     return {"name": name, "priority": 10, "mode": "any_alias", "target_zone": zone, **kw}
 
 
+def partner_config(peer: Any, **kw: Any) -> dict:
+    """A node whose every request goes to the UDP neighbour zone "Partner Proxy" at ``peer``."""
+    return node_config(zones=[{"name": "Partner Proxy", "type": "neighbour", "host": peer.ip, "port": peer.port, "transport": "udp"}],
+                       rules=[any_alias_rule("Partner Proxy")], **kw)
+
+
 @contextlib.asynccontextmanager
 async def running_node(cfg: dict):
     events = RecordingEvents()
@@ -446,10 +452,7 @@ def test_silent_udp_neighbour_is_408_after_64_t1() -> None:
 def test_request_validation_483_420_416() -> None:
     async def scenario() -> None:
         async with UdpPeer(CALLEE_IP) as target, UdpPeer(CALLER_IP) as peer:
-            cfg = node_config(
-                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": target.ip, "port": target.port, "transport": "udp"}],
-                rules=[any_alias_rule("Partner Proxy")],
-            )
+            cfg = partner_config(target)
             async with running_node(cfg):
                 contact = f"<sip:alice@{peer.ip}:{peer.port}>"
                 # Max-Forwards 0 on an INVITE: 483 Too Many Hops (after the 100).
@@ -585,10 +588,7 @@ def test_crafted_via_with_our_branch_is_482() -> None:
 
     async def scenario() -> None:
         async with UdpPeer(CALLEE_IP) as target, UdpPeer(CALLER_IP) as peer:
-            cfg = node_config(
-                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": target.ip, "port": target.port, "transport": "udp"}],
-                rules=[any_alias_rule("Partner Proxy")],
-            )
+            cfg = partner_config(target)
             async with running_node(cfg):
                 for looped in (True, False):
                     data, cid = build_request("OPTIONS", "sip:bob@partner.test", via=udp_via(peer))
@@ -760,10 +760,7 @@ def test_cancel_is_retransmitted_and_unanswered_invite_given_up() -> None:
 
     async def scenario() -> None:
         async with UdpPeer(CALLEE_IP) as target, UdpPeer(CALLER_IP) as peer:
-            cfg = node_config(
-                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": target.ip, "port": target.port, "transport": "udp"}],
-                rules=[any_alias_rule("Partner Proxy")], timers=FAST_TIMERS,
-            )
+            cfg = partner_config(target, timers=FAST_TIMERS)
             async with running_node(cfg) as node:
                 data, cid = build_request("INVITE", "sip:bob@partner.test", via=udp_via(peer),
                                           contact=f"<sip:alice@{peer.ip}:{peer.port}>")
@@ -796,10 +793,7 @@ def test_loose_route_naming_the_node_is_removed() -> None:
 
     async def scenario() -> None:
         async with UdpPeer(CALLEE_IP) as bob, UdpPeer("127.0.0.25") as carol, UdpPeer(CALLER_IP) as peer:
-            cfg = node_config(
-                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": bob.ip, "port": bob.port, "transport": "udp"}],
-                rules=[any_alias_rule("Partner Proxy")],
-            )
+            cfg = partner_config(bob)
             async with running_node(cfg):
                 # 1. In dialog: our Record-Route entry (now a Route) is removed and the
                 #    request reaches the callee of the dialog.
@@ -839,10 +833,7 @@ def test_strict_routing_previous_hop_restores_request_uri() -> None:
 
     async def scenario() -> None:
         async with UdpPeer(CALLEE_IP) as bob, UdpPeer(CALLER_IP) as peer:
-            cfg = node_config(
-                zones=[{"name": "Partner Proxy", "type": "neighbour", "host": bob.ip, "port": bob.port, "transport": "udp"}],
-                rules=[any_alias_rule("Partner Proxy")],
-            )
+            cfg = partner_config(bob)
             async with running_node(cfg):
                 target = f"sip:bob@{CALLEE_IP}:{bob.port}"
                 data, cid = build_request("OPTIONS", f"sip:{NODE_IP}:{NODE_PORT};transport=udp", via=udp_via(peer),

@@ -7,7 +7,6 @@ test or its fixture; each async test is bounded by asyncio timeouts.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import random
 import socket
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator
 import pylibsrtp
 import pytest
 
+from udputil import LOOP_KINDS, port_range, run
 from udputil import addr_of as addr, nothing_on, recv, udp_sockets
 from edgeway.media import LATCH_PROBE, MediaRelay, PortAllocator
 from edgeway.media import srtp as srtp_mod
@@ -30,14 +30,9 @@ from edgeway.sip import sdes
 from edgeway.sip.sdes import CryptoAttribute, SdesError
 from edgeway.sip.sdp import SessionDescription
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a Linux dependency
-    uvloop = None
 
 RELAY_A, RELAY_B = "127.0.0.231", "127.0.0.232"
 PARTY_A, PARTY_B, PARTY_X = "127.0.0.233", "127.0.0.234", "127.0.0.235"
-LOOP_KINDS = ["uvloop", "asyncio"] if uvloop is not None else ["asyncio"]
 
 KEY1 = bytes(range(30))
 KEY2 = bytes(range(100, 130))
@@ -441,17 +436,6 @@ def test_unencrypted_srtcp_refused_when_unsupported(monkeypatch):
 # Relay: plain RTP on side A, SRTP on side B
 
 
-def run(coro_fn: Callable, kind: str = "uvloop", timeout: float = 5.0):
-    factory = asyncio.new_event_loop
-    if kind == "uvloop" and uvloop is not None:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(asyncio.wait_for(coro_fn(), timeout))
-
-
-def port_range(n_pairs: int) -> tuple[int, int]:
-    base = random.randrange(20000, 30000, 2)
-    return base, base + 2 * n_pairs - 1
 
 
 @pytest.fixture

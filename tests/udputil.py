@@ -4,10 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a Linux dependency
+    uvloop = None
+
+#: The event loops the relay is tested on.
+LOOP_KINDS = ["uvloop", "asyncio"] if uvloop is not None else ["asyncio"]
+
+
+def run(coro_fn: Callable, kind: str = "uvloop", timeout: float = 5.0):
+    """Run ``coro_fn()`` on a fresh event loop of the given kind, bounded."""
+    factory = asyncio.new_event_loop
+    if kind == "uvloop" and uvloop is not None:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(asyncio.wait_for(coro_fn(), timeout))
+
+
+def port_range(n_pairs: int) -> tuple[int, int]:
+    """A random even-aligned range of ``n_pairs`` RTP/RTCP pairs below the kernel's
+    ephemeral ports."""
+    base = random.randrange(20000, 30000 - 2 * n_pairs, 2)
+    return base, base + 2 * n_pairs - 1
 
 
 @contextlib.contextmanager
