@@ -785,26 +785,24 @@ def free_port(ip: str) -> int:
     raise RuntimeError(f"no free port on {ip}")
 
 
+def _wait_socket(proto: str, ip: str, port: int, timeout_s: float, proc: subprocess.Popen | None) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if _listening(proto, ip, port):
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return _listening(proto, ip, port)
+
+
 def wait_tcp_listening(ip: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> bool:
     """Wait (bounded) until a TCP socket listens on ``ip:port``; False on timeout or when
     ``proc`` exited first."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if _listening("tcp", ip, port):
-            return True
-        if proc is not None and proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return _listening("tcp", ip, port)
+    return _wait_socket("tcp", ip, port, timeout_s, proc)
 
 
 def wait_udp_bound(ip: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> bool:
-    """Wait (bounded) until a UDP socket is bound on ``ip:port``."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if _listening("udp", ip, port):
-            return True
-        if proc is not None and proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return _listening("udp", ip, port)
+    """Wait (bounded) until a UDP socket is bound on ``ip:port``; False on timeout or when
+    ``proc`` exited first."""
+    return _wait_socket("udp", ip, port, timeout_s, proc)
