@@ -39,6 +39,9 @@ _SO_MEMINFO = 55
 IDLE_SWEEP_S = 30.0
 #: Seconds a stream whose framing was lost stays open for responses already in flight.
 FRAMING_CLOSE_GRACE_S = 0.1
+#: Linux TCP states (include/net/tcp_states.h) in which the peer has ended the
+#: connection: CLOSE (reset received) and CLOSE_WAIT (FIN received).
+_TCP_PEER_GONE = (7, 8)
 
 
 class TransportError(OSError):
@@ -91,6 +94,10 @@ class Connection:
     attrs: dict = field(default_factory=dict)
     id: int = field(default_factory=lambda: next(_ids))
     closed: bool = False
+    #: When set, bytes read after the peer has reset or closed the connection are
+    #: discarded unread (see :meth:`peer_gone`): for a link whose peer fails every
+    #: request pending on it when it gives up on it (the core's traversal connection).
+    discard_after_peer_close: bool = False
     _pending: list[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -120,6 +127,18 @@ class Connection:
         pending, self._pending = self._pending, None
         if pending and not self.closed and not self.link.is_closing():
             self.link.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def peer_gone(self) -> bool:
+        """Whether the kernel has already seen the peer end this connection (a reset or a
+        FIN is queued behind the bytes not yet read): Linux ``TCP_INFO`` state, one
+        system call. False when it cannot be told."""
+        sock = self.attrs.get("sock")
+        if sock is None:
+            sock = self.attrs["sock"] = self.link.get_extra_info("socket")
+        try:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in _TCP_PEER_GONE
+        except (AttributeError, OSError, TypeError, ValueError, IndexError):
+            return False
 
     def close(self) -> None:
         """Close gracefully (queued data is flushed, TLS close_notify sent)."""
@@ -222,6 +241,14 @@ class _SipStream(asyncio.Protocol):
                 self._early += data  # arrived between the TLS handshake and attach()
             return
         if conn.closed:
+            return
+        if conn.discard_after_peer_close and conn.peer_gone():
+            # We were not reading (a stalled process, SIGSTOP) while the peer gave up on
+            # us: what it sent meanwhile it has already failed on its side, so acting on
+            # it now would complete calls its callers were refused.
+            conn.attrs["close_reason"] = "peer ended the connection before its data was read; unread data discarded"
+            self.layer.events.emit("stale data discarded", transport=conn.transport, peer=f"{conn.remote[0]}:{conn.remote[1]}", bytes=len(data))
+            conn.abort()
             return
         conn.attrs["received"] = True
         self.last_rx = self.layer.loop.time()

@@ -272,6 +272,9 @@ class Traversal:
                 # Ours and toward the zone's edge from the start: the edge may send a call
                 # right behind the 200 to our REGISTER, before we have read that 200.
                 conn.zone = zone.name
+                # The edge fails what it sent us when it gives up on this link (stall,
+                # keepalive loss): never act on those bytes once it has reset it.
+                conn.discard_after_peer_close = True
                 if await self._authenticate(conn, zone):
                     self._join(zs, conn, peer=f"{host}:{port}")
                     await self._probe_loop(conn, zone)
