@@ -20,6 +20,7 @@ from edgeway.diag.events import EventLog
 from edgeway.lab.dns_server import LabDnsServer, records_from_text
 from edgeway.lab.ua import LabUserAgent
 from edgeway.node import Node
+from edgeway.proxy.driver import SHED_TAG
 from edgeway.sip import sdp as sdpmod
 from edgeway.sip.message import Request, Response, Via, make_response, parse_message
 from edgeway.sip.uri import parse_name_addr
@@ -375,7 +376,10 @@ def test_forward_tcp_in_tcp_out_two_record_routes_with_flow_tokens() -> None:
 
 
 def test_no_matching_search_rule_is_404_policy_response() -> None:
-    """(On an edge-role node: the same proxy code as the core.)"""
+    """(On an edge-role node: the same proxy code as the core.) The 404 to a DefaultZone
+    source over UDP is immediate and stateless (issue 7 item 3): no 100 Trying, no server
+    transaction kept, no retransmission even when no ACK comes, a To tag whose ACK the
+    node drops unread."""
 
     async def scenario() -> None:
         cfg = node_config(
@@ -384,16 +388,19 @@ def test_no_matching_search_rule_is_404_policy_response() -> None:
                     "target_zone": "Partner Proxy"}],
             role="edge",
         )
-        async with running_node(cfg), UdpPeer(CALLER_IP) as peer:
+        async with running_node(cfg) as node, UdpPeer(CALLER_IP) as peer:
             data, cid = build_request("INVITE", "sip:nobody@elsewhere.test", via=udp_via(peer),
                                       contact=f"<sip:alice@{peer.ip}:{peer.port}>")
             peer.send(data)
-            prov, final = await peer.final(cid)
-            assert [p.status for p in prov] == [100]
-            assert final.status == 404, final
+            got = [parse_message(d) for d in await peer.quiet(1.2)]  # Timer G would fire at 0.5 s
+            assert [r.status for r in got] == [404], got
+            final = got[0]
             assert final.headers.get("Warning") == f'399 {NODE_IP} "Policy Response"'
-            # The ACK ended the INVITE server transaction: no 404 retransmissions.
-            assert not await peer.quiet(0.3)
+            assert final.to_tag.startswith(SHED_TAG)
+            assert len(node.proxy.core.table) == 0
+            peer.send(ack_for(final))
+            await asyncio.sleep(0.1)
+            assert not [r for r in node.events.records if r["event"] == "ack dropped"]
 
     run(scenario())
 
@@ -990,6 +997,132 @@ def test_sdp_rejected_stream_keeps_port_zero() -> None:
     run(scenario())
 
 
+def test_media_ports_exhausted_refuses_the_call_never_unanchored() -> None:
+    """Issue 7 item 2: with every relay port of the node's range taken (bound by someone
+    else), an INVITE with SDP gets 503 with a Warning naming the cause and Retry-After,
+    the callee never sees the INVITE, and nothing the caller receives carries the
+    callee's (or any non-node) media address; the event says "media ports exhausted"."""
+
+    async def scenario() -> None:
+        bob = callee("udp")
+        lo, hi = 47000, 47007  # four RTP/RTCP pairs
+        squatters = []
+        for port in range(lo, hi + 1):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((NODE_IP, port))
+            squatters.append(s)
+        try:
+            async with uas(bob), UdpPeer(CALLER_IP) as peer:
+                cfg = node_config(
+                    zones=[{"name": "Partner Proxy", "type": "neighbour", "host": CALLEE_IP, "port": bob.port, "transport": "udp"}],
+                    rules=[any_alias_rule("Partner Proxy")],
+                )
+                cfg["media"] = {"port_min": lo, "port_max": hi}
+                async with running_node(cfg) as node:
+                    for _ in range(2):
+                        data, cid = build_request("INVITE", "sip:bob@partner.test", via=udp_via(peer),
+                                                  contact=f"<sip:alice@{peer.ip}:{peer.port}>", body=offer_sdp(peer.ip, 41000))
+                        peer.send(data)
+                        prov, final = await peer.final(cid)
+                        peer.send(ack_for(final))
+                        assert final.status == 503, final
+                        warning = final.headers.get("Warning") or ""
+                        assert "Media ports exhausted" in warning and final.headers.get("Retry-After"), warning
+                        assert all(not r.body for r in [*prov, final])
+                        assert bob.requests("INVITE", cid) == []
+                    events = [r for r in node.events.records if r["event"] == "media ports exhausted"]
+                    assert len(events) == 2 and events[0]["cause"]
+                    assert len(node.relay) == 0 and not node.proxy.media.calls
+        finally:
+            for s in squatters:
+                s.close()
+
+    run(scenario())
+
+
+def test_udp_flood_from_one_source_is_limited_blocked_and_not_amplified() -> None:
+    """Issue 7 item 3: 300 INVITEs over ~1.2 s from one UDP source to an alias no rule
+    matches, against a limit of 20/s (burst 10, block after 0.5 s): the source gets at
+    most burst + rate × time 404s, exactly one 503 with Retry-After, is then blocked;
+    the bytes sent back are far fewer than the bytes received; meanwhile another source
+    is served as usual."""
+
+    async def scenario() -> None:
+        cfg = node_config()
+        cfg["flood"] = {"requests_per_s": 20, "burst": 10, "block_after_s": 0.5, "block_s": 5}
+        async with running_node(cfg) as node, UdpPeer(CALLER_IP) as flooder, UdpPeer("127.0.0.25") as other:
+            loop = asyncio.get_running_loop()
+            sent = 0
+            t0 = loop.time()
+            for i in range(300):
+                data, _ = build_request("INVITE", f"sip:x{i}@nowhere.test", via=udp_via(flooder),
+                                        contact=f"<sip:a@{flooder.ip}:{flooder.port}>")
+                flooder.send(data)
+                sent += len(data)
+                if i % 25 == 24:
+                    await asyncio.sleep(0.1)
+            elapsed = loop.time() - t0
+            data, cid = build_request("INVITE", "sip:bob@nowhere.test", via=udp_via(other),
+                                      contact=f"<sip:b@{other.ip}:{other.port}>")
+            other.send(data)
+            _, final = await other.final(cid)
+            assert final.status == 404  # served: no rule matches, as for anyone
+            back = await flooder.quiet(1.0)
+            statuses = [parse_message(d).status for d in back]
+            assert statuses.count(503) == 1, statuses
+            [r503] = [parse_message(d) for d in back if parse_message(d).status == 503]
+            assert r503.headers.get("Retry-After")
+            assert 10 <= statuses.count(404) <= 10 + 20 * (elapsed + 0.2), (statuses.count(404), elapsed)
+            assert sum(map(len, back)) < sent / 5, (sum(map(len, back)), sent)
+            events = [r["event"] for r in node.events.records]
+            assert events.count("flood limit") == 1 and events.count("source blocked") == 1
+            assert node.proxy.sources.blocked(CALLER_IP, loop.time())
+            assert len(node.proxy.core.table) == 0  # nothing held for the flood
+
+    run(scenario())
+
+
+def test_tcp_source_over_its_limit_gets_503_then_is_cut_off() -> None:
+    """On a connection every request over the limit gets 503 + Retry-After (no
+    amplification is possible toward a handshaken source); once blocked the connection
+    is closed."""
+
+    async def scenario() -> None:
+        cfg = node_config()
+        cfg["flood"] = {"requests_per_s": 5, "burst": 5, "block_after_s": 0.3, "block_s": 5}
+        async with running_node(cfg):
+            reader, writer = await asyncio.open_connection(NODE_IP, NODE_PORT, local_addr=(CALLER_IP, 0))
+            lport = writer.get_extra_info("sockname")[1]
+            try:
+                for i in range(20):
+                    data, _ = build_request("OPTIONS", f"sip:x{i}@nowhere.test", via=f"SIP/2.0/TCP {CALLER_IP}:{lport};branch=z9hG4bKfl{i}")
+                    writer.write(data)
+                await writer.drain()
+                got = b""
+                with contextlib.suppress(TimeoutError):
+                    while got.count(b"SIP/2.0 ") < 20:
+                        got += await asyncio.wait_for(reader.read(65536), 2.0)
+                assert got.count(b"SIP/2.0 404") == 5 and got.count(b"SIP/2.0 503") == 15, got[:300]
+                # Keep going at 50/s (limit 5/s) for 0.6 s: blocked after 0.3 s over the limit.
+                for i in range(30):
+                    data, _ = build_request("OPTIONS", f"sip:y{i}@nowhere.test", via=f"SIP/2.0/TCP {CALLER_IP}:{lport};branch=z9hG4bKfy{i}")
+                    with contextlib.suppress(ConnectionError):
+                        writer.write(data)
+                    await asyncio.sleep(0.02)
+                ended = False
+                try:
+                    while await asyncio.wait_for(reader.read(65536), 2.0):
+                        pass
+                    ended = True  # EOF
+                except ConnectionError:  # reset (or the write that found it reset)
+                    ended = True
+                assert ended
+            finally:
+                writer.close()
+
+    run(scenario())
+
+
 # ================================================================== 8. malformed input
 
 
@@ -1096,7 +1229,7 @@ def test_overload_sheds_new_invites_with_503_retry_after() -> None:
                     peer.send(ack_for(msg), addr)
             assert set(finals) == set(cids)
             shed = [r for r in finals.values() if r.status == 503]
-            assert shed and all(r.headers.get("Retry-After") and r.to_tag.startswith("sl") for r in shed), \
+            assert shed and all(r.headers.get("Retry-After") and r.to_tag.startswith(SHED_TAG) for r in shed), \
                 sorted(r.status for r in finals.values())
             assert node.proxy.shed == len(shed)
             assert {r.status for r in finals.values()} <= {503, 404}

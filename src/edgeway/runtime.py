@@ -4,6 +4,9 @@ event loop selection (uvloop on Linux when installed)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import os
 import sys
 
 
@@ -25,6 +28,39 @@ GC_GEN0_THRESHOLD = 2000
 #: generation, and between two full collections (which un-freeze first).
 GC_FREEZE_S = 1.0
 GC_FULL_S = 600.0
+#: Seconds between two looks at the resident set size, and the growth (fraction) since
+#: the last trim that makes the node collect fully and hand free heap back to the
+#: kernel (glibc ``malloc_trim``): after a burst of failed TLS handshakes or a flood
+#: the allocator otherwise keeps its high-water mark for good (issue 7 item 7).
+MEMORY_CHECK_S = 10.0
+MEMORY_GROWTH = 0.10
+
+
+def _libc_malloc_trim():
+    """glibc's ``malloc_trim(size_t)`` or None (musl, other platforms)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """This process's resident set size in bytes (Linux ``/proc/self/statm``; 0 when
+    it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class GcPolicy:
@@ -36,13 +72,25 @@ class GcPolicy:
     collections only ever scan what was made since — pauses stay short whatever the
     number of calls in progress; every :data:`GC_FULL_S` the frozen objects are
     released and one full collection reclaims any cyclic garbage that was frozen. Use
-    :meth:`start` on the node's event loop and :meth:`stop` when it stops."""
+    :meth:`start` on the node's event loop and :meth:`stop` when it stops.
 
-    def __init__(self, freeze_s: float = GC_FREEZE_S, full_s: float = GC_FULL_S):
+    Every :data:`MEMORY_CHECK_S` the resident set size is read; when it has grown by
+    :data:`MEMORY_GROWTH` since the last trim, a full collection runs at once and
+    glibc's ``malloc_trim(0)`` returns the free heap to the kernel (``trims`` counts
+    them; ``rss_after_trim`` is the size in bytes after the last one)."""
+
+    def __init__(self, freeze_s: float = GC_FREEZE_S, full_s: float = GC_FULL_S,
+                 memory_check_s: float = MEMORY_CHECK_S, memory_growth: float = MEMORY_GROWTH):
         self.freeze_s = freeze_s
         self.full_s = full_s
+        self.memory_check_s = memory_check_s
+        self.memory_growth = memory_growth
         self._handle = None
         self._next_full = 0.0
+        self._next_memory = 0.0
+        self._trim = _libc_malloc_trim()
+        self.trims = 0
+        self.rss_after_trim = 0
 
     def start(self, loop) -> None:
         import gc
@@ -51,15 +99,28 @@ class GcPolicy:
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
         self._next_full = loop.time() + self.full_s
+        self._next_memory = loop.time() + self.memory_check_s
+        self.rss_after_trim = rss_bytes()
         self._handle = loop.call_later(self.freeze_s, self._tick, loop)
 
     def _tick(self, loop) -> None:
         import gc
 
-        if loop.time() >= self._next_full:
+        now = loop.time()
+        full = now >= self._next_full
+        if now >= self._next_memory:
+            self._next_memory = now + self.memory_check_s
+            rss = rss_bytes()
+            if rss > self.rss_after_trim * (1.0 + self.memory_growth):
+                full = True
+        if full:
             gc.unfreeze()
             gc.collect()
-            self._next_full = loop.time() + self.full_s
+            self._next_full = now + self.full_s
+            if self._trim is not None:
+                self._trim(0)
+                self.trims += 1
+            self.rss_after_trim = rss_bytes()
         gc.freeze()
         self._handle = loop.call_later(self.freeze_s, self._tick, loop)
 

@@ -7,6 +7,7 @@ from edgeway.config.models import (
     Credential,
     DnsConfig,
     DnsZone,
+    FloodConfig,
     LogConfig,
     MediaConfig,
     NeighbourZone,
@@ -25,7 +26,7 @@ from edgeway.config.models import (
 )
 
 __all__ = [
-    "BUILTIN_ZONES", "ConfigError", "ConfigProblems", "Credential", "DnsConfig", "DnsZone", "LogConfig",
+    "BUILTIN_ZONES", "ConfigError", "ConfigProblems", "Credential", "DnsConfig", "DnsZone", "FloodConfig", "LogConfig",
     "MediaConfig", "NeighbourZone", "NodeConfig", "PolicyRule", "SearchRule", "SipConfig", "TimerConfig", "TlsConfig",
     "Transform", "TraversalClientZone", "TraversalServerZone", "ZoneConfig", "load_config", "parse_config",
     "split_hostport", "zone_token",

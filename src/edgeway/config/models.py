@@ -18,7 +18,7 @@ from edgeway.config.patterns import check_pattern
 
 __all__ = [
     "BUILTIN_ZONES", "MISSING",
-    "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig",
+    "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig", "FloodConfig",
     "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
     "Transform", "SearchRule", "PolicyRule", "ConfigProblems", "zone_token", "split_hostport",
 ]
@@ -235,6 +235,37 @@ class LogConfig(_Model):
     sip_messages: bool = True
 
 
+def _cidr(v: str) -> str:
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 network such as 192.0.2.0/24") from None
+    return v
+
+
+NonNegFloat = Annotated[float, _rule(lambda v: v >= 0, "must be 0 or greater")]
+
+
+class FloodConfig(_Model):
+    """Per-source flood control of requests from sources no zone claims (DefaultZone;
+    issue 7 item 3): ``requests_per_s`` (per source address, token bucket refill rate;
+    0 = off) up to ``burst`` requests; the first request over the limit gets 503 with
+    Retry-After, later ones are dropped (UDP) or refused 503 (connections); a source
+    over its limit for ``block_after_s`` seconds (0 = never) is blocked for ``block_s``
+    seconds. ``exempt``: networks never limited. ``max_sources``: addresses tracked.
+
+    Defaults suit an edge with 2,500 registered clients: a client re-registers every
+    few minutes and places a call now and then, so 100 requests/s per address (200
+    at once) leaves room for a NAT with hundreds of phones behind one address."""
+
+    requests_per_s: NonNegFloat = 100.0
+    burst: PosFloat = 200.0
+    block_after_s: NonNegFloat = 10.0
+    block_s: PosFloat = 60.0
+    exempt: list[Annotated[str, AfterValidator(_cidr)]] = []
+    max_sources: Annotated[int, _between(16, 10_000_000)] = 100_000
+
+
 class Credential(_Model):
     """One entry of the edge's local credential store (traversal auth)."""
 
@@ -433,6 +464,7 @@ class NodeConfig(_Model):
     media: MediaConfig = Field(default_factory=MediaConfig)
     dns: DnsConfig = Field(default_factory=DnsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    flood: FloodConfig = Field(default_factory=FloodConfig)
     credentials: list[Credential] = []
     zones: list[ZoneConfig] = []
     transforms: list[Transform] = []

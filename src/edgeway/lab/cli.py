@@ -6,7 +6,7 @@
   cloud calling service stand-in (127.0.0.6:5062, mutual TLS, SRTP on the cloud
   leg, plain RTP inside), prints the report and exits 0 only when every call,
   its media and (for the hybrid calls) its media encryption were as expected.
-* ``edgeway lab up [--workdir DIR] [--call-control-transport tcp|tls]`` starts DNS,
+* ``edgeway lab up [--workdir DIR] [--call-control-transport tcp|tls] [--flood-limit N]`` starts DNS,
   edge and core, prints where to point clients, and runs until Ctrl-C / SIGTERM.
   The core reaches call control at 127.0.0.4:5060 over TCP, or with ``tls`` at
   127.0.0.4:5061 over TLS (whatever listens there needs a certificate of the
@@ -146,13 +146,19 @@ def up(
     call_control_transport: CallControlTransport = typer.Option(
         CallControlTransport.tcp, "--call-control-transport",
         help="how the core reaches call control: tcp (127.0.0.4:5060) or tls (127.0.0.4:5061)"),
+    flood_limit: float | None = typer.Option(
+        None, "--flood-limit", min=0.0,
+        help="requests/s per unknown source before flood control acts (0 = off; default: the product default). "
+             "A load test from one address needs 0."),
 ) -> None:
     """Start DNS, edge and core and keep them running until Ctrl-C (no calls placed)."""
     console = Console()
     install_event_loop_policy()
     tls = call_control_transport is CallControlTransport.tls
+    flood = {} if flood_limit is None else {"flood": {"requests_per_s": flood_limit}}
     topology = LabTopology(call_control_transport=call_control_transport.value,
-                           call_control_port=TLS_PORT if tls else SIP_PORT)
+                           call_control_port=TLS_PORT if tls else SIP_PORT,
+                           edge_overrides=dict(flood), core_overrides=dict(flood))
     try:
         code = asyncio.run(_up(console, workdir, traversal_timeout, topology))
     except KeyboardInterrupt:

@@ -40,6 +40,7 @@ from collections import deque
 from typing import Any
 
 from ..config.models import NodeConfig, zone_token
+from ..security.flood import SourceTable
 from ..sip import transaction as txn
 from ..sip.dialog import ack_for_2xx, bye_after_2xx
 from ..sip.message import Headers, ParseError, Request, Response, make_response
@@ -56,7 +57,13 @@ from .reply import (FAILOVER_STATUSES, NEXT_CANDIDATE_STATUSES, Branch, Lane, Re
                     upstream_response)
 from .request import BRANCH_PREFIX, is_loop, plan_initial, process_routes, stamp_received, validate
 
-__all__ = ["ProxyCore", "BRANCH_PREFIX"]
+__all__ = ["ProxyCore", "BRANCH_PREFIX", "STATELESS_TAG", "DEFAULT_ZONE"]
+
+#: The built-in zone of sources no configured zone claims (seed 003 §5).
+DEFAULT_ZONE = "DefaultZone"
+#: To-tag prefix of responses sent without a server transaction (stateless 404/403 to
+#: DefaultZone over UDP, load shedding, flood control): their ACKs are dropped unread.
+STATELESS_TAG = "ewsl-"
 
 _BRANCH_PREFIX = BRANCH_PREFIX  # the name earlier code and tests use
 #: Methods whose responses keep a (masked) Contact: they establish or refresh a target.
@@ -124,6 +131,14 @@ class ProxyCore:
         self._pending: dict[int, Any] = {}
         self._connecting: dict[tuple[str, str, int], int] = {}
         self._ids = itertools.count(1)
+        #: Neighbour-zone source addresses → zone name (requests from them are that zone's).
+        self._source_zones = {z.host: z.name for z in reversed(cfg.zones) if z.type == "neighbour" and z.match_source}
+        fc = cfg.flood
+        #: Per-source flood control of DefaultZone requests (the driver checks it first).
+        self.sources = SourceTable(fc.requests_per_s, fc.burst, block_after_s=fc.block_after_s, block_s=fc.block_s,
+                                   exempt=fc.exempt, max_sources=fc.max_sources)
+        #: Why the last media anchoring failed (the Warning text of the refusal).
+        self._media_cause = "Media could not be anchored"
         self._heap: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
         self._now = 0.0
@@ -241,6 +256,7 @@ class ProxyCore:
         cont, call, msg, desc = entry
         if ports is None:
             self._out.append(Event("media ports exhausted", {"call_id": call.call_id, "cause": cause}))
+            self._media_cause = f"Media ports exhausted: {cause}" if cause else "Media ports exhausted"
             cont(None)
             return self._out
         if call.ended:
@@ -301,6 +317,10 @@ class ProxyCore:
             if tx.is_client:
                 self._client_actions(tu, actions)
             elif tu is not None:
+                if tu.flow.conn_id == 0 and self.sources.over_limit(tu.flow.remote[0], now):
+                    # A source over its flood limit gets no retransmissions (Timer G):
+                    # a response to a spoofable address is an amplifier (issue 7 item 3).
+                    actions = [a for a in actions if type(a) is not txn.Send]
                 self._server_actions(tu, actions)
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -365,11 +385,12 @@ class ProxyCore:
 
     def _classify(self, flow: Flow) -> str:
         """The zone a request arrived from (DESIGN.md §2) when its flow is not bound."""
-        ip = flow.remote[0]
-        for z in self.cfg.zones:
-            if z.type == "neighbour" and z.match_source and z.host == ip:
-                return z.name
-        return "DefaultZone"
+        return self._source_zones.get(flow.remote[0], DEFAULT_ZONE)
+
+    def classify_source(self, ip: str) -> str:
+        """The zone requests from address ``ip`` on an unbound flow belong to: the
+        neighbour zone that matches its source, else DefaultZone."""
+        return self._source_zones.get(ip, DEFAULT_ZONE)
 
     def _warned(self, status: int, reason: str, text: str) -> Response:
         return Response(status, reason, Headers([["Warning", f'399 {self.public} "{text}"']]))
@@ -413,7 +434,8 @@ class ProxyCore:
                 self._server_actions(st.tu, st.on_message(req, self._now))
             return
         if method == "ACK":
-            self._ack(req, flow, ingress)
+            if not (req.to_tag or "").startswith(STATELESS_TAG):  # else: the ACK of a stateless answer
+                self._ack(req, flow, ingress)
             return
         if method == "CANCEL":
             self._cancel(req, flow, ingress)
@@ -426,8 +448,23 @@ class ProxyCore:
         st.tu = ctx
         self.table.add(st)
         st.start(self._now)
-        if method == "INVITE":
+        self._new_request(ctx)
+        if ctx.final_sent:
+            if ctx.stateless and not ctx.branches:
+                # Answered at once (no route, policy, validation) to a source no zone
+                # claims, over UDP: keep no transaction, so a flood cannot make the node
+                # hold state or retransmit toward a spoofable address (issue 7 item 3).
+                self.table.remove(st)
+                st.tu = None
+        elif method == "INVITE":
+            # Only when the answer is not immediate (RFC 3261 §16.2: within 200 ms).
             self._respond(ctx, 100)
+
+    def _new_request(self, ctx: ResponseContext) -> None:
+        """§16.3 checks and routing of a request that opened server transaction ``ctx``."""
+        req, flow, ingress, method = ctx.req, ctx.flow, ctx.ingress, ctx.req.method
+        if flow.conn_id == 0 and ingress == DEFAULT_ZONE:
+            ctx.stateless = True
         if method == "OPTIONS" and not req.headers.get_all("Route") and self._addressed_to_us(req):
             self._respond(ctx, 200, extra=[("Allow", _ALLOW)])
             return
@@ -672,11 +709,12 @@ class ProxyCore:
         self._with_media(call, fwd, cont)
 
     def _media_failed(self, ctx: ResponseContext, lane: Lane) -> None:
-        """Media could not be anchored: the call is refused (never forwarded with the
-        party's own address in its SDP)."""
+        """Media could not be anchored: the call is refused with 503 and a Warning naming
+        the cause (never forwarded with the party's own address in its SDP; issue 7
+        item 2)."""
         ctx.stop = True
         self._lane_final(ctx, lane, Response(503, "Service Unavailable", Headers([
-            ["Warning", f'399 {self.public} "Media resources unavailable"'], ["Retry-After", "5"]])))
+            ["Warning", f'399 {self.public} "{self._media_cause}"'], ["Retry-After", "5"]])))
 
     def _with_media(self, call: Call | None, msg: Request | Response, cont) -> None:
         """Anchor the SDP of ``msg`` (a message of ``call``) then call ``cont(msg)``;
@@ -689,6 +727,7 @@ class ProxyCore:
             desc = self.planner.parse(call.media, msg)
         except SdpError as exc:
             self._out.append(Event("sdp rewrite failed", {"call_id": call.call_id, "error": str(exc)}))
+            self._media_cause = "Media could not be anchored: SDP not understood"
             cont(None)
             return
         if desc is None:
@@ -867,7 +906,7 @@ class ProxyCore:
         self._end_failed_call(ctx)
         if best.headers.get("To") is None:
             # A response we made (timeout, transport failure, zone down): on the request.
-            up = make_response(req, best.status, best.reason, to_tag=secrets.token_hex(5),
+            up = make_response(req, best.status, best.reason, to_tag=self._local_tag(ctx),
                                extra=[(n, v) for n, v in best.headers if n != "Content-Length"] + [("Server", f"Edgeway/{self.role}")])
         else:
             up = upstream_response(best, req)
@@ -894,7 +933,9 @@ class ProxyCore:
                 if 200 <= resp.status < 300 and ctx.req.method == "INVITE":
                     self._clear_callee(b, resp, "media could not be anchored")
                     ctx.answered_2xx = False
-                    self._send_up(ctx, self._warned_up(ctx, 500, "Server Internal Error", "Media could not be anchored"))
+                    refusal = self._warned_up(ctx, 503, "Service Unavailable", self._media_cause)
+                    refusal.headers.add("Retry-After", "5")
+                    self._send_up(ctx, refusal)
                 return
             self._send_up(ctx, m)
 
@@ -912,8 +953,15 @@ class ProxyCore:
         if warning:
             extra.append(("Warning", self._policy_warning()))
         extra.append(("Server", f"Edgeway/{self.role}"))
-        resp = make_response(ctx.req, status, reason, to_tag=secrets.token_hex(5) if status > 100 else None, extra=extra)
+        resp = make_response(ctx.req, status, reason, to_tag=self._local_tag(ctx) if status > 100 else None, extra=extra)
         self._send_up(ctx, resp)
+
+    def _local_tag(self, ctx: ResponseContext) -> str:
+        """A To tag for a response we make: :data:`STATELESS_TAG`-prefixed while
+        ``ctx`` may still be answered statelessly (its ACK is then dropped unread)."""
+        if ctx.stateless and not ctx.branches:
+            return STATELESS_TAG + secrets.token_hex(4)
+        return secrets.token_hex(5)
 
     def _send_up(self, ctx: ResponseContext, resp: Response) -> None:
         if resp.status >= 200:

@@ -37,7 +37,8 @@ from ..sip.message import ParseError, Request, Response, make_response
 from ..sip.target import Hop
 from ..transport.layer import Connection, Source, TransportError, TransportLayer
 from .actions import AllocateMedia, Connect, Event, MediaCrypto, MediaRemote, ReleaseMedia, Resolve, Send
-from .core import ProxyCore
+from ..security import flood
+from .core import DEFAULT_ZONE, STATELESS_TAG, ProxyCore
 from .media import PROBE_COUNT, PROBE_INTERVAL_S
 
 __all__ = ["ProxyDriver", "RelaySessions", "MAX_QUEUED_INVITES", "INVITE_QUEUE_MAX_AGE_S", "connect_allowed"]
@@ -61,7 +62,7 @@ OVERLOAD_BACKLOG_BYTES = 128 * 1024
 OVERLOAD_BACKLOG = 0.5
 LOAD_CHECK_S = 0.05
 #: To tags of the 503s of load shedding start with this (their ACKs are absorbed).
-SHED_TAG = "sl"
+SHED_TAG = STATELESS_TAG
 
 Resolver = Callable[[Any, str, str], Awaitable[list[Hop]]]
 
@@ -165,6 +166,8 @@ class ProxyDriver:
         self.events = events
         self.resolver = resolver
         self.core = ProxyCore(cfg, unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED)
+        #: Per-source flood control (the core's table: it also withholds retransmissions).
+        self.sources = self.core.sources
         self.media = RelaySessions(cfg, relay, events)
         relay.on_closed = self._session_closed
         self.loop = asyncio.get_running_loop()
@@ -193,6 +196,13 @@ class ProxyDriver:
             self._log("in", msg, src.transport, src.ip, src.port, msg.call_id)
         if type(msg) is Request:
             method = msg.method
+            conn = src.conn
+            if (conn is None or conn.zone is None) and self.sources.rate:
+                if self.core.classify_source(src.ip) == DEFAULT_ZONE:
+                    verdict = self.sources.check(src.ip, self.loop.time())
+                    if verdict is not flood.OK:
+                        self._flooded(msg, src, verdict)
+                        return
             if method == "ACK" and (msg.to_tag or "").startswith(SHED_TAG):
                 return  # the ACK of a 503 of load shedding
         else:
@@ -225,6 +235,29 @@ class ProxyDriver:
         if q and not self._closed:
             self._draining = True
             self.loop.call_soon(self._drain)
+
+    def _flooded(self, msg: Request, src: Source, verdict: str) -> None:
+        """A request from a DefaultZone source over its flood limit (issue 7 item 3):
+        the first of an episode gets 503 + Retry-After; later ones are dropped on UDP
+        (no response toward a spoofable source) and refused 503 on a connection; a
+        source blocked is reported once and its connection closed."""
+        conn = src.conn
+        if verdict == flood.LIMIT:
+            self.events.emit("flood limit", source=src.ip, transport=src.transport, call_id=msg.call_id,
+                             limit_per_s=self.sources.rate, burst=self.sources.burst)
+        elif verdict == flood.BLOCK:
+            self.events.emit("source blocked", source=src.ip, transport=src.transport, seconds=self.sources.block_s,
+                             reason=f"over {self.sources.rate:g} requests/s for {self.sources.block_after_s:g} s")
+        if verdict in (flood.BLOCK, flood.BLOCKED):
+            if conn is not None:
+                conn.attrs["close_reason"] = "source blocked (flood control)"
+                conn.abort()
+            return
+        if msg.method == "ACK" or (verdict == flood.DROP and conn is None):
+            return
+        resp = make_response(msg, 503, "Service Unavailable", to_tag=SHED_TAG + secrets.token_hex(4),
+                             extra=[("Retry-After", str(RETRY_AFTER_S)), ("Server", f"Edgeway/{self.cfg.role}")])
+        self._run(self.core.stateless_response(resp, src.flow, self.loop.time(), None))
 
     def _shed(self, msg: Request, src: Source, why: str) -> None:
         """Answer a new INVITE 503 + Retry-After without processing it (load shedding)."""

@@ -96,7 +96,7 @@ class ResponseContext:
 
     __slots__ = ("st", "req", "flow", "ingress", "call", "groups", "lanes", "branches", "finals", "final_sent",
                  "answered_2xx", "cancelled", "stop", "search", "dialog", "to_side", "from_side", "route_override",
-                 "hidden_rr_tail", "rr_ours", "initial", "loop_hash", "inward")
+                 "hidden_rr_tail", "rr_ours", "initial", "loop_hash", "inward", "stateless")
 
     def __init__(self, st: Any, req: Any, flow: Flow, ingress: str):
         self.st = st
@@ -109,6 +109,9 @@ class ResponseContext:
         self.branches: list[Branch] = []
         self.finals: list[Response] = []
         self.final_sent = False
+        #: Answered without keeping the transaction when the answer is immediate (a UDP
+        #: request from DefaultZone that no branch was started for).
+        self.stateless = False
         self.answered_2xx = False
         self.cancelled = False
         self.stop = False
