@@ -150,6 +150,9 @@ def test_full_edge_config_loads(tmp_path):
     assert cfg.media.ip == "172.16.2.2" and cfg.media.public_ip == "64.102.241.236"
     assert cfg.dns.nameservers == [("192.0.2.53", 53), ("192.0.2.54", 5353), ("2001:db8::53", 53)]
     assert cfg.log.level == "DEBUG" and cfg.log.file is None
+    # issue 7 item 4: bounded by default (no per-message events, rotation, rate cap)
+    assert (cfg.log.sip_messages, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.max_events_per_s) == (
+        False, 50 << 20, 5, 200)
     assert cfg.credentials[0].username == "hybridauth"
     dns, ts, generic = cfg.zones
     assert isinstance(dns, DnsZone) and dns.default_transport == "tls"
@@ -254,6 +257,10 @@ def with_(path: str, value, base=None) -> dict:
     ("dns.servers", ["dns.example"], "dns.servers[0]", "must be an IPv4 or IPv6 address"),
     ("dns.servers", ["192.0.2.1:99999"], "dns.servers[0]", "port must be between 1 and 65535"),
     ("log.level", "chatty", "log.level", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ("log.max_bytes", 100, "log.max_bytes", "must be 0 (no rotation) or at least 4096 bytes"),
+    ("log.backup_count", -1, "log.backup_count", "must be between 0 and 1000"),
+    ("log.max_events_per_s", -5, "log.max_events_per_s", "must be between 0 and 1000000 (0 = no cap)"),
+    ("log.sip_messages", "yes", "log.sip_messages", "input should be a valid boolean"),
     ("zones.0.default_transport", "sctp", "zones[0].default_transport", "input should be 'udp', 'tcp' or 'tls'"),
     ("zones.0.colour", "blue", "zones[0].colour", "is not a known key"),
     ("zones.0.type", "webex", "zones[0].type",

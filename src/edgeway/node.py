@@ -39,7 +39,9 @@ class Node:
 
     def __init__(self, cfg: NodeConfig, events: EventLog | None = None):
         self.cfg = cfg
-        self.events = events or EventLog(cfg.name, cfg.log.file, sip_messages=cfg.log.sip_messages)
+        log = cfg.log
+        self.events = events or EventLog(cfg.name, log.file, sip_messages=log.sip_messages, max_bytes=log.max_bytes,
+                                         backup_count=log.backup_count, max_events_per_s=log.max_events_per_s)
         self.tl = TransportLayer(self.events)
         self.relay: MediaRelay | None = None
         self.proxy: ProxyDriver | None = None

@@ -222,10 +222,16 @@ class LabTopology:
     configuration dicts just before validation (dicts merge, lists replace,
     ``None`` deletes a key), e.g. ``{"log": {"level": "DEBUG"}}`` or
     ``{"timers": {"t1_ms": 100}}``. ``traversal_password`` ``None`` means a
-    fresh random one per :meth:`build`. ``sip_messages`` False writes
-    ``log.sip_messages = false`` (the per-message ``sip message`` events the
-    ladder is built from); that key must exist in the config schema
-    (:class:`~edgeway.config.LogConfig`) for such a build to validate.
+    fresh random one per :meth:`build`. ``sip_messages`` is written into each
+    node's ``[log]`` explicitly (the product default is off; the lab's report builds
+    its ladders from the per-message ``sip message`` events, so the lab turns them
+    on). ``max_events_per_s`` (lines per second per event type, 0 = no cap) is
+    written too: the lab's default is no cap, because the report and the tests read
+    every line of the event logs (a SIPp run at 20 calls/s logs several hundred ``sip message``
+    lines per second per node, over the product's cap of 200); a lab run that checks
+    the log bounds (issue 7 item 4) sets it, and ``sip_messages``, like a product
+    node. Rotation (``log.max_bytes``) keeps the product default; set it through
+    ``edge_overrides`` / ``core_overrides``.
     """
 
     edge_ip: str = EDGE_IP
@@ -254,6 +260,7 @@ class LabTopology:
     media_inactivity_timeout_s: float = 30.0
     log_level: str = "INFO"
     sip_messages: bool = True
+    max_events_per_s: int = 0
     verification_token: str = VERIFICATION_TOKEN
     edge_overrides: dict[str, Any] = field(default_factory=dict)
     core_overrides: dict[str, Any] = field(default_factory=dict)
@@ -360,7 +367,7 @@ class LabTopology:
                       "inactivity_timeout_s": float(self.media_inactivity_timeout_s)},
             "dns": {"servers": [f"{self.dns_ip}:{self.dns_port}"], "timeout_s": float(self.dns_timeout_s)},
             "log": {"file": str(workdir / f"{node}.events.jsonl"), "level": self.log_level,
-                    **({} if self.sip_messages else {"sip_messages": False})},
+                    "sip_messages": self.sip_messages, "max_events_per_s": self.max_events_per_s},
         }
 
     def edge_config_data(self, workdir: Path, certs: dict[str, Path], password: str) -> dict[str, Any]:
@@ -430,8 +437,8 @@ class LabTopology:
         """Write the lab's files into ``workdir`` (created if missing) and return their paths.
 
         Writes ``pki/`` (CA, edge and core certificates and keys), ``edge.toml``,
-        ``core.toml`` and ``dns.zone``; removes stale ``*.events.jsonl`` logs so a
-        run only sees its own events. Both configurations are validated with
+        ``core.toml`` and ``dns.zone``; removes stale ``*.events.jsonl`` logs (and their
+        rotated ``.1``, ``.2`` … backups) so a run only sees its own events. Both configurations are validated with
         :func:`edgeway.config.parse_config` before being written.
 
         Raises:
@@ -455,6 +462,9 @@ class LabTopology:
         for node, data in (("edge", edge), ("core", core)):
             logs[node] = Path(data.get("log", {}).get("file") or wd / f"{node}.events.jsonl")
             logs[node].unlink(missing_ok=True)
+            for rotated in logs[node].parent.glob(f"{logs[node].name}.*"):  # log.max_bytes backups
+                if rotated.suffix[1:].isdigit():
+                    rotated.unlink(missing_ok=True)
         return LabFiles(
             workdir=wd,
             ca=pki["edge"]["ca"],
