@@ -6,7 +6,7 @@
   cloud calling service stand-in (127.0.0.6:5062, mutual TLS, SRTP on the cloud
   leg, plain RTP inside), prints the report and exits 0 only when every call,
   its media and (for the hybrid calls) its media encryption were as expected.
-* ``edgeway lab up [--workdir DIR] [--call-control-transport tcp|tls] [--flood-limit N]`` starts DNS,
+* ``edgeway lab up [--workdir DIR] [--call-control-transport tcp|tls] [--flood-limit N] [--no-ladder]`` starts DNS,
   edge and core, prints where to point clients, and runs until Ctrl-C / SIGTERM.
   The core reaches call control at 127.0.0.4:5060 over TCP, or with ``tls`` at
   127.0.0.4:5061 over TLS (whatever listens there needs a certificate of the
@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from edgeway.config import LogConfig
 from edgeway.runtime import install_event_loop_policy
 from edgeway.lab.report import LabReport
 from edgeway.lab.runner import Lab, LabError
@@ -150,6 +151,9 @@ def up(
         None, "--flood-limit", min=0.0,
         help="requests/s per unknown source before flood control acts (0 = off; default: the product default). "
              "A load test from one address needs 0."),
+    ladder: bool = typer.Option(
+        True, "--ladder/--no-ladder",
+        help="log every SIP message with no rate cap (the lab's ladder); --no-ladder logs as a product node does"),
 ) -> None:
     """Start DNS, edge and core and keep them running until Ctrl-C (no calls placed)."""
     console = Console()
@@ -158,7 +162,8 @@ def up(
     flood = {} if flood_limit is None else {"flood": {"requests_per_s": flood_limit}}
     topology = LabTopology(call_control_transport=call_control_transport.value,
                            call_control_port=TLS_PORT if tls else SIP_PORT,
-                           edge_overrides=dict(flood), core_overrides=dict(flood))
+                           edge_overrides=dict(flood), core_overrides=dict(flood),
+                           **({} if ladder else {"sip_messages": False, "max_events_per_s": LogConfig().max_events_per_s}))
     try:
         code = asyncio.run(_up(console, workdir, traversal_timeout, topology))
     except KeyboardInterrupt:
