@@ -9,8 +9,8 @@ Attacks (``--attacks``, comma-separated; all by default):
 
 * ``invite-flood``: INVITEs to an unknown domain from one UDP source at ``--rate`` per
   second (default 5,000) for ``--seconds`` (default 10).
-* ``handshakes``: ``--handshakes`` (default 7,000) TLS connections to the edge's 5061
-  that send a garbage ClientHello and are refused (failed handshakes), 100 at a time.
+* ``handshakes``: ``--handshakes`` (default 7,000) failed TLS handshakes on the edge's
+  5061, 16 at a time: half send garbage, half reject the edge's certificate.
 * ``trickle``: one 57 KB SIP message written one byte per TCP segment.
 * ``conns``: ``--conns`` (default 25,000) idle and slowloris connections held open
   against the edge's SIP ports from many 127.0.x.y sources (``bench/conn_flood.py``).
@@ -182,26 +182,35 @@ def invite_flood(stop: threading.Event, c: Counter, rate: int, seconds: float) -
 
 
 def handshakes(stop: threading.Event, c: Counter, count: int) -> None:
-    """``count`` TLS connections that send garbage instead of a ClientHello, 100 at a time."""
+    """``count`` failed TLS handshakes on the edge's 5061, 16 at a time: every other one
+    sends garbage instead of a ClientHello, the rest get as far as the edge's
+    certificate and reject it (a client that does not trust the edge)."""
+    import ssl
+    from concurrent.futures import ThreadPoolExecutor
+
     garbage = b"\x16\x03\x01\x00\xff" + random.randbytes(255)
-    done = 0
-    while done < count and not stop.is_set():
-        batch = []
-        for i in range(min(100, count - done)):
-            s = socket.socket()
+    strict = ssl.create_default_context()  # the system CAs: the lab's edge is not trusted
+
+    def one(i: int) -> None:
+        if stop.is_set():
+            return
+        with contextlib.suppress(OSError), socket.socket() as s:
             s.settimeout(5)
-            with contextlib.suppress(OSError):
-                s.bind((f"127.0.1.{2 + (done + i) % 200}", 0))
-                s.connect((EDGE_IP, TLS_PORT))
+            s.bind((f"127.0.1.{2 + i % 200}", 0))
+            s.connect((EDGE_IP, TLS_PORT))
+            if i % 2:
                 s.sendall(garbage)
-                c.sent += len(garbage)
-                batch.append(s)
-        for s in batch:
-            with contextlib.suppress(OSError):
+                with c.lock:
+                    c.sent += len(garbage)
                 while chunk := s.recv(4096):
-                    c.received += len(chunk)
-            s.close()
-        done += len(batch) or 100
+                    with c.lock:
+                        c.received += len(chunk)
+            else:
+                with strict.wrap_socket(s, server_hostname="edge.example"):
+                    pass
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(count)))
 
 
 def trickle(stop: threading.Event, c: Counter) -> None:
