@@ -389,68 +389,75 @@ async def resolve(
         raise ValueError(f"resolve: default_transport {default_transport!r} not in {sorted(DEFAULT_PORTS)}")
     rng = rng if rng is not None else random.Random()
     lk = _Lookup(resolver, trace)
-
     if srv_override_domain:
-        domain = srv_override_domain.strip().rstrip(".")
-        _found, targets = await _srv_targets(lk, f"{SRV_PREFIX['tls']}.{domain}.", "tls", rng, address_types)
-        return _dedupe(targets)
-
+        return await _modify_dns_request(lk, srv_override_domain, rng, address_types)
     host = uri_host.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not host:
-        return []
     transport = _select_transport(uri_transport, secure)
-    if transport == "":
+    if not host or transport == "":
         return []
     implied = transport or ("tls" if secure else default_transport)
-
-    # 1. numeric IP address
     if _is_ip(host):
         return [Target(host, int(uri_port) if uri_port else DEFAULT_PORTS[implied], implied, host)]
-
     fqdn = host.rstrip(".") + "."
-
-    # 2. explicit port: A/AAAA only
     if uri_port:
         return _dedupe(await _host_targets(lk, fqdn, int(uri_port), implied, address_types))
-
-    # 3. explicit transport: SRV for that transport, then A/AAAA
     if transport is not None:
-        found, targets = await _srv_targets(
-            lk, f"{SRV_PREFIX[transport]}.{fqdn}", transport, rng, address_types
-        )
-        if found:
-            return _dedupe(targets)
-        return _dedupe(await _host_targets(lk, fqdn, DEFAULT_PORTS[transport], transport, address_types))
-
-    # 4. NAPTR → SRV
-    supported = ("SIPS+D2T",) if secure else tuple(NAPTR_SERVICES)
-    srv_names: list[tuple[str, str]] = []
-    naptr = await lk.query(fqdn, "NAPTR")
-    if naptr is not None:
-        srv_names = naptr_to_srv(
-            [
-                (rd.order, rd.preference, rd.flags, rd.service, rd.regexp, rd.replacement)
-                for rd in naptr.rrset
-            ],
-            supported,
-        )
-    any_srv = False
-    targets: list[Target] = []
-    for t, srv_name in srv_names:
-        found, ts = await _srv_targets(lk, srv_name + ".", t, rng, address_types)
-        any_srv = any_srv or found
-        targets.extend(ts)
+        return await _transport_srv_then_host(lk, fqdn, transport, rng, address_types)
+    any_srv, targets = await _naptr_srv(lk, fqdn, secure, rng, address_types)
     if not targets and not any_srv:
-        order = ("tls",) if secure else SRV_FALLBACK_ORDER
-        for t in order:
-            found, ts = await _srv_targets(lk, f"{SRV_PREFIX[t]}.{fqdn}", t, rng, address_types)
-            any_srv = any_srv or found
-            targets.extend(ts)
+        any_srv, targets = await _fallback_srv(lk, fqdn, secure, rng, address_types)
     if any_srv:
         return _dedupe(targets)
-
-    # 6. no SRV: A/AAAA of the host
     return _dedupe(await _host_targets(lk, fqdn, DEFAULT_PORTS[implied], implied, address_types))
 
+
+async def _modify_dns_request(lk: _Lookup, domain: str, rng: random.Random, address_types: Sequence[str]) -> list[Target]:
+    """Seed 003 §4.2 "Modify DNS request": exactly one ``_sips._tcp.<domain>`` SRV query."""
+    domain = domain.strip().rstrip(".")
+    _found, targets = await _srv_targets(lk, f"{SRV_PREFIX['tls']}.{domain}.", "tls", rng, address_types)
+    return _dedupe(targets)
+
+
+async def _transport_srv_then_host(lk: _Lookup, fqdn: str, transport: str, rng: random.Random,
+                                   address_types: Sequence[str]) -> list[Target]:
+    """Step 3 (RFC 3263 §4.2): SRV for the URI's transport, else A/AAAA of the host."""
+    found, targets = await _srv_targets(lk, f"{SRV_PREFIX[transport]}.{fqdn}", transport, rng, address_types)
+    if found:
+        return _dedupe(targets)
+    return _dedupe(await _host_targets(lk, fqdn, DEFAULT_PORTS[transport], transport, address_types))
+
+
+async def _naptr_srv(lk: _Lookup, fqdn: str, secure: bool, rng: random.Random,
+                     address_types: Sequence[str]) -> tuple[bool, list[Target]]:
+    """Step 4 (RFC 3263 §4.1): NAPTR of the host → SRV of each supported replacement;
+    (whether any SRV record exists, targets)."""
+    supported = ("SIPS+D2T",) if secure else tuple(NAPTR_SERVICES)
+    naptr = await lk.query(fqdn, "NAPTR")
+    srv_names: list[tuple[str, str]] = []
+    if naptr is not None:
+        srv_names = naptr_to_srv(
+            [(rd.order, rd.preference, rd.flags, rd.service, rd.regexp, rd.replacement) for rd in naptr.rrset],
+            supported,
+        )
+    return await _srv_each(lk, [(t, srv_name + ".") for t, srv_name in srv_names], rng, address_types)
+
+
+async def _fallback_srv(lk: _Lookup, fqdn: str, secure: bool, rng: random.Random,
+                        address_types: Sequence[str]) -> tuple[bool, list[Target]]:
+    """Step 4 without a usable NAPTR: ``_sips._tcp``, ``_sip._tcp``, ``_sip._udp`` (only
+    ``_sips._tcp`` when ``secure``), all concatenated."""
+    order = ("tls",) if secure else SRV_FALLBACK_ORDER
+    return await _srv_each(lk, [(t, f"{SRV_PREFIX[t]}.{fqdn}") for t in order], rng, address_types)
+
+
+async def _srv_each(lk: _Lookup, names: list[tuple[str, str]], rng: random.Random,
+                    address_types: Sequence[str]) -> tuple[bool, list[Target]]:
+    any_srv = False
+    targets: list[Target] = []
+    for t, name in names:
+        found, ts = await _srv_targets(lk, name, t, rng, address_types)
+        any_srv = any_srv or found
+        targets.extend(ts)
+    return any_srv, targets
