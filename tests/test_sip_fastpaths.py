@@ -55,6 +55,15 @@ def outcome(fn, *args, **kw):
         return (type(exc).__name__, str(exc))
 
 
+def agrees(got, theirs) -> bool:
+    """``got`` (ours) is the reference's outcome ``theirs``, or the intended fix of
+    it: where the reference let a bare ValueError out of ``int()`` (a non-ASCII digit,
+    e.g. ``CSeq: ² INVITE``), ours raises its documented error instead."""
+    if theirs[0] == "ValueError" and got[0] in ("ParseError", "UriError"):
+        return True
+    return got == theirs
+
+
 def views(msg) -> dict:
     """Every typed view of a message, each as an outcome."""
     out = {
@@ -406,7 +415,7 @@ any_message = st.one_of(messages(), mutated_bytes(messages()), mutated_bytes(st.
 
 def _compare_parse(data: bytes) -> None:
     got = outcome(M.parse_message, data)
-    assert got == outcome(ref.parse_message, data)
+    assert agrees(got, outcome(ref.parse_message, data))
     if got[0] == "ok":
         mine, theirs = M.parse_message(data), ref.parse_message(data)
         assert views(mine) == views(theirs)

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from .._ascii import ascii_uint, is_ascii_digits
 from .uri import (
     _PARAMS,
     _TOK,
@@ -120,8 +121,8 @@ REASON_PHRASES = {
 }
 
 _DATE_RE = re.compile(
-    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    r"\d{4} \d{2}:\d{2}:\d{2} GMT$"
+    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"[0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT$"
 )
 _VIA_PROTO_RE = re.compile(r"^\s*([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/]+)\s+(.*)$", re.S)
 _WS_RE = re.compile(r"[ \t]+")
@@ -439,9 +440,9 @@ class Via:
             raise ParseError(f"malformed Via sent-by {sent_by!r}")
         port = None
         if port_s:
-            if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            port = ascii_uint(port_s, 65535)
+            if not port:
                 raise ParseError(f"malformed Via port {port_s!r}")
-            port = int(port_s)
         return cls(transport=transport.upper(), host=host, port=port, params=params)
 
     @property
@@ -492,13 +493,14 @@ class Message:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        """(sequence number, method) from CSeq; ValueError when CSeq is missing or its
-        number is not an integer. Cached (a tuple, immutable)."""
+        """(sequence number, method) from CSeq; :class:`ParseError` (a ValueError)
+        when CSeq is missing or its number is not ASCII digits in 0..2**31-1
+        (RFC 3261 §8.1.1.5). Cached (a tuple, immutable)."""
         h = self.headers
         v = h._views.get("cseq")
         if v is None:
             num, _, method = (h.get("CSeq") or "").strip().partition(" ")
-            v = h._views["cseq"] = (int(num), method.strip())
+            v = h._views["cseq"] = (_parse_uint(num, "CSeq number", _MAX_CSEQ), method.strip())
         return v  # type: ignore[return-value]
 
     def top_via(self) -> Via:
@@ -724,9 +726,10 @@ def _parse_start_line(line: str, headers: "Headers | None" = None) -> Request | 
         version, code = parts[0], parts[1]
         if version != "SIP/2.0":
             raise ParseError(f"unsupported version {version!r}")
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        status = ascii_uint(code, 699) if len(code) == 3 else None
+        if status is None or status < 100:
             raise ParseError(f"invalid status code {code[:20]!r}")
-        return Response(int(code), parts[2] if len(parts) > 2 else "", headers, version=version)
+        return Response(status, parts[2] if len(parts) > 2 else "", headers, version=version)
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise ParseError("malformed request line (exactly one SP between method, Request-URI and version)")
@@ -806,10 +809,13 @@ def _parse_headers(lines: list[str], start: int = 0, ws: bool | None = None) -> 
 
 
 def _parse_uint(text: str, what: str, limit: int) -> int:
+    """``text`` (surrounding whitespace ignored) as an integer in 0..``limit``;
+    ParseError unless it is 1 to 12 ASCII digits with a value in range."""
     t = text.strip()
-    if not t.isdigit() or len(t) > 12 or int(t) > limit:
+    n = ascii_uint(t, limit) if len(t) <= 12 else None
+    if n is None:
         raise ParseError(f"{what} {t[:24]!r} is not an integer in 0..{limit}")
-    return int(t)
+    return n
 
 
 #: The headers every request and response must carry (RFC 3261 §8.1.1), with keys.
@@ -840,13 +846,13 @@ def _validate(msg: Request | Response) -> None:
             Via.parse(v)
     cseq = values[keys.index("cseq")]
     num, _, method = cseq.strip().partition(" ")
-    _parse_uint(num, "CSeq number", _MAX_CSEQ)
+    seq = _parse_uint(num, "CSeq number", _MAX_CSEQ)
     method = method.strip()
     if not is_token(method):
         raise ParseError(f"malformed CSeq {cseq!r}")
     if isinstance(msg, Request) and method != msg.method:
         raise ParseError(f"CSeq method {method!r} does not match request method {msg.method!r}")
-    views["cseq"] = (int(num), method)
+    views["cseq"] = (seq, method)
     call_id = values[keys.index("call-id")]
     stripped = call_id.strip()
     if not stripped or " " in stripped:
@@ -880,7 +886,7 @@ def _validate(msg: Request | Response) -> None:
     if "warning" in keys:
         for w in h.get_all("Warning"):
             code = w.strip().split(" ", 1)[0]
-            if len(code) != 3 or not code.isdigit():
+            if len(code) != 3 or not is_ascii_digits(code):
                 raise ParseError(f"malformed Warning code {code[:16]!r}")
     if isinstance(msg, Request):
         try:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .._ascii import ascii_uint
+
 __all__ = [
     "UriError",
     "Uri",
@@ -38,7 +40,7 @@ _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
 #: The RFC 3261 §25.1 token characters, as a string for ``str.strip``.
 _TOKEN_STR = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?)*\.?$")
-_IPV4_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+_IPV4_RE = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$")
 _IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")
 # Characters that may never appear unescaped inside a SIP URI (RFC 3261 §25.1).
 _FORBIDDEN_RE = re.compile(r'[ \t\r\n<>"{}|\\^]')
@@ -420,9 +422,9 @@ def _parse_sip(scheme: str, rest: str, text: str) -> Uri:
         raise UriError(f"URI {text!r} has an invalid host {host!r}")
     port = None
     if port_s is not None:
-        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        port = ascii_uint(port_s, 65535)
+        if not port:
             raise UriError(f"URI {text!r} has an invalid port {port_s!r}")
-        port = int(port_s)
     return Uri(scheme=scheme, user=user, password=password, host=host, port=port, params=params, headers=headers)
 
 
