@@ -36,6 +36,8 @@ def norm(x):
         return ("via", x.transport, x.host, x.port, norm(x.params), x.protocol)
     if name in ("Request", "Response"):
         return (name, x.start_line(), [tuple(e) for e in x.headers], x.body)
+    if isinstance(x, U.Params):  # repeated names: the reference kept the last value of each
+        return tuple(dict(x.all_items()).items())
     if isinstance(x, dict):
         return tuple(x.items())
     if isinstance(x, (list, tuple)):
@@ -251,9 +253,13 @@ URI_EDGES = [
 @given(st.one_of(uris(), mutated(uris()), noise, st.sampled_from(URI_EDGES)))
 def test_parse_uri_matches_reference(text):
     got = outcome(U.parse_uri, text)
-    assert got == outcome(ref.parse_uri, text)
+    assert agrees(got, outcome(ref.parse_uri, text))
     if got[0] == "ok":
-        assert str(U.parse_uri(text)) == str(ref.parse_uri(text))
+        uri = U.parse_uri(text)
+        if isinstance(uri.params, U.Params):  # the reference dropped all but the last value
+            assert U.parse_uri(str(uri)) == uri
+        else:
+            assert str(uri) == str(ref.parse_uri(text))
 
 
 @SETTINGS
@@ -261,8 +267,8 @@ def test_parse_uri_matches_reference(text):
        st.lists(st.sampled_from(["lr", "transport=udp", "transport=tls", "user=phone", "x=A1", "maddr=[::1]"]),
                 max_size=3, unique_by=lambda p: p.partition("=")[0]))
 def test_plain_uris_round_trip(base, params):
-    """Accepted URIs serialise back to the same text (lossless forwarding; parameter
-    names are unique here: a repeated one keeps only its last value, as before)."""
+    """Accepted URIs serialise back to the same text (lossless forwarding; repeated
+    parameter names are test_parser_hardening's)."""
     text = base + "".join(";" + p for p in params)
     assert str(U.parse_uri(text)) == text
 
@@ -297,10 +303,14 @@ VIA_EDGES = [
 @given(st.one_of(vias(), mutated(vias()), noise, st.sampled_from(VIA_EDGES)))
 def test_via_parse_matches_reference(value):
     got = outcome(M.Via.parse, value)
-    assert got == outcome(ref.Via.parse, value)
+    assert agrees(got, outcome(ref.Via.parse, value))
     assert outcome(M.Via.parse, value) == got  # memo
     if got[0] == "ok":
-        assert str(M.Via.parse(value)) == str(ref.Via.parse(value))
+        via = M.Via.parse(value)
+        if isinstance(via.params, U.Params):  # the reference dropped all but the last value
+            assert M.Via.parse(str(via)) == via
+        else:
+            assert str(via) == str(ref.Via.parse(value))
 
 
 def test_memoised_results_are_fresh_objects():

@@ -381,7 +381,8 @@ class Via:
     """One Via element (RFC 3261 §20.42): ``SIP/2.0/<transport> host[:port];params``.
 
     ``transport`` upper-case str; ``host`` str (IPv6 with brackets); ``port`` int or
-    None; ``params`` ordered dict, values None for flags (``rport`` without value).
+    None; ``params`` ordered dict, values None for flags (``rport`` without value), a
+    :class:`~edgeway.sip.uri.Params` keeping every value when a name repeats.
     ``str(via)`` writes it back (single spaces, parameters in order).
     """
 
