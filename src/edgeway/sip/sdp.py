@@ -8,11 +8,13 @@ the media sections (``m=``) — and keeps every other line (``i=``, ``b=``, ``t=
 writes CRLF-terminated lines back in the order they were read, so a body that is
 parsed and serialised without changes comes out byte for byte (apart from
 whitespace inside ``o=``, ``c=`` and ``m=`` lines, which is normalised to single
-spaces, and blank lines, which are dropped). Lines added after parsing go where
-RFC 4566 §5 orders them.
+spaces, numbers in ``v=``, ``sess-version`` and ``m=`` ports, which are written
+without leading zeros, LF line ends, which become CRLF, and blank lines, which are
+dropped). Lines added after parsing go where RFC 4566 §5 orders them.
 
-Ports are ints (0–65535); ``sess-version`` is an int, ``sess-id`` is kept as text.
-Malformed SDP raises :class:`SdpError`.
+Ports are ints (0–65535); ``sess-version`` is an int (0..2**64-1), ``sess-id`` is
+kept as text. Numbers are ASCII digits only. Malformed SDP raises :class:`SdpError`
+(and nothing else, whatever the text).
 """
 
 from __future__ import annotations
