@@ -229,7 +229,7 @@ def main() -> None:
     print(f"{len(failures)} distinct failure signature(s)")
     for sig, data in failures.items():
         print(f"  {sig}\n    input ({len(data)} B): {data[:300]!r}")
-    print(f"slowest input: {len(slowest[1])} B in {slowest[0] * 1000:.2f} ms")
+    print(f"slowest input: {len(slowest[1])} B in {slowest[0] * 1000:.2f} ms: {slowest[1][:200]!r}")
     sys.exit(1 if failures else 0)
 
 
