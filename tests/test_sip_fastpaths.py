@@ -14,7 +14,7 @@ import tomllib
 import pytest
 import sip_reference as ref
 from conftest import RFC4475
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from edgeway.sip import message as M
@@ -36,6 +36,8 @@ def norm(x):
         return ("via", x.transport, x.host, x.port, norm(x.params), x.protocol)
     if name in ("Request", "Response"):
         return (name, x.start_line(), [tuple(e) for e in x.headers], x.body)
+    if isinstance(x, U.Params):  # repeated names: the reference kept the last value of each
+        return tuple(dict(x.all_items()).items())
     if isinstance(x, dict):
         return tuple(x.items())
     if isinstance(x, (list, tuple)):
@@ -53,6 +55,19 @@ def outcome(fn, *args, **kw):
         return ("UriError", str(exc))
     except Exception as exc:  # noqa: BLE001 - same exception type and text expected
         return (type(exc).__name__, str(exc))
+
+
+def agrees(got, theirs) -> bool:
+    """``got`` (ours) is the reference's outcome ``theirs``, or the intended fix of
+    it: where the reference let a bare ValueError out of ``int()`` (a non-ASCII digit,
+    e.g. ``CSeq: ² INVITE``), ours raises its documented error instead; where the
+    reference had no partial request for a malformed header section, ours may have
+    salvaged one (start line and the headers a response needs)."""
+    if theirs[0] == "ValueError" and got[0] in ("ParseError", "UriError"):
+        return True
+    if got[0] == theirs[0] == "ParseError" and got[1:3] == theirs[1:3] and theirs[3] is None:
+        return got[3] is None or got[3][0] == "Request"  # ours salvaged a request to answer
+    return got == theirs
 
 
 def views(msg) -> dict:
@@ -238,9 +253,13 @@ URI_EDGES = [
 @given(st.one_of(uris(), mutated(uris()), noise, st.sampled_from(URI_EDGES)))
 def test_parse_uri_matches_reference(text):
     got = outcome(U.parse_uri, text)
-    assert got == outcome(ref.parse_uri, text)
+    assert agrees(got, outcome(ref.parse_uri, text))
     if got[0] == "ok":
-        assert str(U.parse_uri(text)) == str(ref.parse_uri(text))
+        uri = U.parse_uri(text)
+        if isinstance(uri.params, U.Params):  # the reference dropped all but the last value
+            assert U.parse_uri(str(uri)) == uri
+        else:
+            assert str(uri) == str(ref.parse_uri(text))
 
 
 @SETTINGS
@@ -248,8 +267,8 @@ def test_parse_uri_matches_reference(text):
        st.lists(st.sampled_from(["lr", "transport=udp", "transport=tls", "user=phone", "x=A1", "maddr=[::1]"]),
                 max_size=3, unique_by=lambda p: p.partition("=")[0]))
 def test_plain_uris_round_trip(base, params):
-    """Accepted URIs serialise back to the same text (lossless forwarding; parameter
-    names are unique here: a repeated one keeps only its last value, as before)."""
+    """Accepted URIs serialise back to the same text (lossless forwarding; repeated
+    parameter names are test_parser_hardening's)."""
     text = base + "".join(";" + p for p in params)
     assert str(U.parse_uri(text)) == text
 
@@ -284,10 +303,14 @@ VIA_EDGES = [
 @given(st.one_of(vias(), mutated(vias()), noise, st.sampled_from(VIA_EDGES)))
 def test_via_parse_matches_reference(value):
     got = outcome(M.Via.parse, value)
-    assert got == outcome(ref.Via.parse, value)
+    assert agrees(got, outcome(ref.Via.parse, value))
     assert outcome(M.Via.parse, value) == got  # memo
     if got[0] == "ok":
-        assert str(M.Via.parse(value)) == str(ref.Via.parse(value))
+        via = M.Via.parse(value)
+        if isinstance(via.params, U.Params):  # the reference dropped all but the last value
+            assert M.Via.parse(str(via)) == via
+        else:
+            assert str(via) == str(ref.Via.parse(value))
 
 
 def test_memoised_results_are_fresh_objects():
@@ -406,7 +429,7 @@ any_message = st.one_of(messages(), mutated_bytes(messages()), mutated_bytes(st.
 
 def _compare_parse(data: bytes) -> None:
     got = outcome(M.parse_message, data)
-    assert got == outcome(ref.parse_message, data)
+    assert agrees(got, outcome(ref.parse_message, data))
     if got[0] == "ok":
         mine, theirs = M.parse_message(data), ref.parse_message(data)
         assert views(mine) == views(theirs)
@@ -462,16 +485,48 @@ def _events(out: list) -> list:
     ]
 
 
+def _framer_run(framer, stream: bytes, bounds: list[int]) -> tuple[list, bool]:
+    """Every event of feeding ``stream`` cut at ``bounds``, and whether ``feed`` raised
+    (the reference's framer lets int()'s ValueError out on a non-ASCII digit)."""
+    events: list = []
+    for a, b in itertools.pairwise(bounds):
+        try:
+            events += _events(framer.feed(stream[a:b]))
+        except ValueError:
+            return events, True
+    return events, False
+
+
 @SETTINGS
 @given(st.lists(st.one_of(any_message, st.sampled_from([b"\r\n\r\n", b"\r\n"])), min_size=1, max_size=4),
        st.lists(st.integers(0, 4000), max_size=4))
 def test_stream_framer_matches_reference(msgs, cuts):
+    """Same events as the reference on CRLF streams up to the first fatal error, apart
+    from the intended changes: a message without Content-Length is fatal on a stream
+    (RFC 3261 §18.3; the reference delivered it with an empty body), a non-ASCII
+    digit is a fatal ParseError where the reference's feed raised ValueError, a
+    bare LF before a start line is skipped where the reference failed ("empty
+    message"), and errors may carry a salvaged partial request. Bare-LF streams are left to
+    test_parser_hardening (the reference never framed them)."""
     stream = b"".join(msgs)
+    assume(b"\n" not in stream.replace(b"\r\n", b""))
     bounds = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
-    mine, theirs = M.StreamFramer(), ref.StreamFramer()
-    for a, b in itertools.pairwise(bounds):
-        assert _events(mine.feed(stream[a:b])) == _events(theirs.feed(stream[a:b]))
-        assert mine.broken == theirs.broken
+    mine = M.StreamFramer()
+    got, raised = _framer_run(mine, stream, bounds)
+    want, ref_raised = _framer_run(ref.StreamFramer(), stream, bounds)
+    assert not raised
+    strip = lambda e: e[:3] if isinstance(e, tuple) and e[0] == "error" else e  # noqa: E731
+    for i, ev in enumerate(got):
+        if i < len(want) and want[i][:2] == ("error", "empty message"):
+            return  # a bare LF left before a start line: skipped now (RFC 3261 §7.5), was fatal
+        if isinstance(ev, tuple) and ev[0] == "error" and ev[2]:  # our first fatal error: the stream ends
+            assert got[i + 1:] == [] and mine.broken
+            if ev[1].startswith("no Content-Length") or (ref_raised and i == len(want)):
+                return
+            assert strip(ev) == strip(want[i])
+            return
+        assert strip(ev) == strip(want[i])
+    assert len(got) == len(want) and not ref_raised and not mine.broken
 
 
 # ----------------------------------------------------------------------------- Headers API

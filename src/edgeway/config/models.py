@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edgeway._ascii import ascii_uint
 from edgeway.config.patterns import check_pattern
 
 __all__ = [
@@ -65,9 +66,10 @@ def split_hostport(text: str, default_port: int) -> tuple[str, int]:
         host, port = text.split(":")
     if not host or any(c.isspace() for c in host):
         raise ValueError("must be 'host', 'host:port' or '[ipv6]:port' with a non-empty host")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    number = ascii_uint(port, 65535)
+    if not number:
         raise ValueError("port must be between 1 and 65535")
-    return host, int(port)
+    return host, number
 
 
 # ---- constrained field types with readable rules ---------------------------------------------

@@ -13,11 +13,13 @@ import functools
 import re
 from collections.abc import Iterable
 
+from edgeway._ascii import ascii_uint
+
 __all__ = ["LOCALDOMAINS", "PATTERN_TYPES", "expand_localdomains", "compile_pattern", "check_pattern"]
 
 LOCALDOMAINS = "%localdomains%"
 _MACRO = re.compile(re.escape(LOCALDOMAINS), re.IGNORECASE)
-_GROUP_REF = re.compile(r"\\(?:(\d+)|g<([^>]*)>)")
+_GROUP_REF = re.compile(r"\\(?:([0-9]+)|g<([^>]*)>)")
 PATTERN_TYPES = ("exact", "prefix", "suffix", "regex")
 
 
@@ -68,7 +70,7 @@ def check_pattern(pattern_type: str, pattern: str, behaviour: str = "leave", rep
     if pattern_type != "regex" or behaviour != "replace":
         return
     for num, name in _GROUP_REF.findall(replace):
-        if num and int(num) > rx.groups:
+        if num and ascii_uint(num, rx.groups) is None:
             raise ValueError(f"refers to group \\{num} but the pattern has {rx.groups} group(s)")
-        if name and not (name.isdigit() and int(name) <= rx.groups) and name not in rx.groupindex:
+        if name and ascii_uint(name, rx.groups) is None and name not in rx.groupindex:
             raise ValueError(f"refers to unknown group <{name}>")

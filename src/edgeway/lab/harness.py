@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from edgeway._ascii import ascii_uint
+
 #: SIPp scenarios shipped with the lab (UAC with pcap RTP, UAS with RTP echo, ...).
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
@@ -281,9 +283,9 @@ class Baresip:
         self._buf += data
         while True:
             head, sep, rest = self._buf.partition(b":")
-            if not sep or not head.isdigit():
+            n = ascii_uint(head, 2**31) if sep else None
+            if n is None:
                 return
-            n = int(head)
             if len(rest) < n + 1:
                 return
             msg = json.loads(rest[:n].decode("utf-8", "replace"))
@@ -576,8 +578,9 @@ def sipp_messages(path: Path) -> list[SippMessage]:
         length = None
         for line in headers.split("\n"):
             name, colon, value = line.partition(":")
-            if colon and name.strip().lower() in ("content-length", "l") and value.strip().isdigit():
-                length = int(value.strip())
+            n = ascii_uint(value.strip(), 2**31) if colon and name.strip().lower() in ("content-length", "l") else None
+            if n is not None:
+                length = n
         if length is not None:
             body = body.replace("\n", "\r\n")[:length].replace("\r\n", "\n")
         else:

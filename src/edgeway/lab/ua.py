@@ -60,6 +60,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from .._ascii import ascii_uint
 from ..media.ports import PortAllocator, PortPair
 from ..media.srtp import UNENCRYPTED_SRTCP_SUPPORTED, SrtpContext, SrtpError
 from ..security.tls import (
@@ -264,7 +265,7 @@ def parse_sdp(body: bytes) -> SdpInfo:
                     raise ValueError(f"bad m= port in {line!r}") from None
                 if not 0 <= port <= 65535:
                     raise ValueError(f"bad m= port in {line!r}")
-                pts = [int(p) for p in parts[3:] if p.isdigit() and int(p) < 128]
+                pts = [n for n in (ascii_uint(p, 127) for p in parts[3:]) if n is not None]
                 proto = parts[2]
                 found = in_audio = True
         elif key == "c":

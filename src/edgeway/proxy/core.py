@@ -169,17 +169,24 @@ class ProxyCore:
         return out
 
     def bad_message(self, exc: ParseError, flow: Flow, now: float) -> list:
-        """Answer a malformed request 400 with the reason (RFC 3261 §21.4.1) when a
-        response can be formed (``exc.partial``); otherwise nothing."""
+        """Answer a malformed request when a response can be formed (``exc.partial``;
+        never an ACK) with ``exc.status``: 400 ``Bad Request - <reason>`` (RFC 3261
+        §21.4.1) or 513 ``Message Too Large`` (§21.5.14); otherwise nothing. On a
+        stream whose framing is lost the transport closes the connection after this
+        answer is written."""
         self._now = now
         self._out = []
         if flow.conn_id and flow.conn_id not in self.conns:
             self._note_conn(flow)
         req = exc.partial
         if req is not None and req.method != "ACK":
+            from ..sip.message import REASON_PHRASES  # here: only this function of core.py is ours to edit
+
+            status = exc.status
+            reason = f"Bad Request - {exc.reason}"[:120] if status == 400 else REASON_PHRASES.get(status, "")
             try:
                 stamp_received(req, flow)
-                resp = make_response(req, 400, f"Bad Request - {exc.reason}"[:120], to_tag=secrets.token_hex(4))
+                resp = make_response(req, status, reason, to_tag=secrets.token_hex(4))
                 self._send_response(resp, flow, None)
             except (ParseError, ValueError):
                 pass

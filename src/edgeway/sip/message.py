@@ -29,6 +29,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from .._ascii import ascii_uint, is_ascii_digits
 from .uri import (
     _PARAMS,
     _TOK,
@@ -49,6 +50,7 @@ from .uri import (
 __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_HEADERS",
+    "STATUS_TOO_LARGE",
     "MAGIC_COOKIE",
     "ParseError",
     "Headers",
@@ -64,11 +66,16 @@ __all__ = [
 ]
 
 #: Largest message accepted, head plus body, in bytes. 65,535 is the largest UDP
-#: payload (RFC 768) and what Kamailio and SIPp use as their buffer size; a stream
-#: message larger than this closes the connection (framing can't be trusted).
+#: payload (RFC 768) and what Kamailio and SIPp use as their buffer size
+#: (Kamailio's BUF_SIZE); a stream message larger than this is answered 513 Message
+#: Too Large (RFC 3261 §21.5.14) when it is a request whose head can be read, and
+#: closes the connection (framing can't be trusted).
 MAX_MESSAGE_SIZE = 65535
-#: Most header fields accepted in one message (h11 caps header count the same way).
+#: Most header fields accepted in one message (h11 caps header count the same way;
+#: Kamailio's parser has a fixed header table too). More is a 400.
 MAX_HEADERS = 256
+#: Status of a ParseError for a message over the size limits (RFC 3261 §21.5.14).
+STATUS_TOO_LARGE = 513
 #: RFC 3261 §8.1.1.7: branch values from RFC 3261 elements start with this.
 MAGIC_COOKIE = "z9hG4bK"
 _MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
@@ -120,8 +127,8 @@ REASON_PHRASES = {
 }
 
 _DATE_RE = re.compile(
-    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    r"\d{4} \d{2}:\d{2}:\d{2} GMT$"
+    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"[0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT$"
 )
 _VIA_PROTO_RE = re.compile(r"^\s*([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/]+)\s+(.*)$", re.S)
 _WS_RE = re.compile(r"[ \t]+")
@@ -163,18 +170,22 @@ def canonical_name(name: str) -> str:
 class ParseError(ValueError):
     """A message is malformed.
 
-    ``reason`` is a short operator-readable text, used as the 400 reason phrase.
-    ``partial`` is the :class:`Request` parsed so far when a response can still be
-    formed from it (start line and the Via/From/To/Call-ID/CSeq headers were read),
-    else None. ``fatal_for_stream`` is True when a stream's framing is lost and the
-    connection must be closed (RFC 4475 §3.3.3 mcl01).
+    ``reason`` is a short operator-readable text, used in the reason phrase of the
+    answer. ``status`` is the status to answer with: 400 (RFC 3261 §21.4.1), or
+    :data:`STATUS_TOO_LARGE` (513, §21.5.14) when the message is over
+    :data:`MAX_MESSAGE_SIZE`. ``partial`` is a :class:`Request` holding the start line
+    and the Via/From/To/Call-ID/CSeq headers when those could be read (enough to form
+    a response, RFC 3261 §8.2.6.2; for a malformed header section it holds only those
+    headers), else None. ``fatal_for_stream`` is True when a stream's framing is lost
+    and the connection must be closed after the answer (RFC 4475 §3.3.3 mcl01).
     """
 
-    def __init__(self, reason: str, partial: "Request | None" = None, fatal_for_stream: bool = False):
+    def __init__(self, reason: str, partial: "Request | None" = None, fatal_for_stream: bool = False, status: int = 400):
         super().__init__(reason)
         self.reason = reason
         self.partial = partial
         self.fatal_for_stream = fatal_for_stream
+        self.status = status
 
 
 #: View keys whose cached values are immutable (str, tuple), so a copy may share them.
@@ -370,7 +381,8 @@ class Via:
     """One Via element (RFC 3261 §20.42): ``SIP/2.0/<transport> host[:port];params``.
 
     ``transport`` upper-case str; ``host`` str (IPv6 with brackets); ``port`` int or
-    None; ``params`` ordered dict, values None for flags (``rport`` without value).
+    None; ``params`` ordered dict, values None for flags (``rport`` without value), a
+    :class:`~edgeway.sip.uri.Params` keeping every value when a name repeats.
     ``str(via)`` writes it back (single spaces, parameters in order).
     """
 
@@ -439,9 +451,9 @@ class Via:
             raise ParseError(f"malformed Via sent-by {sent_by!r}")
         port = None
         if port_s:
-            if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            port = ascii_uint(port_s, 65535)
+            if not port:
                 raise ParseError(f"malformed Via port {port_s!r}")
-            port = int(port_s)
         return cls(transport=transport.upper(), host=host, port=port, params=params)
 
     @property
@@ -492,13 +504,14 @@ class Message:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        """(sequence number, method) from CSeq; ValueError when CSeq is missing or its
-        number is not an integer. Cached (a tuple, immutable)."""
+        """(sequence number, method) from CSeq; :class:`ParseError` (a ValueError)
+        when CSeq is missing or its number is not ASCII digits in 0..2**31-1
+        (RFC 3261 §8.1.1.5). Cached (a tuple, immutable)."""
         h = self.headers
         v = h._views.get("cseq")
         if v is None:
             num, _, method = (h.get("CSeq") or "").strip().partition(" ")
-            v = h._views["cseq"] = (int(num), method.strip())
+            v = h._views["cseq"] = (_parse_uint(num, "CSeq number", _MAX_CSEQ), method.strip())
         return v  # type: ignore[return-value]
 
     def top_via(self) -> Via:
@@ -724,9 +737,10 @@ def _parse_start_line(line: str, headers: "Headers | None" = None) -> Request | 
         version, code = parts[0], parts[1]
         if version != "SIP/2.0":
             raise ParseError(f"unsupported version {version!r}")
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        status = ascii_uint(code, 699) if len(code) == 3 else None
+        if status is None or status < 100:
             raise ParseError(f"invalid status code {code[:20]!r}")
-        return Response(int(code), parts[2] if len(parts) > 2 else "", headers, version=version)
+        return Response(status, parts[2] if len(parts) > 2 else "", headers, version=version)
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise ParseError("malformed request line (exactly one SP between method, Request-URI and version)")
@@ -806,10 +820,13 @@ def _parse_headers(lines: list[str], start: int = 0, ws: bool | None = None) -> 
 
 
 def _parse_uint(text: str, what: str, limit: int) -> int:
+    """``text`` (surrounding whitespace ignored) as an integer in 0..``limit``;
+    ParseError unless it is 1 to 12 ASCII digits with a value in range."""
     t = text.strip()
-    if not t.isdigit() or len(t) > 12 or int(t) > limit:
+    n = ascii_uint(t, limit) if len(t) <= 12 else None
+    if n is None:
         raise ParseError(f"{what} {t[:24]!r} is not an integer in 0..{limit}")
-    return int(t)
+    return n
 
 
 #: The headers every request and response must carry (RFC 3261 §8.1.1), with keys.
@@ -840,13 +857,13 @@ def _validate(msg: Request | Response) -> None:
             Via.parse(v)
     cseq = values[keys.index("cseq")]
     num, _, method = cseq.strip().partition(" ")
-    _parse_uint(num, "CSeq number", _MAX_CSEQ)
+    seq = _parse_uint(num, "CSeq number", _MAX_CSEQ)
     method = method.strip()
     if not is_token(method):
         raise ParseError(f"malformed CSeq {cseq!r}")
     if isinstance(msg, Request) and method != msg.method:
         raise ParseError(f"CSeq method {method!r} does not match request method {msg.method!r}")
-    views["cseq"] = (int(num), method)
+    views["cseq"] = (seq, method)
     call_id = values[keys.index("call-id")]
     stripped = call_id.strip()
     if not stripped or " " in stripped:
@@ -880,7 +897,7 @@ def _validate(msg: Request | Response) -> None:
     if "warning" in keys:
         for w in h.get_all("Warning"):
             code = w.strip().split(" ", 1)[0]
-            if len(code) != 3 or not code.isdigit():
+            if len(code) != 3 or not is_ascii_digits(code):
                 raise ParseError(f"malformed Warning code {code[:16]!r}")
     if isinstance(msg, Request):
         try:
@@ -891,22 +908,34 @@ def _validate(msg: Request | Response) -> None:
             raise ParseError("Request-URI must not contain headers (RFC 3261 §19.1.5)")
 
 
-def _content_length(h: Headers) -> int | None:
+def _content_length(h: Headers, too_large: int = 400) -> int | None:
+    """The Content-Length value (None when absent); ParseError when it is not ASCII
+    digits in 0..:data:`MAX_MESSAGE_SIZE`, with status ``too_large`` when it is a
+    number over that limit."""
     cl = h.get("Content-Length")
     if cl is None:
         return None
-    return _parse_uint(cl, "Content-Length", MAX_MESSAGE_SIZE)
+    try:
+        return _parse_uint(cl, "Content-Length", MAX_MESSAGE_SIZE)
+    except ParseError as exc:
+        if is_ascii_digits(cl.strip()):
+            exc.status = too_large
+        raise
 
 
 def parse_message(data: bytes) -> Request | Response:
     """Parse one SIP message from the bytes of a datagram (RFC 3261 §18.3).
 
     When Content-Length is present the body is cut to it and anything after is
-    ignored; a Content-Length larger than the bytes present is an error.
-    Raises :class:`ParseError` (with ``partial`` set when a 400 can be answered).
+    ignored; a Content-Length larger than the bytes present is an error (400,
+    RFC 3261 §18.3). Raises only :class:`ParseError`, whatever the bytes: ``partial``
+    set when a response can be formed, ``status`` 513 for data over
+    :data:`MAX_MESSAGE_SIZE` (then ``partial`` comes from the head in its first
+    :data:`MAX_MESSAGE_SIZE` bytes).
     """
     if len(data) > MAX_MESSAGE_SIZE:
-        raise ParseError(f"message larger than {MAX_MESSAGE_SIZE} bytes")
+        raise ParseError(f"message larger than {MAX_MESSAGE_SIZE} bytes", _salvage_prefix(data.lstrip(b"\r\n"), MAX_MESSAGE_SIZE),
+                         status=STATUS_TOO_LARGE)
     data = data.lstrip(b"\r\n")
     head, body = _split_head(data)
     msg, partial = _parse_head(head)
@@ -925,9 +954,92 @@ def parse_message(data: bytes) -> Request | Response:
 
 
 _NO_HEADERS = Headers()
+_REQUIRED_KEYS = frozenset(k for _, k in _REQUIRED)
+
+
+def _salvage(lines: list[str]) -> Request | None:
+    """A request that can carry a response to a message whose header section does not
+    parse (a malformed line, too many fields, or cut at the size limit): the start
+    line ``lines[0]`` and only the Via (every element, at most :data:`MAX_HEADERS`),
+    From, To, Call-ID and CSeq headers (the first of each) among ``lines[1:]``,
+    skipping every line that is not ``token ":" value``. None when the start line is
+    not a valid request line or one of those headers is missing or empty."""
+    if not lines:
+        return None
+    try:
+        req = _parse_start_line(lines[0])
+    except ParseError:
+        return None
+    if not isinstance(req, Request):
+        return None
+    names: list[str] = []
+    keys: list[str] = []
+    values: list[str] = []
+    nvia = 0
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if not colon or not is_token(name):
+            continue
+        canon, key = _name_key(name)
+        value = value.strip()
+        if key not in _REQUIRED_KEYS or not value:
+            continue
+        if key == "via":
+            try:
+                elements = split_header_list(value)
+            except UriError:
+                continue
+            elements = [e for e in elements if e][: MAX_HEADERS - nvia]
+            nvia += len(elements)
+        elif key in keys:
+            continue
+        else:
+            elements = [value]
+        for e in elements:
+            names.append(canon)
+            keys.append(key)
+            values.append(e)
+    if not all(k in keys for k in _REQUIRED_KEYS):
+        return None
+    req.headers = Headers._of(names, keys, values)
+    return req
+
+
+def _salvage_prefix(data: bytes | bytearray, limit: int) -> Request | None:
+    """:func:`_salvage` on the header section held in the first ``limit`` bytes of
+    ``data`` (a message over the size limit): cut at the first empty line, else at
+    the end of the last complete line."""
+    data = bytes(data[:limit])
+    head_end, _ = _find_head_end(data, 0)
+    if head_end < 0:
+        head_end = data.rfind(b"\n")
+        if head_end < 0:
+            return None
+    lines, _ = _split_lines(_decode(data[:head_end]).rstrip("\r"))
+    return _salvage(lines)
+
+
+def _find_head_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
+    """``(end of the header section, start of the body)`` for the first empty line of
+    ``buf`` found at or after ``start`` (the empty line is LF or CRLF, after a line
+    ending in LF or CRLF: RFC 3261 §7.5 tolerance of bare LF, as the datagram parser
+    has); ``(-1, -1)`` when there is none yet. Two C-level searches: ``\n\r\n`` (which
+    the usual CRLFCRLF contains), then ``\n\n`` before it."""
+    a = buf.find(b"\n\r\n", start)
+    b = buf.find(b"\n\n", start, a + 1) if a >= 0 else buf.find(b"\n\n", start)
+    if b >= 0:
+        return (b - 1 if b and buf[b - 1] == 13 else b), b + 2
+    if a >= 0:
+        return (a - 1 if a and buf[a - 1] == 13 else a), a + 3
+    return -1, -1
 
 
 def _parse_head(head: bytes) -> tuple[Request | Response, Request | None]:
+    """``(message without body, partial)`` of a header section (start line and header
+    lines, no empty line); ``partial`` is the message when it is a request carrying
+    the headers a response needs, else None. ParseError on a malformed start line or
+    header line (``partial`` then from :func:`_salvage`)."""
     text = _decode(head)
     lines, folded = _split_lines(text)
     if not lines or not lines[0]:
@@ -938,7 +1050,11 @@ def _parse_head(head: bytes) -> tuple[Request | Response, Request | None]:
     # Runs of SP/HT can only be in values if the text has a tab or two SPs in a row,
     # or when unfolding joined lines (" " + continuation, after a trailing SP).
     ws = None if folded else ("\t" in text or "  " in text)
-    msg.headers = _parse_headers(lines, 1, ws)
+    try:
+        msg.headers = _parse_headers(lines, 1, ws)
+    except ParseError as exc:
+        exc.partial = _salvage(lines)
+        raise
     partial = None
     if isinstance(msg, Request):
         keys, values = msg.headers._keys, msg.headers._values
@@ -950,72 +1066,128 @@ def _parse_head(head: bytes) -> tuple[Request | Response, Request | None]:
 class StreamFramer:
     """Cuts a TCP/TLS byte stream into SIP messages by Content-Length (RFC 3261 §18.3).
 
-    ``feed(data)`` returns a list of events: :class:`Request`/:class:`Response`
-    objects, :class:`ParseError` instances for messages that were framed but are
-    malformed (the stream goes on), and the string ``"ping"`` for a CRLFCRLF
-    keepalive (answer with ``b"\\r\\n"``, RFC 5626 §3.5.1) or ``"pong"`` for a lone CRLF.
-    When framing is lost (no or repeated Content-Length, oversize message) the event
-    is a ParseError with ``fatal_for_stream`` set and the framer stops: close the
-    connection.
+    ``feed(data)`` takes the bytes just read (bytes-like) and returns a list of
+    events: :class:`Request`/:class:`Response` objects, :class:`ParseError`
+    instances for messages that were framed but are malformed (the stream goes on),
+    the string ``"ping"`` for a CRLFCRLF keepalive (answer with ``b"\\r\\n"``,
+    RFC 5626 §3.5.1) and ``"pong"`` for a lone CRLF. A bare LF before a start line is
+    skipped (RFC 3261 §7.5). The header section ends at the first empty line, the
+    lines ending in CRLF or LF. ``feed`` raises nothing for any input.
+
+    When framing is lost the event is a ParseError with ``fatal_for_stream`` set
+    (``status`` and ``partial`` as :class:`ParseError` describes, so the request can
+    still be answered): no Content-Length (mandatory on streams, RFC 3261 §18.3),
+    repeated or malformed Content-Length, a malformed start line or header line,
+    a head or message over ``max_size`` bytes (status 513). The framer is then
+    ``broken``: it buffers nothing and every later ``feed`` returns ``[]``; close the
+    connection once the answer is written.
+
+    Cost is linear in the bytes fed however they are split: the search for the end
+    of the head resumes where the last one stopped, and a parsed head waits for its
+    body without being parsed again.
     """
 
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE):
         self._buf = bytearray()
         self.max_size = max_size
         self.broken = False
+        #: Where the search for the end of the head resumes in ``_buf``.
+        self._scan = 0
+        #: A parsed head waiting for its body: (message, partial, body start, end).
+        self._pending: "tuple[Request | Response, Request | None, int, int] | None" = None
 
     def feed(self, data: bytes) -> list:
         if self.broken:
             return []
-        self._buf += data
+        try:
+            return self._feed(data)
+        except BaseException:
+            self._stop()  # whatever went wrong, never buffer or parse again
+            raise
+
+    def _feed(self, data: bytes) -> list:
+        buf = self._buf
+        buf += data
         out: list = []
-        while self._buf:
-            if self._buf.startswith(b"\r\n\r\n"):
-                del self._buf[:4]
-                out.append("ping")
+        max_size = self.max_size
+        while buf:
+            pending = self._pending
+            if pending is not None:
+                msg, partial, body_start, total = pending
+                if len(buf) < total:
+                    break
+                self._pending = None
+                msg.body = bytes(buf[body_start:total])
+                del buf[:total]
+                self._scan = 0
+                try:
+                    _validate(msg)
+                    out.append(msg)
+                except ParseError as exc:
+                    exc.partial = partial
+                    out.append(exc)
                 continue
-            if self._buf.startswith(b"\r\n"):
-                del self._buf[:2]
-                out.append("pong")
+            first = buf[0]
+            if first == 13:  # CR
+                if buf.startswith(b"\r\n\r\n"):
+                    del buf[:4]
+                    out.append("ping")
+                    self._scan = 0
+                    continue
+                if buf.startswith(b"\r\n"):
+                    del buf[:2]
+                    out.append("pong")
+                    self._scan = 0
+                    continue
+                if len(buf) == 1:
+                    break
+            elif first == 10:  # a bare LF before a start line
+                del buf[:1]
+                self._scan = 0
                 continue
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > self.max_size:
-                    out.append(self._fatal("header block larger than the message-size limit"))
+            head_end, body_start = _find_head_end(buf, self._scan)
+            if head_end < 0:
+                self._scan = max(0, len(buf) - 3)
+                if len(buf) > max_size:
+                    out.append(self._fatal_exc(ParseError(
+                        "header block larger than the message-size limit", _salvage_prefix(buf, max_size),
+                        status=STATUS_TOO_LARGE)))
                 break
-            head = bytes(self._buf[:end])
+            if head_end > max_size:
+                out.append(self._fatal_exc(ParseError(
+                    "header block larger than the message-size limit", _salvage_prefix(buf, max_size),
+                    status=STATUS_TOO_LARGE)))
+                break
+            partial = None
             try:
-                msg, partial = _parse_head(head)
+                msg, partial = _parse_head(bytes(buf[:head_end]))
                 ncl = msg.headers._names.count("Content-Length")
                 if ncl > 1:
-                    raise ParseError("repeated Content-Length on a stream", partial, fatal_for_stream=True)
-                cl = _content_length(msg.headers) if ncl else 0
+                    raise ParseError("repeated Content-Length on a stream")
+                if not ncl:
+                    raise ParseError("no Content-Length on a stream (RFC 3261 §18.3)")
+                cl = _content_length(msg.headers, STATUS_TOO_LARGE)
             except ParseError as exc:
-                exc.fatal_for_stream = True
+                if exc.partial is None:
+                    exc.partial = partial
                 out.append(self._fatal_exc(exc))
                 break
-            total = end + 4 + cl
-            if total > self.max_size:
-                out.append(self._fatal("message larger than the message-size limit"))
+            total = body_start + cl  # type: ignore[operator]
+            if total > max_size:
+                out.append(self._fatal_exc(ParseError("message larger than the message-size limit", partial,
+                                                      status=STATUS_TOO_LARGE)))
                 break
-            if len(self._buf) < total:
-                break
-            msg.body = bytes(self._buf[end + 4 : total])
-            del self._buf[:total]
-            try:
-                _validate(msg)
-                out.append(msg)
-            except ParseError as exc:
-                exc.partial = partial
-                out.append(exc)
+            self._pending = (msg, partial, body_start, total)
         return out
 
-    def _fatal(self, reason: str) -> ParseError:
-        return self._fatal_exc(ParseError(reason, fatal_for_stream=True))
+    def _stop(self) -> None:
+        self.broken = True
+        self._buf = bytearray()
+        self._pending = None
 
     def _fatal_exc(self, exc: ParseError) -> ParseError:
-        self.broken = True
-        self._buf.clear()
+        exc.fatal_for_stream = True
+        self._stop()
         return exc
 
 

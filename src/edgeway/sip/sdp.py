@@ -8,11 +8,13 @@ the media sections (``m=``) — and keeps every other line (``i=``, ``b=``, ``t=
 writes CRLF-terminated lines back in the order they were read, so a body that is
 parsed and serialised without changes comes out byte for byte (apart from
 whitespace inside ``o=``, ``c=`` and ``m=`` lines, which is normalised to single
-spaces, and blank lines, which are dropped). Lines added after parsing go where
-RFC 4566 §5 orders them.
+spaces, numbers in ``v=``, ``sess-version`` and ``m=`` ports, which are written
+without leading zeros, LF line ends, which become CRLF, and blank lines, which are
+dropped). Lines added after parsing go where RFC 4566 §5 orders them.
 
-Ports are ints (0–65535); ``sess-version`` is an int, ``sess-id`` is kept as text.
-Malformed SDP raises :class:`SdpError`.
+Ports are ints (0–65535); ``sess-version`` is an int (0..2**64-1), ``sess-id`` is
+kept as text. Numbers are ASCII digits only. Malformed SDP raises :class:`SdpError`
+(and nothing else, whatever the text).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import copy
 import ipaddress
 import re
 from dataclasses import dataclass, field
+
+from .._ascii import ascii_uint
 
 __all__ = [
     "SdpError",
@@ -47,6 +51,13 @@ _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # RFC 4566 §5 order of line types, used to place lines that were not in the input.
 _SESSION_RANK = {k: i for i, k in enumerate("vosiuepcbtrzka")}
 _MEDIA_RANK = {k: i for i, k in enumerate("micbka")}
+
+
+#: Largest ``sess-version``, ``v=`` value and ``m=`` port count accepted: RFC 4566
+#: §5.2 suggests an NTP timestamp for sess-version, so every value seen in practice
+#: fits in 64 bits; a longer digit string is refused rather than converted (``int()``
+#: itself refuses more than 4300 digits with a bare ValueError).
+_MAX_NUMBER = 2**64 - 1
 
 
 class SdpError(ValueError):
@@ -93,9 +104,10 @@ class Origin:
         parts = value.split()
         if len(parts) != 6:
             raise SdpError(f"malformed o= line {value!r}: expected 6 fields, got {len(parts)}")
-        if not parts[2].isdigit():
+        version = ascii_uint(parts[2], _MAX_NUMBER)
+        if version is None:
             raise SdpError(f"malformed o= line {value!r}: sess-version {parts[2]!r} is not an integer")
-        return cls(parts[0], parts[1], int(parts[2]), parts[3], parts[4], parts[5])
+        return cls(parts[0], parts[1], version, parts[3], parts[4], parts[5])
 
     def __str__(self) -> str:
         return f"{self.username} {self.sess_id} {self.sess_version} {self.nettype} {self.addrtype} {self.address}"
@@ -263,14 +275,15 @@ class MediaDescription(_AttributesMixin):
         if len(parts) < 3:
             raise SdpError(f"malformed m= line {value!r}: expected <media> <port> <proto> <fmt> ...")
         port_s, slash, count_s = parts[1].partition("/")
-        if not port_s.isdigit() or int(port_s) > 65535:
+        port = ascii_uint(port_s, 65535)
+        if port is None:
             raise SdpError(f"malformed m= line {value!r}: port {port_s!r} is not an integer in 0..65535")
         count = None
         if slash:
-            if not count_s.isdigit() or int(count_s) < 1:
+            count = ascii_uint(count_s, _MAX_NUMBER)
+            if not count:
                 raise SdpError(f"malformed m= line {value!r}: port count {count_s!r} is not a positive integer")
-            count = int(count_s)
-        return cls(parts[0], int(port_s), count, parts[2], parts[3:])
+        return cls(parts[0], port, count, parts[2], parts[3:])
 
     @property
     def mline(self) -> str:
@@ -292,10 +305,11 @@ class MediaDescription(_AttributesMixin):
             return None
         value = self.get_attribute("rtcp")
         parts = (value or "").split()
-        if not parts or not parts[0].isdigit() or int(parts[0]) > 65535 or len(parts) not in (1, 4):
+        port = ascii_uint(parts[0], 65535) if parts else None
+        if port is None or len(parts) not in (1, 4):
             raise SdpError(f"malformed a=rtcp:{value}: expected <port> [<nettype> <addrtype> <address>]")
         conn = Connection(*parts[1:]) if len(parts) == 4 else None
-        return int(parts[0]), conn
+        return port, conn
 
     @property
     def crypto(self) -> list[str]:
@@ -371,9 +385,10 @@ class SessionDescription(_AttributesMixin):
             if t in "vosc" and t not in seen:
                 seen.add(t)
                 if t == "v":
-                    if not v.strip().isdigit():
+                    version = ascii_uint(v.strip(), _MAX_NUMBER)
+                    if version is None:
                         raise SdpError(f"malformed v= line {v!r}: not an integer")
-                    sdp.version = int(v)
+                    sdp.version = version
                 elif t == "o":
                     sdp.origin = Origin.parse(v)
                 elif t == "s":
@@ -647,11 +662,13 @@ def scan_for_relay(data: bytes) -> RelayScan | None:
             if len(parts) < 3:
                 return None
             port_s, slash, count_s = parts[1].partition("/")
-            if not port_s.isdigit() or int(port_s) > 65535 or (slash and (not count_s.isdigit() or int(count_s) < 1)):
+            port = ascii_uint(port_s, 65535)
+            count = ascii_uint(count_s, _MAX_NUMBER) if slash else None
+            if port is None or (slash and not count):
                 return None
             cur = {"layout": [], "attrs": [], "others": [], "c": None, "rtcp": None}
-            sections.append(((parts[0], int(count_s) if slash else None, parts[2], parts[3:]), cur))
-            media.append([int(port_s), parts[2]])
+            sections.append(((parts[0], count, parts[2], parts[3:]), cur))
+            media.append([port, parts[2]])
             continue
         if cur is not None:
             if t == "c" and cur["c"] is None:
@@ -663,9 +680,10 @@ def scan_for_relay(data: bytes) -> RelayScan | None:
             elif t == "a":
                 if v.partition(":")[0] == "rtcp" and cur["rtcp"] is None:
                     rp = v.partition(":")[2].split()
-                    if not rp or not rp[0].isdigit() or int(rp[0]) > 65535 or len(rp) not in (1, 4):
+                    rtcp = ascii_uint(rp[0], 65535) if rp else None
+                    if rtcp is None or len(rp) not in (1, 4):
                         return None
-                    cur["rtcp"] = int(rp[0])
+                    cur["rtcp"] = rtcp
                 cur["attrs"].append(v)
                 cur["layout"].append(("a", None))
             elif t == "c":
@@ -677,14 +695,16 @@ def scan_for_relay(data: bytes) -> RelayScan | None:
         if t in "vosc" and t not in seen:
             seen.add(t)
             if t == "v":
-                if not v.strip().isdigit():
+                version = ascii_uint(v.strip(), _MAX_NUMBER)
+                if version is None:
                     return None
-                session_layout.append(("v", f"v={int(v)}"))
+                session_layout.append(("v", f"v={version}"))
             elif t == "o":
                 f = v.split()
-                if len(f) != 6 or not f[2].isdigit():
+                version = ascii_uint(f[2], _MAX_NUMBER) if len(f) == 6 else None
+                if version is None:
                     return None
-                session_layout.append(("o", (f[0], f[1], int(f[2]), f[3])))
+                session_layout.append(("o", (f[0], f[1], version, f[3])))
             elif t == "s":
                 session_layout.append(("s", line))
             else:

@@ -2,8 +2,9 @@
 
 Sans-IO: every function takes and returns ``str``; nothing here touches a socket.
 Parsing keeps enough of the original text that ``str(parse_uri(s)) == s`` for any
-URI this module accepts (scheme in lower case, parameter names not repeated), so a
-proxy forwards what it received byte for byte unless it changes something on purpose.
+URI this module accepts whose scheme is in lower case and whose port, if any, has no
+leading zeros (repeated parameters included, see :class:`Params`), so a proxy forwards
+what it received byte for byte unless it changes something on purpose.
 
 Each parser first tries one compiled regex for the plain form (``sip:user@host:port;
 params``, ``"Name" <sip:...>;tag=x``, ``;a=b;c``); only when that matches exactly does
@@ -15,10 +16,14 @@ validity are memoised in bounded tables (a hit returns a copy).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from .._ascii import ascii_uint
 
 __all__ = [
     "UriError",
+    "Params",
     "Uri",
     "NameAddr",
     "parse_uri",
@@ -38,7 +43,7 @@ _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
 #: The RFC 3261 §25.1 token characters, as a string for ``str.strip``.
 _TOKEN_STR = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9])?)*\.?$")
-_IPV4_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+_IPV4_RE = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$")
 _IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")
 # Characters that may never appear unescaped inside a SIP URI (RFC 3261 §25.1).
 _FORBIDDEN_RE = re.compile(r'[ \t\r\n<>"{}|\\^]')
@@ -103,24 +108,132 @@ def _valid_host(host: str) -> bool:
     return bool(_HOSTNAME_RE.match(host))
 
 
+class Params(dict):
+    """Parameters in which a name repeats (``;a=1;a=2``): every ``(name, value)`` is
+    kept, in order, and written back by :func:`format_params`; the dict view (lookup,
+    ``in``, iteration, ``len``, ``items()``) holds each name once with its *first*
+    value. The parsers return a plain dict when no name repeats, this otherwise.
+
+    Editing through the dict API keeps both consistent: ``p[k] = v`` replaces every
+    ``k`` by one ``(k, v)`` at the first one's place (appended when new); ``del``,
+    ``pop`` and ``popitem`` remove every ``k``; ``copy()`` keeps the repeats.
+    ``dict(p)`` and ``{**p}`` give the first values only. A Params equals another
+    with the same pairs in the same order, and a plain dict only when no name repeats.
+    """
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: "Iterable[tuple[str, str | None]]" = ()):
+        super().__init__()
+        self._pairs: list[tuple[str, str | None]] = list(pairs)
+        for k, v in self._pairs:
+            dict.setdefault(self, k, v)
+
+    def all_items(self) -> list[tuple[str, str | None]]:
+        """Every ``(name, value)`` in order, repeats included (a new list)."""
+        return list(self._pairs)
+
+    def get_all(self, name: str) -> list[str | None]:
+        """Every value of ``name`` in order (empty when absent)."""
+        return [v for k, v in self._pairs if k == name]
+
+    def __setitem__(self, key: str, value: str | None) -> None:
+        if key in self:
+            i = next(j for j, (k, _) in enumerate(self._pairs) if k == key)
+            self._pairs = [p for j, p in enumerate(self._pairs) if j == i or p[0] != key]
+            self._pairs[i] = (key, value)
+        else:
+            self._pairs.append((key, value))
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        dict.__delitem__(self, key)
+        self._pairs = [p for p in self._pairs if p[0] != key]
+
+    _MISSING = object()
+
+    def pop(self, key: str, default=_MISSING):  # type: ignore[override]
+        if key in self:
+            value = dict.__getitem__(self, key)
+            del self[key]
+            return value
+        if default is Params._MISSING:
+            raise KeyError(key)
+        return default
+
+    def popitem(self) -> tuple[str, str | None]:
+        key, value = dict.popitem(self)
+        self._pairs = [p for p in self._pairs if p[0] != key]
+        return key, value
+
+    def setdefault(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def update(self, *args, **kw) -> None:  # type: ignore[override]
+        for k, v in dict(*args, **kw).items():
+            self[k] = v
+
+    def __ior__(self, other):  # type: ignore[override]
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        dict.clear(self)
+        self._pairs = []
+
+    def copy(self) -> "Params":  # type: ignore[override]
+        return Params(self._pairs)
+
+    def __reduce__(self):
+        return (Params, (list(self._pairs),))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Params):
+            return self._pairs == other._pairs
+        if isinstance(other, dict):
+            return len(self._pairs) == len(self) and dict.__eq__(self, other)
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Params({self._pairs!r})"
+
+
+def _params_of(parts: list[str]) -> dict[str, str | None]:
+    """``name[=value]`` texts as parameters: a plain dict, or :class:`Params` when a
+    name repeats."""
+    params: dict[str, str | None] = {}
+    for part in parts:
+        name, eq, value = part.partition("=")
+        params[name] = value if eq else None
+    if len(params) != len(parts):
+        return Params((n, v if eq else None) for n, eq, v in (p.partition("=") for p in parts))
+    return params
+
+
 def parse_params(text: str, *, where: str) -> dict[str, str | None]:
-    """Parse ``;name[=value]`` parameters (the leading ``;`` already removed).
+    """Parse ``;name[=value]`` parameters (the leading ``;`` already removed) into a
+    dict of name → value (None for a flag), in order; a :class:`Params` when a name
+    repeats (every value kept, lookups give the first).
 
     LWS around ``;`` and ``=`` is allowed (RFC 3261 §7.3.1); names keep their case,
     values may be quoted strings (kept with their quotes). An empty name raises
     :class:`UriError` naming ``where``.
     """
     if _PARAMS_FAST_RE.fullmatch(text):
-        params: dict[str, str | None] = {}
-        for part in text.split(";"):
-            name, eq, value = part.partition("=")
-            params[name] = value if eq else None
-        return params
+        return _params_of(text.split(";"))
     return _parse_params_careful(text, where)
 
 
 def _parse_params_careful(text: str, where: str) -> dict[str, str | None]:
-    params: dict[str, str | None] = {}
+    pairs: list[tuple[str, str | None]] = []
     if not text.strip():
         raise UriError(f"empty parameter in {where}")
     for part in _split_outside_quotes(text, ";"):
@@ -138,15 +251,18 @@ def _parse_params_careful(text: str, where: str) -> dict[str, str | None]:
                     raise UriError(f"unbalanced quotes in parameter {name!r} of {where}")
             elif " " in value or "\t" in value or '"' in value:
                 raise UriError(f"malformed value for parameter {name!r} in {where}")
-            params[name] = value
+            pairs.append((name, value))
         else:
-            params[name] = None
-    return params
+            pairs.append((name, None))
+    params = dict(pairs)
+    return params if len(params) == len(pairs) else Params(pairs)
 
 
 def format_params(params: dict[str, str | None]) -> str:
-    """Serialise parameters as ``;a=b;c`` (empty string for none)."""
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+    """Serialise parameters as ``;a=b;c`` (empty string for none); a :class:`Params`
+    writes every pair, repeats included."""
+    items = params._pairs if type(params) is Params else params.items()
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in items)
 
 
 def _quoted_end(text: str, start: int) -> int:
@@ -270,7 +386,7 @@ class Uri:
     ``scheme`` is lower-cased ("sip", "sips", "tel", or anything else for opaque URIs).
     For sip/sips: ``user`` (may be None), ``password``, ``host`` (str, IPv6 with
     brackets), ``port`` (int or None), ``params`` (ordered dict, values None for
-    flags) and ``headers`` (the raw text after ``?``, or None). For tel: ``user`` is the
+    flags; a :class:`Params` keeping every value when a name repeats) and ``headers`` (the raw text after ``?``, or None). For tel: ``user`` is the
     number and ``params`` its parameters. Other schemes keep ``opaque``.
     """
 
@@ -306,7 +422,7 @@ class Uri:
 
     def copy(self, **changes) -> "Uri":
         d = dict(self.__dict__)
-        d["params"] = dict(self.params)
+        d["params"] = self.params.copy()
         d.update(changes)
         return Uri(**d)
 
@@ -363,12 +479,7 @@ def _parse_uri_careful(text: str) -> Uri:
 def _fast_params(ptext: str) -> dict[str, str | None]:
     """Parameters matched by ``_PARAMS`` (``;a=b;c``, possibly empty) as parse_params
     gives them."""
-    params: dict[str, str | None] = {}
-    if ptext:
-        for part in ptext[1:].split(";"):
-            name, eq, value = part.partition("=")
-            params[name] = value if eq else None
-    return params
+    return _params_of(ptext[1:].split(";")) if ptext else {}
 
 
 def _uri_from_fast(m: re.Match, g: int) -> Uri | None:
@@ -420,9 +531,9 @@ def _parse_sip(scheme: str, rest: str, text: str) -> Uri:
         raise UriError(f"URI {text!r} has an invalid host {host!r}")
     port = None
     if port_s is not None:
-        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        port = ascii_uint(port_s, 65535)
+        if not port:
             raise UriError(f"URI {text!r} has an invalid port {port_s!r}")
-        port = int(port_s)
     return Uri(scheme=scheme, user=user, password=password, host=host, port=port, params=params, headers=headers)
 
 
