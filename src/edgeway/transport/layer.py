@@ -352,10 +352,11 @@ class TransportLayer:
         #: (deadline, conn id, stream) of connections that have not completed a message yet.
         self._pre_heap: list[tuple[float, int, _SipStream]] = []
         self._next_flow_sweep = 0.0
-        self._refusal_last: dict[str, float] = {}
+        # rate-limited events (refusals, handshake timeouts): see _emit_limited
+        self._refusal_last: dict[tuple[str, str], float] = {}
         self._refusal_window_end = 0.0
         self._refusals_logged = 0
-        self._refusals_unlogged: dict[str, int] = {}
+        self._refusals_unlogged: dict[tuple[str, str], int] = {}
         self._accept_error_logged = -1e9
 
     @property
@@ -466,12 +467,22 @@ class TransportLayer:
                 await loop.connect_accepted_socket(lambda: stream, csock, ssl=ctx,
                                                    ssl_handshake_timeout=self.limits.tls_handshake_timeout_s)
         except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            key = stream.key
             self._release(stream)
-            if ctx is not None:
-                if loop.time() - stream.born >= self.limits.tls_handshake_timeout_s * 0.99:
-                    self.stats["handshake_timeouts"] += 1
-                self._handshake_failed(exc, "inbound", listener, peer[:2], None, [])
             csock.close()
+            if ctx is None:
+                return
+            timeout = self.limits.tls_handshake_timeout_s
+            if loop.time() - stream.born < timeout * 0.99:
+                self._handshake_failed(exc, "inbound", listener, peer[:2], None, [])
+                return
+            # Timed out (asyncio reports it as the connection aborted): a client that
+            # connected and never spoke TLS, the shape of an idle flood, so these are
+            # rate-limited like refusals.
+            self.stats["handshake_timeouts"] += 1
+            self._emit_limited("tls handshake failed", key or source_key(peer[0]), "handshake timed out",
+                               direction="inbound", listener=listener, zone=None, peer=f"{peer[0]}:{peer[1]}",
+                               peer_names=[], timeout_s=timeout)
         except BaseException:
             self._release(stream)
             csock.close()
@@ -486,30 +497,39 @@ class TransportLayer:
             pass
         csock.close()
         self.stats["refused_per_source" if cause == "per-source limit" else "refused_total"] += 1
+        lim = self.limits
+        self._emit_limited(
+            "connection refused", key, cause, peer=f"{addr[0]}:{addr[1]}", source=key, listener=listener,
+            open_from_source=self.per_source.get(key, 0), open_total=self.open_limited,
+            limit=lim.max_connections_per_source if cause == "per-source limit" else lim.max_connections,
+        )
+
+    def _emit_limited(self, event: str, key: str, cause: str, **fields) -> None:
+        """Emit ``event`` for source ``key`` unless one was emitted for it less than a
+        second ago or REFUSAL_EVENTS_PER_S already went out this second; what is held
+        back is counted and summed up in one event per cause when the second is over
+        (``peer`` None, ``count``)."""
         now = self.loop.time()
         if now >= self._refusal_window_end:
             self._roll_refusal_window(now)
-        last = self._refusal_last.get(key)
+        k = (event, key)
+        last = self._refusal_last.get(k)
         if (last is None or now - last >= 1.0) and self._refusals_logged < REFUSAL_EVENTS_PER_S:
-            self._refusal_last[key] = now
+            self._refusal_last[k] = now
             self._refusals_logged += 1
-            lim = self.limits
-            self.events.emit(
-                "connection refused", cause=cause, peer=f"{addr[0]}:{addr[1]}", source=key, listener=listener,
-                open_from_source=self.per_source.get(key, 0), open_total=self.open_limited,
-                limit=lim.max_connections_per_source if cause == "per-source limit" else lim.max_connections,
-            )
+            self.events.emit(event, cause=cause, **fields)
         else:
-            self._refusals_unlogged[cause] = self._refusals_unlogged.get(cause, 0) + 1
+            k = (event, cause)
+            self._refusals_unlogged[k] = self._refusals_unlogged.get(k, 0) + 1
         self._ensure_sweep()
 
     def _roll_refusal_window(self, now: float) -> None:
-        """Start a new one-second window for refusal events: sum up the refusals of the
-        last one that were not logged (one event per cause) and forget sources last
-        logged a second or more ago."""
-        for cause, n in self._refusals_unlogged.items():
-            self.events.emit("connection refused", cause=cause, peer=None, count=n,
-                             note="refusals in the last second not logged one by one")
+        """Start a new one-second window for rate-limited events: sum up those of the
+        last one that were held back (one event per event name and cause) and forget
+        sources last logged a second or more ago."""
+        for (event, cause), n in self._refusals_unlogged.items():
+            self.events.emit(event, cause=cause, peer=None, count=n,
+                             note="events of the last second not logged one by one")
         self._refusals_unlogged = {}
         self._refusals_logged = 0
         self._refusal_window_end = now + 1.0
