@@ -181,6 +181,41 @@ def test_traversal_listener_is_not_capped(run, certs) -> None:
     assert status["open"] == 2 and status["streams"] == 5
 
 
+@LOOPS
+def test_silent_connections_make_room_for_a_new_client_at_the_total_cap(run, certs) -> None:
+    """The total cap is full of connections that never said anything (half still in their
+    TLS handshake): a new client still gets in, ending the oldest silent one once it is
+    EVICT_MIN_AGE_S old; before that, and when the cap holds flows, it is refused."""
+
+    async def scenario():
+        tl, _ = await layer(ConnectionLimits(max_connections=40, max_connections_per_source=100))
+        _, tcp_port = await tl.listen_stream(NODE, 0)
+        _, tls_port = await tl.listen_stream(NODE, 0, tls=certs["server"])
+        loop = asyncio.get_running_loop()
+        silent = []
+        for i in range(40):
+            s = socket.socket()
+            s.setblocking(False)
+            s.bind((f"127.0.22.{40 + i % 4}", 0))
+            await loop.sock_connect(s, (NODE, tls_port if i % 2 else tcp_port))
+            silent.append(s)
+        while tl.open_limited < 40:
+            await asyncio.sleep(0.01)
+        too_early = (await ask("127.0.22.50", tls_port, client_ctx(certs)))[0]
+        await asyncio.sleep(1.1)
+        held = [await ask("127.0.22.50", tls_port, client_ctx(certs)) for _ in range(2)]
+        held += [await ask("127.0.22.51", tcp_port)]
+        status = tl.admission_status()
+        for s in silent:
+            s.close()
+        await tl.close()
+        return too_early, [h[0] for h in held], status
+
+    too_early, held, status = run(asyncio.wait_for(scenario(), 20))
+    assert too_early == "refused" and held == ["ok"] * 3
+    assert status["evicted"] == 3 and status["open"] == 40 and status["refused_total"] == 1
+
+
 def test_refusal_events_are_rate_limited_per_source() -> None:
     async def scenario():
         tl, events = await layer(ConnectionLimits(max_connections=100, max_connections_per_source=1))

@@ -19,6 +19,10 @@ of :class:`ConnectionLimits`:
   Connections on a listener opened with ``limited=False`` (the node's traversal
   listener: the core's connections) and outbound connections are not counted; they
   take their descriptors from the reserve (see :func:`plan_fds`).
+* **Room for new clients at the total cap**: when it is full, a new connection ends the
+  oldest counted one that has not completed a SIP message in 1 s (``EVICT_MIN_AGE_S``
+  in the layer) instead of being refused; flows are never ended for it. So a cap full
+  of idle connections does not lock out a TLS client for ``pre_message_idle_s``.
 * **TLS handshake timeout** ``tls_handshake_timeout_s``, from accept.
 * **Two idle timeouts.** Until it has carried one complete SIP message, a connection has
   ``pre_message_idle_s`` from accept, *not* restarted by bytes (nor by keepalives):

@@ -47,6 +47,9 @@ ACCEPT_BATCH = 64
 #: Seconds a listener stops accepting after accept() failed with EMFILE/ENFILE/ENOBUFS
 #: (it would be readable, and fail, again at once).
 ACCEPT_BACKOFF_S = 0.05
+#: Seconds a connection must have gone without completing a message before a new one
+#: may take its place when the total cap is full (see TransportLayer._evict).
+EVICT_MIN_AGE_S = 1.0
 #: SO_LINGER {on, 0 s}: close() resets the connection instead of a FIN (refusal).
 _LINGER_RST = struct.pack("ii", 1, 0)
 #: Seconds a stream whose framing was lost stays open for responses already in flight.
@@ -226,6 +229,7 @@ class _SipStream(asyncio.Protocol):
         self.framer = StreamFramer()
         self.key = key
         self.born = born
+        self.task: asyncio.Task | None = None
         self.proven = outbound
         self.last_msg = 0.0
         self.lost: BaseException | None = None
@@ -321,7 +325,7 @@ class TransportLayer:
     connections and times them out; set it before listening. ``stats`` counts what
     admission did: ``accepted``, ``refused_per_source``, ``refused_total``,
     ``closed_pre_message``, ``closed_flow_idle``, ``handshake_timeouts``,
-    ``accept_errors``; :meth:`admission_status` adds the open counts.
+    ``accept_errors``, ``evicted``; :meth:`admission_status` adds the open counts.
     """
 
     def __init__(self, events: EventLog = NULL_LOG, limits: ConnectionLimits | None = None):
@@ -344,13 +348,17 @@ class TransportLayer:
         # -- admission (issue 7 item 1) --
         self.stats: dict[str, int] = dict.fromkeys(
             ("accepted", "refused_per_source", "refused_total", "closed_pre_message", "closed_flow_idle",
-             "handshake_timeouts", "accept_errors"), 0)
+             "handshake_timeouts", "accept_errors", "evicted"), 0)
         #: Open counted inbound connections (handshaking ones included), in all and by source.
         self.open_limited = 0
         self.per_source: dict[str, int] = {}
         self.peak_limited = 0
-        #: (deadline, conn id, stream) of connections that have not completed a message yet.
+        #: (pre-message deadline, accept number, stream) of inbound connections, pushed at
+        #: accept (so the top is the oldest): counted ones, and those of unlimited listeners.
         self._pre_heap: list[tuple[float, int, _SipStream]] = []
+        self._pre_heap_exempt: list[tuple[float, int, _SipStream]] = []
+        self._accepts = itertools.count()
+        self._evicted = 0
         self._next_flow_sweep = 0.0
         # rate-limited events (refusals, handshake timeouts): see _emit_limited
         self._refusal_last: dict[tuple[str, str], float] = {}
@@ -442,7 +450,7 @@ class TransportLayer:
                 if n >= lim.max_connections_per_source:
                     self._refuse(csock, key, addr, listener, "per-source limit")
                     continue
-                if self.open_limited >= lim.max_connections:
+                if self.open_limited >= lim.max_connections and not self._evict(loop.time()):
                     self._refuse(csock, key, addr, listener, "total limit")
                     continue
                 self.per_source[key] = n + 1
@@ -450,8 +458,51 @@ class TransportLayer:
                 if self.open_limited > self.peak_limited:
                     self.peak_limited = self.open_limited
             stats["accepted"] += 1
-            stream = _SipStream(self, listener, tls=ctx is not None, key=key, born=loop.time())
-            self._spawn(self._serve(csock, addr, stream, ctx, listener))
+            born = loop.time()
+            stream = _SipStream(self, listener, tls=ctx is not None, key=key, born=born)
+            heapq.heappush(self._pre_heap if limited else self._pre_heap_exempt,
+                           (born + lim.pre_message_idle_s, next(self._accepts), stream))
+            stream.task = self._spawn(self._serve(csock, addr, stream, ctx, listener))
+            self._ensure_sweep()
+
+    def _evict(self, now: float) -> bool:
+        """The total cap is full: make room by ending the oldest counted connection that
+        has not completed a SIP message in :data:`EVICT_MIN_AGE_S` (still in its TLS
+        handshake, or connected and silent). True when one was ended.
+
+        Under a flood of idle connections a new client then gets in at once instead of
+        waiting up to ``pre_message_idle_s`` for the flood's connections to time out: it
+        is only ended in its turn if it too stays silent while a whole cap's worth of
+        newer connections arrives. Connections that have carried a message (flows) are
+        never evicted."""
+        heap = self._pre_heap
+        while heap:
+            stream = heap[0][2]
+            if stream.proven or stream.key is None:  # a flow, or already ended
+                heapq.heappop(heap)
+                continue
+            if now - stream.born < EVICT_MIN_AGE_S:
+                return False
+            heapq.heappop(heap)
+            self._end_unproven(stream, "ended for a new connection: total limit reached, no complete SIP message yet")
+            self._evicted += 1
+            self.stats["evicted"] += 1
+            return True
+        return False
+
+    def _end_unproven(self, stream: "_SipStream", reason: str) -> None:
+        """End a connection that has not completed a message: abort it, or cancel its TLS
+        handshake; it stops counting against the caps at once."""
+        conn = stream.conn
+        self._release(stream)
+        if conn is not None:
+            if not conn.closed:
+                conn.attrs["close_reason"] = reason
+                conn.abort()
+        elif stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+        elif stream.link is not None:
+            stream.link.abort()
 
     def _resume_accept(self, lsock: socket.socket, ctx, listener: str, limited: bool) -> None:
         if lsock.fileno() >= 0 and lsock in self.listen_socks:
@@ -558,10 +609,11 @@ class TransportLayer:
                 "streams": len(self._streams), "max_connections": lim.max_connections,
                 "max_connections_per_source": lim.max_connections_per_source}
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _handshake_failed(self, exc: BaseException, direction: str, listener: str, peer: tuple, zone: str | None, names: list[str]) -> None:
         from ..security.tls import describe_handshake_error
@@ -604,8 +656,7 @@ class TransportLayer:
         self.conns[(conn.transport, conn.remote[0], conn.remote[1])] = conn
         self.by_id[conn.id] = conn
         self._streams[conn.id] = stream
-        if not stream.proven:
-            heapq.heappush(self._pre_heap, (stream.born + self.limits.pre_message_idle_s, conn.id, stream))
+        stream.task = None
         self._ensure_sweep()
 
     def _ensure_sweep(self) -> None:
@@ -616,8 +667,9 @@ class TransportLayer:
         """The one timer of all stream connections (every ``limits.sweep_s``).
 
         Connections without a complete message ``pre_message_idle_s`` after their accept
-        are aborted (their deadlines are in a heap: each is looked at once, when due;
-        one that has carried a message meanwhile is just dropped from it). Every
+        are aborted, or their TLS handshake cancelled (their deadlines are in heaps: each
+        is looked at once, when due; one that has carried a message meanwhile is just
+        dropped from it). Every
         ``limits.flow_sweep_s`` the flows are scanned and those with no complete message
         or keepalive for ``flow_idle_s`` are closed. One ``idle connections closed``
         event per sweep and cause, with the count."""
@@ -625,14 +677,16 @@ class TransportLayer:
         loop = self.loop
         now = loop.time()
         lim = self.limits
-        heap = self._pre_heap
         pre = 0
-        while heap and heap[0][0] <= now:
-            stream = heapq.heappop(heap)[2]
-            conn = stream.conn
-            if not stream.proven and conn is not None and not conn.closed:
-                conn.attrs["close_reason"] = f"no complete SIP message within {lim.pre_message_idle_s:g} s of accept"
-                conn.abort()
+        reason = f"no complete SIP message within {lim.pre_message_idle_s:g} s of accept"
+        for heap in (self._pre_heap, self._pre_heap_exempt):
+            while heap and heap[0][0] <= now:
+                stream = heapq.heappop(heap)[2]
+                if stream.proven or stream.done or (stream.conn is not None and stream.conn.closed):
+                    continue
+                if stream.conn is None and (stream.task is None or stream.task.done()):
+                    continue  # the handshake failed: nothing left to end
+                self._end_unproven(stream, reason)
                 pre += 1
         flows = 0
         if now >= self._next_flow_sweep:
@@ -651,9 +705,13 @@ class TransportLayer:
         if flows:
             self.stats["closed_flow_idle"] += flows
             self.events.emit("idle connections closed", cause="flow idle", count=flows, timeout_s=lim.flow_idle_s)
+        if self._evicted:
+            self.events.emit("idle connections closed", cause="ended for new connections at the total limit",
+                             count=self._evicted, min_age_s=EVICT_MIN_AGE_S)
+            self._evicted = 0
         if now >= self._refusal_window_end and (self._refusals_unlogged or self._refusal_last):
             self._roll_refusal_window(now)
-        if self._streams or heap or self._refusals_unlogged or self._refusal_last:
+        if self._streams or self._pre_heap or self._pre_heap_exempt or self._refusals_unlogged or self._refusal_last:
             self._idle_handle = loop.call_later(lim.sweep_s, self._idle_sweep)
 
     def _lost(self, conn: Connection, exc: BaseException | None) -> None:
@@ -793,5 +851,6 @@ class TransportLayer:
         for t in list(self._tasks):
             t.cancel()
         self._pre_heap.clear()
+        self._pre_heap_exempt.clear()
         self.udp.clear()
         await asyncio.sleep(0)  # let transports finish closing so the ports can be bound again
