@@ -21,6 +21,7 @@ from .routing.zones import classify_by_tls_identity
 from .security.tls import client_context, server_context
 from .sip.message import ParseError, Request, Response
 from .sip.target import Hop
+from .transport.admission import ConnectionLimits, plan_fds, raise_fd_limit
 from .transport.layer import Connection, Source, TransportLayer
 from .traversal.link import TRAVERSAL_LISTENER, Traversal
 
@@ -75,6 +76,7 @@ class Node:
         s = cfg.sip
         t = cfg.tls
         loop = asyncio.get_running_loop()
+        self._admission_limits()
         client_ssl = None
         if t.cert_file and t.key_file:
             client_ssl = client_context(t.cert_file, t.key_file, t.ca_file, min_version=t.min_version)
@@ -105,10 +107,37 @@ class Node:
                 if not (t.cert_file and t.key_file and t.ca_file):
                     raise RuntimeError(f"zone {z.name!r}: a traversal server needs tls.cert_file, tls.key_file and tls.ca_file")
                 mtls = server_context(t.cert_file, t.key_file, t.ca_file, require_client_cert=True, min_version=t.min_version)
-                await self.tl.listen_stream(s.listen_ip, z.port, tls=mtls, listener=TRAVERSAL_LISTENER)
+                # The core's connections must always get in: not counted against the
+                # caps, their descriptors come from the reserve (issue 7 item 1).
+                await self.tl.listen_stream(s.listen_ip, z.port, tls=mtls, listener=TRAVERSAL_LISTENER, limited=False)
         self.traversal.start()
         self._flush_handle = loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
         self.events.emit("node started", role=cfg.role, listen_ip=s.listen_ip, udp=s.udp_port, tcp=s.tcp_port, tls=s.tls_port)
+
+    def _admission_limits(self) -> None:
+        """Raise the descriptor limit to the hard limit, share it out
+        (:func:`~edgeway.transport.admission.plan_fds`: connections vs. the reserve for
+        media, traversal and outbound connections) and give the transport its
+        connection limits; one ``connection limits`` event says what was decided."""
+        lim = self.cfg.limits
+        before, soft, hard = raise_fd_limit()
+        media_ports = self.cfg.media.port_max - self.cfg.media.port_min + 1
+        plan = plan_fds(soft, media_ports, reserved_fds=lim.reserved_fds, max_connections=lim.max_connections)
+        self.tl.limits = ConnectionLimits(
+            max_connections=plan.max_connections,
+            max_connections_per_source=lim.max_connections_per_source,
+            tls_handshake_timeout_s=lim.tls_handshake_timeout_s,
+            pre_message_idle_s=lim.pre_message_idle_s,
+            flow_idle_s=lim.flow_idle_s,
+        )
+        self.events.emit(
+            "connection limits", fd_soft_before=before, fd_soft=soft, fd_hard=hard,
+            reserved_fds=plan.reserved_fds, reserved_fixed=plan.fixed_fds, reserved_media=plan.media_fds,
+            max_connections=plan.max_connections, max_connections_configured=lim.max_connections,
+            max_connections_clamped=plan.clamped, max_connections_per_source=lim.max_connections_per_source,
+            tls_handshake_timeout_s=lim.tls_handshake_timeout_s, pre_message_idle_s=lim.pre_message_idle_s,
+            flow_idle_s=lim.flow_idle_s,
+        )
 
     # ------------------------------------------------------------ inbound chain
     def _wire_inbound_chain(self) -> None:

@@ -8,6 +8,7 @@ from edgeway.config.models import (
     DnsConfig,
     DnsZone,
     FloodConfig,
+    LimitsConfig,
     LogConfig,
     MediaConfig,
     NeighbourZone,
@@ -26,7 +27,7 @@ from edgeway.config.models import (
 )
 
 __all__ = [
-    "BUILTIN_ZONES", "ConfigError", "ConfigProblems", "Credential", "DnsConfig", "DnsZone", "FloodConfig", "LogConfig",
+    "BUILTIN_ZONES", "ConfigError", "ConfigProblems", "Credential", "DnsConfig", "DnsZone", "FloodConfig", "LimitsConfig", "LogConfig",
     "MediaConfig", "NeighbourZone", "NodeConfig", "PolicyRule", "SearchRule", "SipConfig", "TimerConfig", "TlsConfig",
     "Transform", "TraversalClientZone", "TraversalServerZone", "ZoneConfig", "load_config", "parse_config",
     "split_hostport", "zone_token",

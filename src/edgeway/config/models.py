@@ -19,7 +19,7 @@ from edgeway.config.patterns import check_pattern
 
 __all__ = [
     "BUILTIN_ZONES", "MISSING",
-    "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig", "FloodConfig",
+    "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig", "FloodConfig", "LimitsConfig",
     "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
     "Transform", "SearchRule", "PolicyRule", "ConfigProblems", "zone_token", "split_hostport",
 ]
@@ -109,6 +109,7 @@ Port = Annotated[int, _between(1, 65535)]
 PortOrOff = Annotated[int, _between(0, 65535, " (0 = disabled)")]
 PosFloat = Annotated[float, _rule(lambda v: v > 0, "must be greater than 0")]
 PosInt = Annotated[int, _rule(lambda v: v > 0, "must be greater than 0")]
+NonNegInt = Annotated[int, _rule(lambda v: v >= 0, "must be 0 or greater")]
 Text = Annotated[str, _rule(lambda v: v.strip() != "", "must not be empty")]
 IpAddr = Annotated[str, AfterValidator(_ip)]
 HostPort = Annotated[str, AfterValidator(_hostport)]
@@ -284,6 +285,54 @@ class FloodConfig(_Model):
     block_s: PosFloat = 60.0
     exempt: list[Annotated[str, AfterValidator(_cidr)]] = []
     max_sources: Annotated[int, _between(16, 10_000_000)] = 100_000
+
+
+class LimitsConfig(_Model):
+    """Admission of inbound TCP/TLS connections (issue 7 item 1; the arithmetic and the
+    reasons for each default are in :mod:`edgeway.transport.admission`).
+
+    ``max_connections``: open inbound connections in all (connections being handshaken
+    included). Unset: derived at start from the descriptor limit (which the node raises
+    to its hard limit): limit − ``reserved_fds``, at most 25,000; a larger configured
+    value is lowered to that and the start event says so. The core's traversal
+    connections and outbound connections are not counted.
+    ``max_connections_per_source``: open inbound connections per IPv4 address or IPv6
+    /64 (default 256: an office behind one NAT address reaches the edge from it).
+    ``tls_handshake_timeout_s``: seconds from accept for a TLS handshake (default 5;
+    also outbound handshakes).
+    ``pre_message_idle_s``: seconds from accept within which a connection must complete
+    its first SIP message, however many bytes it sends (default 15; slowloris).
+    ``flow_idle_s``: seconds an established connection may go without a complete
+    message or CRLF keepalive (RFC 5626 §3.5.1) (default 3600: longer than a
+    registration refresh).
+    ``reserved_fds``: descriptors kept out of ``max_connections`` for media sockets,
+    traversal and outbound connections and the process itself. Unset: 512 + the media
+    port range's size, at most a quarter of the limit.
+    """
+
+    max_connections: PosInt | None = None
+    max_connections_per_source: PosInt = 256
+    tls_handshake_timeout_s: PosFloat = 5.0
+    pre_message_idle_s: PosFloat = 15.0
+    flow_idle_s: PosFloat = 3600.0
+    reserved_fds: NonNegInt | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LimitsConfig:
+        problems = []
+        if self.max_connections is not None and self.max_connections_per_source > self.max_connections:
+            problems.append(("max_connections_per_source", self.max_connections_per_source,
+                             f"must be <= max_connections ({self.max_connections})"))
+        if self.tls_handshake_timeout_s >= self.pre_message_idle_s:
+            problems.append(("tls_handshake_timeout_s", self.tls_handshake_timeout_s,
+                             f"must be less than pre_message_idle_s ({self.pre_message_idle_s:g}), "
+                             "which runs from accept and includes the handshake"))
+        if self.flow_idle_s < self.pre_message_idle_s:
+            problems.append(("flow_idle_s", self.flow_idle_s,
+                             f"must be >= pre_message_idle_s ({self.pre_message_idle_s:g})"))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
 
 
 class Credential(_Model):
@@ -485,6 +534,7 @@ class NodeConfig(_Model):
     dns: DnsConfig = Field(default_factory=DnsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     flood: FloodConfig = Field(default_factory=FloodConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     credentials: list[Credential] = []
     zones: list[ZoneConfig] = []
     transforms: list[Transform] = []

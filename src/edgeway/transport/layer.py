@@ -10,11 +10,16 @@ handshake failed`` event with its cause.
 
 Streams are asyncio protocols (bytes framed as they arrive, no reader task and no
 timeout object per read); idle connections are closed by one periodic sweep.
+
+Inbound connections are admitted at accept, before any TLS work, under a total and a
+per-source cap, and have two idle timeouts: until their first complete message
+(slowloris) and as flows (issue 7 item 1; see :mod:`edgeway.transport.admission`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import socket
 import ssl
@@ -25,18 +30,28 @@ from typing import Callable
 from ..diag.events import NULL_LOG, EventLog
 from ..sip.message import ParseError, Request, Response, StreamFramer, parse_message
 from ..sip.target import Flow
+from .admission import REFUSAL_EVENTS_PER_S, ConnectionLimits, source_key
 
-__all__ = ["Source", "Connection", "TransportLayer", "TransportError"]
+__all__ = ["Source", "Connection", "TransportLayer", "TransportError", "ConnectionLimits"]
 
-#: Seconds allowed for a TCP connect or a TLS handshake before it counts as failed.
+#: Seconds allowed for an outbound TCP connect before it counts as failed (TLS
+#: handshakes: ``ConnectionLimits.tls_handshake_timeout_s``).
 CONNECT_TIMEOUT_S = 5.0
-#: Seconds a stream connection may stay idle before it is closed (RFC 5626 flows keep
-#: theirs open with keepalives; 3600 s is Kamailio's tcp_connection_lifetime order).
-IDLE_TIMEOUT_S = 3600.0
 #: Linux getsockopt SO_MEMINFO: sk_meminfo[0] = bytes in the receive queue, [1] = rcvbuf.
 _SO_MEMINFO = 55
-#: Seconds between sweeps for idle stream connections.
-IDLE_SWEEP_S = 30.0
+#: Listen backlog of stream listeners (the kernel caps it at net.core.somaxconn): a burst
+#: of connects waits here for the accept loop instead of retrying SYNs for seconds.
+LISTEN_BACKLOG = 1024
+#: Connections accepted per wake-up of a listener at most (fairness with other I/O).
+ACCEPT_BATCH = 64
+#: Seconds a listener stops accepting after accept() failed with EMFILE/ENFILE/ENOBUFS
+#: (it would be readable, and fail, again at once).
+ACCEPT_BACKOFF_S = 0.05
+#: Seconds a connection must have gone without completing a message before a new one
+#: may take its place when the total cap is full (see TransportLayer._evict).
+EVICT_MIN_AGE_S = 1.0
+#: SO_LINGER {on, 0 s}: close() resets the connection instead of a FIN (refusal).
+_LINGER_RST = struct.pack("ii", 1, 0)
 #: Seconds a stream whose framing was lost stays open for responses already in flight.
 FRAMING_CLOSE_GRACE_S = 0.1
 #: Linux TCP states (include/net/tcp_states.h) in which the peer has ended the
@@ -194,9 +209,16 @@ class _SipStream(asyncio.Protocol):
     :class:`~edgeway.sip.message.StreamFramer` as they arrive and handed to the layer.
 
     ``tls`` (server side) makes :meth:`connection_made` run the TLS identity checks
-    before any byte is read (the handshake is complete when it is called)."""
+    before any byte is read (the handshake is complete when it is called).
 
-    def __init__(self, layer: "TransportLayer", listener: str, *, tls: bool = False, outbound: bool = False):
+    Admission state (see :mod:`edgeway.transport.admission`): ``key`` the source this
+    connection counts against (None: not counted: outbound, an unlimited listener, or
+    released); ``born`` loop time of the accept; ``proven`` once a complete SIP message
+    has arrived (outbound connections are flows from the start); ``last_msg`` loop time
+    of the last complete message or CRLF keepalive (the flow idle timeout's start)."""
+
+    def __init__(self, layer: "TransportLayer", listener: str, *, tls: bool = False, outbound: bool = False,
+                 key: str | None = None, born: float = 0.0):
         self.layer = layer
         self.listener = listener
         self.tls = tls
@@ -205,7 +227,11 @@ class _SipStream(asyncio.Protocol):
         self.conn: Connection | None = None
         self.src: Source | None = None
         self.framer = StreamFramer()
-        self.last_rx = 0.0
+        self.key = key
+        self.born = born
+        self.task: asyncio.Task | None = None
+        self.proven = outbound
+        self.last_msg = 0.0
         self.lost: BaseException | None = None
         self.done = False
         self._early = b""
@@ -228,7 +254,9 @@ class _SipStream(asyncio.Protocol):
     def attach(self, conn: Connection) -> None:
         self.conn = conn
         self.src = Source(conn.transport, conn.remote[0], conn.remote[1], conn.local[0], conn.local[1], conn, conn.listener)
-        self.last_rx = self.layer.loop.time()
+        self.last_msg = now = self.layer.loop.time()
+        if not self.born:
+            self.born = now
         self.layer._opened(conn, self)
         early, self._early = self._early, b""
         if early:
@@ -251,17 +279,21 @@ class _SipStream(asyncio.Protocol):
             conn.abort()
             return
         conn.attrs["received"] = True
-        self.last_rx = self.layer.loop.time()
         layer = self.layer
+        evs = self.framer.feed(data)
+        if not evs:
+            return  # part of a message: restarts no idle timer (slowloris, issue 7)
+        self.last_msg = now = layer.loop.time()
         src = self.src
-        for ev in self.framer.feed(data):
+        for ev in evs:
             if ev == "ping":
                 conn.link.write(b"\r\n")
             elif ev == "pong":
-                conn.attrs["last_pong"] = self.last_rx
+                conn.attrs["last_pong"] = now
             elif isinstance(ev, ParseError):
                 layer._bad_message(ev, src)  # type: ignore[arg-type]
             else:
+                self.proven = True
                 layer._deliver(ev, src)  # type: ignore[arg-type]
         if self.framer.broken and not conn.closed:
             # Framing is lost: read no more, but let responses to the messages already
@@ -274,6 +306,8 @@ class _SipStream(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:  # type: ignore[override]
         self.lost = exc
+        if self.key is not None:
+            self.layer._release(self)
         if self.conn is not None:
             self.layer._lost(self.conn, exc)
         self.done = True
@@ -286,16 +320,22 @@ class TransportLayer:
     ``on_bad_message(exc, source)`` for malformed ones (to answer 400 when
     ``exc.partial`` allows); ``on_connection_closed(conn)`` when a stream ends;
     ``on_tls_established(conn)`` may return False to refuse a peer (identity checks).
+
+    ``limits`` (:class:`~edgeway.transport.admission.ConnectionLimits`) caps inbound
+    connections and times them out; set it before listening. ``stats`` counts what
+    admission did: ``accepted``, ``refused_per_source``, ``refused_total``,
+    ``closed_pre_message``, ``closed_flow_idle``, ``handshake_timeouts``,
+    ``accept_errors``, ``evicted``; :meth:`admission_status` adds the open counts.
     """
 
-    def __init__(self, events: EventLog = NULL_LOG):
+    def __init__(self, events: EventLog = NULL_LOG, limits: ConnectionLimits | None = None):
         self.events = events
+        self.limits = limits or ConnectionLimits()
         self.on_message: MessageHandler = lambda m, s: None
         self.on_bad_message: Callable[[ParseError, Source], None] = lambda e, s: None
         self.on_connection_closed: Callable[[Connection], None] = lambda c: None
         self.on_tls_established: Callable[[Connection], bool] = lambda c: True
         self.udp: dict[tuple[str, int], _UdpProtocol] = {}
-        self.servers: list[asyncio.base_events.Server] = []
         self.conns: dict[tuple[str, str, int], Connection] = {}
         #: Open connections by id (a Flow's ``conn_id``).
         self.by_id: dict[int, Connection] = {}
@@ -305,6 +345,27 @@ class TransportLayer:
         self.client_ssl: ssl.SSLContext | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # -- admission (issue 7 item 1) --
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("accepted", "refused_per_source", "refused_total", "closed_pre_message", "closed_flow_idle",
+             "handshake_timeouts", "accept_errors", "evicted"), 0)
+        #: Open counted inbound connections (handshaking ones included), in all and by source.
+        self.open_limited = 0
+        self.per_source: dict[str, int] = {}
+        self.peak_limited = 0
+        #: (pre-message deadline, accept number, stream) of inbound connections, pushed at
+        #: accept (so the top is the oldest): counted ones, and those of unlimited listeners.
+        self._pre_heap: list[tuple[float, int, _SipStream]] = []
+        self._pre_heap_exempt: list[tuple[float, int, _SipStream]] = []
+        self._accepts = itertools.count()
+        self._evicted = 0
+        self._next_flow_sweep = 0.0
+        # rate-limited events (refusals, handshake timeouts): see _emit_limited
+        self._refusal_last: dict[tuple[str, str], float] = {}
+        self._refusal_window_end = 0.0
+        self._refusals_logged = 0
+        self._refusals_unlogged: dict[tuple[str, str], int] = {}
+        self._accept_error_logged = -1e9
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -326,61 +387,233 @@ class TransportLayer:
             pass
         self.udp[local] = proto
 
-    async def listen_stream(self, ip: str, port: int, *, tls: ssl.SSLContext | None = None, listener: str = "sip") -> None:
-        """Listen for TCP (``tls`` None) or TLS connections on ip:port."""
-        if tls is not None:
-            await self._listen_tls(ip, port, tls, listener)
-            return
-        server = await self.loop.create_server(lambda: _SipStream(self, listener), ip, port, reuse_address=True)
-        self.servers.append(server)
+    async def listen_stream(self, ip: str, port: int, *, tls: ssl.SSLContext | None = None, listener: str = "sip",
+                            limited: bool = True) -> tuple[str, int]:
+        """Listen for TCP (``tls`` None) or TLS connections on ip:port (0: any free port);
+        returns the bound address.
 
-    async def _listen_tls(self, ip: str, port: int, ctx: ssl.SSLContext, listener: str) -> None:
-        """TLS listener whose handshake starts on the accepted socket itself.
+        ``limited``: connections on this listener count against the caps of
+        :attr:`limits` (False for the core's traversal listener: its connections must
+        always get in and take their descriptors from the reserve).
 
-        A client may send its ClientHello together with the TCP handshake (Kamailio,
-        openssl s_client do); accepting as plain TCP and upgrading afterwards can read
-        those bytes into the plain stream where TLS never sees them. Here the TLS
-        protocol owns the socket from the first byte, and a failed handshake still
-        becomes one ``tls handshake failed`` event with its cause."""
-        loop = self.loop
+        The listener accepts itself (no asyncio server): a connection over a cap is
+        reset before asyncio or TLS spends anything on it, and for TLS the TLS protocol
+        owns the socket from the first byte: a client may send its ClientHello together
+        with the TCP handshake (Kamailio, openssl s_client do), and accepting as plain
+        TCP and upgrading afterwards can read those bytes into the plain stream where
+        TLS never sees them. A failed handshake becomes one ``tls handshake failed``
+        event with its cause."""
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         lsock = socket.socket(family, socket.SOCK_STREAM)
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lsock.bind((ip, port))
-        lsock.listen(128)
-        lsock.setblocking(False)
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind((ip, port))
+            lsock.listen(LISTEN_BACKLOG)
+            lsock.setblocking(False)
+        except OSError:
+            lsock.close()
+            raise
         self.listen_socks.append(lsock)
+        self.loop.add_reader(lsock.fileno(), self._accept, lsock, tls, listener, limited)
+        return lsock.getsockname()[:2]
 
-        async def handle(csock: socket.socket) -> None:
+    def _accept(self, lsock: socket.socket, ctx: ssl.SSLContext | None, listener: str, limited: bool) -> None:
+        """A listener is readable: accept up to :data:`ACCEPT_BATCH` connections, each
+        admitted under the caps (or reset) before anything else is done with it."""
+        loop = self.loop
+        stats = self.stats
+        lim = self.limits
+        for _ in range(ACCEPT_BATCH):
             try:
-                peer = csock.getpeername()[:2]
-            except OSError:
-                csock.close()
+                csock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            try:
-                await loop.connect_accepted_socket(lambda: _SipStream(self, listener, tls=True), csock, ssl=ctx,
-                                                   ssl_handshake_timeout=CONNECT_TIMEOUT_S)
-            except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                self._handshake_failed(exc, "inbound", listener, peer, None, [])
-                csock.close()
-
-        async def accept_loop() -> None:
-            while True:
-                try:
-                    csock, _ = await loop.sock_accept(lsock)
-                except OSError:
-                    if lsock.fileno() < 0:
-                        return
-                    await asyncio.sleep(0.05)
+            except OSError as exc:
+                if lsock.fileno() < 0:
+                    return
+                # Out of descriptors or memory: the listener stays readable, so stop
+                # watching it a moment rather than spin.
+                stats["accept_errors"] += 1
+                fd = lsock.fileno()
+                loop.remove_reader(fd)
+                loop.call_later(ACCEPT_BACKOFF_S, self._resume_accept, lsock, ctx, listener, limited)
+                now = loop.time()
+                if now - self._accept_error_logged >= 1.0:
+                    self._accept_error_logged = now
+                    self.events.emit("accept failed", listener=listener, cause=str(exc), open=self.open_limited,
+                                     accept_errors=stats["accept_errors"])
+                return
+            key = None
+            if limited:
+                key = source_key(addr[0])
+                n = self.per_source.get(key, 0)
+                if n >= lim.max_connections_per_source:
+                    self._refuse(csock, key, addr, listener, "per-source limit")
                     continue
-                self._spawn(handle(csock))
+                if self.open_limited >= lim.max_connections and not self._evict(loop.time()):
+                    self._refuse(csock, key, addr, listener, "total limit")
+                    continue
+                self.per_source[key] = n + 1
+                self.open_limited += 1
+                if self.open_limited > self.peak_limited:
+                    self.peak_limited = self.open_limited
+            stats["accepted"] += 1
+            born = loop.time()
+            stream = _SipStream(self, listener, tls=ctx is not None, key=key, born=born)
+            heapq.heappush(self._pre_heap if limited else self._pre_heap_exempt,
+                           (born + lim.pre_message_idle_s, next(self._accepts), stream))
+            stream.task = self._spawn(self._serve(csock, addr, stream, ctx, listener))
+            self._ensure_sweep()
 
-        self._spawn(accept_loop())
+    def _evict(self, now: float) -> bool:
+        """The total cap is full: make room by ending the oldest counted connection that
+        has not completed a SIP message in :data:`EVICT_MIN_AGE_S` (still in its TLS
+        handshake, or connected and silent). True when one was ended.
 
-    def _spawn(self, coro) -> None:
+        Under a flood of idle connections a new client then gets in at once instead of
+        waiting up to ``pre_message_idle_s`` for the flood's connections to time out: it
+        is only ended in its turn if it too stays silent while a whole cap's worth of
+        newer connections arrives. Connections that have carried a message (flows) are
+        never evicted."""
+        heap = self._pre_heap
+        while heap:
+            stream = heap[0][2]
+            if stream.proven or stream.key is None:  # a flow, or already ended
+                heapq.heappop(heap)
+                continue
+            if now - stream.born < EVICT_MIN_AGE_S:
+                return False
+            heapq.heappop(heap)
+            self._end_unproven(stream, "ended for a new connection: total limit reached, no complete SIP message yet")
+            self._evicted += 1
+            self.stats["evicted"] += 1
+            return True
+        return False
+
+    def _end_unproven(self, stream: "_SipStream", reason: str) -> None:
+        """End a connection that has not completed a message: abort it, or cancel its TLS
+        handshake; it stops counting against the caps at once."""
+        conn = stream.conn
+        self._release(stream)
+        if conn is not None:
+            if not conn.closed:
+                conn.attrs["close_reason"] = reason
+                conn.abort()
+        elif stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+        elif stream.link is not None:
+            stream.link.abort()
+
+    def _resume_accept(self, lsock: socket.socket, ctx, listener: str, limited: bool) -> None:
+        if lsock.fileno() >= 0 and lsock in self.listen_socks:
+            self.loop.add_reader(lsock.fileno(), self._accept, lsock, ctx, listener, limited)
+
+    async def _serve(self, csock: socket.socket, peer: tuple, stream: "_SipStream", ctx: ssl.SSLContext | None, listener: str) -> None:
+        """Hand an admitted socket to asyncio (and TLS): ``stream`` takes it from there."""
+        loop = self.loop
+        try:
+            if ctx is None:
+                await loop.connect_accepted_socket(lambda: stream, csock)
+            else:
+                await loop.connect_accepted_socket(lambda: stream, csock, ssl=ctx,
+                                                   ssl_handshake_timeout=self.limits.tls_handshake_timeout_s)
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            key = stream.key
+            self._release(stream)
+            csock.close()
+            if ctx is None:
+                return
+            timeout = self.limits.tls_handshake_timeout_s
+            if loop.time() - stream.born < timeout * 0.99:
+                self._handshake_failed(exc, "inbound", listener, peer[:2], None, [])
+                return
+            # Timed out (asyncio reports it as the connection aborted): a client that
+            # connected and never spoke TLS, the shape of an idle flood, so these are
+            # rate-limited like refusals.
+            self.stats["handshake_timeouts"] += 1
+            self._emit_limited("tls handshake failed", key or source_key(peer[0]), "handshake timed out",
+                               direction="inbound", listener=listener, zone=None, peer=f"{peer[0]}:{peer[1]}",
+                               peer_names=[], timeout_s=timeout)
+        except BaseException:
+            self._release(stream)
+            csock.close()
+            raise
+
+    def _refuse(self, csock: socket.socket, key: str, addr: tuple, listener: str, cause: str) -> None:
+        """Reset a connection over a cap (no FIN, no handshake), count it and log it:
+        at most one event per source per second and REFUSAL_EVENTS_PER_S in all."""
+        try:
+            csock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass
+        csock.close()
+        self.stats["refused_per_source" if cause == "per-source limit" else "refused_total"] += 1
+        lim = self.limits
+        self._emit_limited(
+            "connection refused", key, cause, peer=f"{addr[0]}:{addr[1]}", source=key, listener=listener,
+            open_from_source=self.per_source.get(key, 0), open_total=self.open_limited,
+            limit=lim.max_connections_per_source if cause == "per-source limit" else lim.max_connections,
+        )
+
+    def _emit_limited(self, event: str, key: str, cause: str, **fields) -> None:
+        """Emit ``event`` for source ``key`` unless one was emitted for it less than a
+        second ago or REFUSAL_EVENTS_PER_S already went out this second; what is held
+        back is counted and summed up in one event per cause when the second is over
+        (``peer`` None, ``count``)."""
+        now = self.loop.time()
+        if now >= self._refusal_window_end:
+            self._roll_refusal_window(now)
+        k = (event, key)
+        last = self._refusal_last.get(k)
+        if (last is None or now - last >= 1.0) and self._refusals_logged < REFUSAL_EVENTS_PER_S:
+            self._refusal_last[k] = now
+            self._refusals_logged += 1
+            self.events.emit(event, cause=cause, **fields)
+        else:
+            k = (event, cause)
+            self._refusals_unlogged[k] = self._refusals_unlogged.get(k, 0) + 1
+        self._ensure_sweep()
+
+    def _roll_refusal_window(self, now: float) -> None:
+        """Start a new one-second window for rate-limited events: sum up those of the
+        last one that were held back (one event per event name and cause) and forget
+        sources last logged a second or more ago."""
+        for (event, cause), n in self._refusals_unlogged.items():
+            self.events.emit(event, cause=cause, peer=None, count=n,
+                             note="events of the last second not logged one by one")
+        self._refusals_unlogged = {}
+        self._refusals_logged = 0
+        self._refusal_window_end = now + 1.0
+        if self._refusal_last:
+            self._refusal_last = {k: t for k, t in self._refusal_last.items() if now - t < 1.0}
+
+    def _release(self, stream: "_SipStream") -> None:
+        """The connection of ``stream`` no longer counts against the caps (once)."""
+        key = stream.key
+        if key is None:
+            return
+        stream.key = None
+        n = self.per_source.get(key, 0) - 1
+        if n > 0:
+            self.per_source[key] = n
+        else:
+            self.per_source.pop(key, None)
+        self.open_limited -= 1
+
+    def admission_status(self) -> dict:
+        """Counters of :attr:`stats` plus ``open`` (counted inbound connections),
+        ``peak``, ``sources`` (sources with one open), ``streams`` (all open streams)
+        and the limits in force."""
+        lim = self.limits
+        return {**self.stats, "open": self.open_limited, "peak": self.peak_limited, "sources": len(self.per_source),
+                "streams": len(self._streams), "max_connections": lim.max_connections,
+                "max_connections_per_source": lim.max_connections_per_source}
+
+    def _spawn(self, coro) -> asyncio.Task:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _handshake_failed(self, exc: BaseException, direction: str, listener: str, peer: tuple, zone: str | None, names: list[str]) -> None:
         from ..security.tls import describe_handshake_error
@@ -423,19 +656,63 @@ class TransportLayer:
         self.conns[(conn.transport, conn.remote[0], conn.remote[1])] = conn
         self.by_id[conn.id] = conn
         self._streams[conn.id] = stream
+        stream.task = None
+        self._ensure_sweep()
+
+    def _ensure_sweep(self) -> None:
         if self._idle_handle is None:
-            self._idle_handle = self.loop.call_later(IDLE_SWEEP_S, self._idle_sweep)
+            self._idle_handle = self.loop.call_later(self.limits.sweep_s, self._idle_sweep)
 
     def _idle_sweep(self) -> None:
-        """Close connections idle for :data:`IDLE_TIMEOUT_S` (one timer for all of them)."""
+        """The one timer of all stream connections (every ``limits.sweep_s``).
+
+        Connections without a complete message ``pre_message_idle_s`` after their accept
+        are aborted, or their TLS handshake cancelled (their deadlines are in heaps: each
+        is looked at once, when due; one that has carried a message meanwhile is just
+        dropped from it). Every
+        ``limits.flow_sweep_s`` the flows are scanned and those with no complete message
+        or keepalive for ``flow_idle_s`` are closed. One ``idle connections closed``
+        event per sweep and cause, with the count."""
         self._idle_handle = None
-        now = self.loop.time()
-        for cid, stream in list(self._streams.items()):
-            if stream.conn is not None and now - stream.last_rx >= IDLE_TIMEOUT_S:
-                stream.conn.attrs["close_reason"] = "idle"
-                stream.conn.close()
-        if self._streams:
-            self._idle_handle = self.loop.call_later(IDLE_SWEEP_S, self._idle_sweep)
+        loop = self.loop
+        now = loop.time()
+        lim = self.limits
+        pre = 0
+        reason = f"no complete SIP message within {lim.pre_message_idle_s:g} s of accept"
+        for heap in (self._pre_heap, self._pre_heap_exempt):
+            while heap and heap[0][0] <= now:
+                stream = heapq.heappop(heap)[2]
+                if stream.proven or stream.done or (stream.conn is not None and stream.conn.closed):
+                    continue
+                if stream.conn is None and (stream.task is None or stream.task.done()):
+                    continue  # the handshake failed: nothing left to end
+                self._end_unproven(stream, reason)
+                pre += 1
+        flows = 0
+        if now >= self._next_flow_sweep:
+            self._next_flow_sweep = now + lim.flow_sweep_s
+            limit = now - lim.flow_idle_s
+            for stream in [st for st in self._streams.values() if st.proven and st.last_msg <= limit]:
+                conn = stream.conn
+                if conn is not None and not conn.closed:
+                    conn.attrs["close_reason"] = "idle"
+                    conn.close()
+                    flows += 1
+        if pre:
+            self.stats["closed_pre_message"] += pre
+            self.events.emit("idle connections closed", cause="no complete message", count=pre,
+                             timeout_s=lim.pre_message_idle_s)
+        if flows:
+            self.stats["closed_flow_idle"] += flows
+            self.events.emit("idle connections closed", cause="flow idle", count=flows, timeout_s=lim.flow_idle_s)
+        if self._evicted:
+            self.events.emit("idle connections closed", cause="ended for new connections at the total limit",
+                             count=self._evicted, min_age_s=EVICT_MIN_AGE_S)
+            self._evicted = 0
+        if now >= self._refusal_window_end and (self._refusals_unlogged or self._refusal_last):
+            self._roll_refusal_window(now)
+        if self._streams or self._pre_heap or self._pre_heap_exempt or self._refusals_unlogged or self._refusal_last:
+            self._idle_handle = loop.call_later(lim.sweep_s, self._idle_sweep)
 
     def _lost(self, conn: Connection, exc: BaseException | None) -> None:
         """The connection ended (peer close, reset, abort, TLS failure on read)."""
@@ -539,7 +816,8 @@ class TransportLayer:
             # We speak first, so no byte can be lost in the upgrade.
             link.pause_reading()
             try:
-                link = await loop.start_tls(link, stream, ctx, server_side=False, ssl_handshake_timeout=CONNECT_TIMEOUT_S)
+                link = await loop.start_tls(link, stream, ctx, server_side=False,
+                                            ssl_handshake_timeout=self.limits.tls_handshake_timeout_s)
             except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 self._handshake_failed(exc, "outbound", listener, (ip, port), zone, [])
                 link.close()
@@ -560,9 +838,9 @@ class TransportLayer:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        for s in self.servers:
-            s.close()
         for ls in self.listen_socks:
+            if ls.fileno() >= 0:
+                self.loop.remove_reader(ls.fileno())
             ls.close()
         self.listen_socks.clear()
         for c in list(self.conns.values()):
@@ -572,11 +850,7 @@ class TransportLayer:
                 p.transport.close()
         for t in list(self._tasks):
             t.cancel()
-        for s in self.servers:
-            try:
-                await asyncio.wait_for(s.wait_closed(), 1.0)
-            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
-                pass
-        self.servers.clear()
+        self._pre_heap.clear()
+        self._pre_heap_exempt.clear()
         self.udp.clear()
         await asyncio.sleep(0)  # let transports finish closing so the ports can be bound again
