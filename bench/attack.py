@@ -140,6 +140,7 @@ class Counter:
     def __init__(self) -> None:
         self.sent = 0
         self.received = 0
+        self.note = ""
         self.lock = threading.Lock()
 
 
@@ -240,10 +241,26 @@ def trickle(stop: threading.Event, c: Counter) -> None:
         s.close()
 
 
-def conns(stop: threading.Event, c: Counter, count: int, seconds: float) -> None:
-    import conn_flood  # bench/conn_flood.py
+def conns(stop: threading.Event, c: Counter, count: int, seconds: float) -> dict:
+    """``count`` idle connections held against the edge's 5060 from 127.0.128.0/17 for
+    ``seconds`` (``bench/conn_flood.py``), a TLS client checking 5061 meanwhile."""
+    import json
+    import subprocess
 
-    conn_flood.hold(EDGE_IP, SIP_PORT, count=count, seconds=seconds, stop=stop, counter=c)
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "conn_flood.py"),
+                          f"{EDGE_IP}:{SIP_PORT}", "--tls", f"{EDGE_IP}:{TLS_PORT}", "--count", str(count),
+                          "--hold-s", str(seconds), "--budget-s", str(seconds + 90), "--json"],
+                         capture_output=True, text=True, timeout=seconds + 120)
+    try:
+        report = json.loads(out.stdout)
+    except ValueError:
+        c.note = f"conn_flood failed: {out.stderr.strip()[-200:]}"
+        return {}
+    f = report.get("flood", {})
+    ok = [ch for ch in report.get("checks", []) if ch.get("ok")]
+    c.note = (f"held {f.get('open', '?')} refused {f.get('refused', '?')} closed {f.get('closed', '?')}; "
+              f"TLS client answered {len(ok)}/{len(report.get('checks', []))}")
+    return report
 
 
 # ---- driver ----------------------------------------------------------------------------------
@@ -269,7 +286,7 @@ def run_attack(name: str, attack: Callable[[threading.Event, Counter], None], la
     rss_after = rss_bytes(pid)
     size = log.stat().st_size if log.exists() else 0
     return Result(name, ok, setup, (rss0 / MIB, rss_end / MIB, rss_after / MIB), fds, cpu,
-                  counter.sent, counter.received, (size - log0) / 1e6)
+                  counter.sent, counter.received, (size - log0) / 1e6, counter.note)
 
 
 def main() -> int:
@@ -287,7 +304,7 @@ def main() -> int:
         "invite-flood": lambda s, c: invite_flood(s, c, args.rate, args.seconds),
         "handshakes": lambda s, c: handshakes(s, c, args.handshakes),
         "trickle": trickle,
-        "conns": lambda s, c: conns(s, c, args.conns, args.seconds),
+        "conns": lambda s, c: conns(s, c, args.conns, max(args.seconds, 20.0)),  # past the 15 s pre-message timeout
     }
     chosen = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = [a for a in chosen if a not in attacks]

@@ -76,8 +76,10 @@ class GcPolicy:
 
     Every :data:`MEMORY_CHECK_S` the resident set size is read; when it has grown by
     :data:`MEMORY_GROWTH` since the last trim, a full collection runs at once and
-    glibc's ``malloc_trim(0)`` returns the free heap to the kernel (``trims`` counts
-    them; ``rss_after_trim`` is the size in bytes after the last one)."""
+    glibc's ``malloc_trim(0)`` returns the free heap to the kernel; while it stays
+    :data:`MEMORY_GROWTH` above the idle size (``baseline``) the heap is trimmed on each
+    check (a few ms), so what a burst freed goes back once the burst ends (``trims``
+    counts them; ``rss_after_trim`` is the size in bytes after the last one)."""
 
     def __init__(self, freeze_s: float = GC_FREEZE_S, full_s: float = GC_FULL_S,
                  memory_check_s: float = MEMORY_CHECK_S, memory_growth: float = MEMORY_GROWTH):
@@ -91,6 +93,8 @@ class GcPolicy:
         self._trim = _libc_malloc_trim()
         self.trims = 0
         self.rss_after_trim = 0
+        #: The smallest size (bytes) seen after start-up or a trim: the idle size.
+        self.baseline = 0
 
     def start(self, loop) -> None:
         import gc
@@ -100,7 +104,7 @@ class GcPolicy:
         gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
         self._next_full = loop.time() + self.full_s
         self._next_memory = loop.time() + self.memory_check_s
-        self.rss_after_trim = rss_bytes()
+        self.rss_after_trim = self.baseline = rss_bytes()
         self._handle = loop.call_later(self.freeze_s, self._tick, loop)
 
     def _tick(self, loop) -> None:
@@ -108,19 +112,23 @@ class GcPolicy:
 
         now = loop.time()
         full = now >= self._next_full
+        trim = full
         if now >= self._next_memory:
             self._next_memory = now + self.memory_check_s
             rss = rss_bytes()
             if rss > self.rss_after_trim * (1.0 + self.memory_growth):
-                full = True
+                full = trim = True
+            elif rss > self.baseline * (1.0 + self.memory_growth):
+                trim = True  # still above the idle size: what was freed since goes back
         if full:
             gc.unfreeze()
             gc.collect()
             self._next_full = now + self.full_s
-            if self._trim is not None:
-                self._trim(0)
-                self.trims += 1
+        if trim and self._trim is not None:
+            self._trim(0)
+            self.trims += 1
             self.rss_after_trim = rss_bytes()
+            self.baseline = min(self.baseline, self.rss_after_trim)
         gc.freeze()
         self._handle = loop.call_later(self.freeze_s, self._tick, loop)
 
