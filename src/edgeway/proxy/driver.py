@@ -168,6 +168,9 @@ class ProxyDriver:
         self.core = ProxyCore(cfg, unencrypted_srtcp=UNENCRYPTED_SRTCP_SUPPORTED)
         #: Per-source flood control (the core's table: it also withholds retransmissions).
         self.sources = self.core.sources
+        self._prechecked: str | None = None
+        if self.sources.rate:
+            tl.udp_drop = self.udp_drop
         self.media = RelaySessions(cfg, relay, events)
         relay.on_closed = self._session_closed
         self.loop = asyncio.get_running_loop()
@@ -197,7 +200,9 @@ class ProxyDriver:
         if type(msg) is Request:
             method = msg.method
             conn = src.conn
-            if (conn is None or conn.zone is None) and self.sources.rate:
+            if self._prechecked is not None and conn is None and self._prechecked == src.ip:
+                self._prechecked = None  # counted by udp_drop before parsing
+            elif (conn is None or conn.zone is None) and self.sources.rate:
                 if self.core.classify_source(src.ip) == DEFAULT_ZONE:
                     verdict = self.sources.check(src.ip, self.loop.time())
                     if verdict is not flood.OK:
@@ -235,6 +240,24 @@ class ProxyDriver:
         if q and not self._closed:
             self._draining = True
             self.loop.call_soon(self._drain)
+
+    def udp_drop(self, data: bytes, ip: str) -> bool:
+        """The transport's pre-parse filter (``TransportLayer.udp_drop``): a request from
+        a source in an over-limit episode or blocked is counted and dropped without
+        being parsed (a flood costs a dict lookup per datagram, not a parse); responses
+        and everyone else pass."""
+        sources = self.sources
+        now = self.loop.time()
+        if not sources.over_limit(ip, now) or data.startswith(b"SIP/2.0 "):
+            return False
+        verdict = sources.check(ip, now)
+        if verdict is flood.OK:
+            self._prechecked = ip  # receive() must not count it twice
+            return False
+        if verdict is flood.BLOCK:
+            self.events.emit("source blocked", source=ip, transport="udp", seconds=sources.block_s,
+                             reason=f"over {sources.rate:g} requests/s for {sources.block_after_s:g} s")
+        return True
 
     def _flooded(self, msg: Request, src: Source, verdict: str) -> None:
         """A request from a DefaultZone source over its flood limit (issue 7 item 3):

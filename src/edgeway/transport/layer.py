@@ -190,6 +190,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        drop = self.layer.udp_drop
+        if drop is not None and drop(data, addr[0]):
+            return  # refused before parsing (a source over its flood limit)
         src = Source("udp", addr[0], addr[1], self.local[0], self.local[1], None, self.listener)
         if data.strip(b"\r\n") == b"":
             return  # keepalive
@@ -338,6 +341,9 @@ class TransportLayer:
         self.events = events
         self.limits = limits or ConnectionLimits()
         self.on_message: MessageHandler = lambda m, s: None
+        #: ``(datagram bytes, source ip) -> bool``: True drops the datagram before it is
+        #: parsed (flood control of a source already over its limit); None: none.
+        self.udp_drop: Callable[[bytes, str], bool] | None = None
         self.on_bad_message: Callable[[ParseError, Source], None] = lambda e, s: None
         self.on_connection_closed: Callable[[Connection], None] = lambda c: None
         self.on_tls_established: Callable[[Connection], bool] = lambda c: True
