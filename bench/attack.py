@@ -12,8 +12,10 @@ Attacks (``--attacks``, comma-separated; all by default):
 * ``handshakes``: ``--handshakes`` (default 7,000) failed TLS handshakes on the edge's
   5061, 16 at a time: half send garbage, half reject the edge's certificate.
 * ``trickle``: one 57 KB SIP message written one byte per TCP segment.
-* ``conns``: ``--conns`` (default 25,000) idle and slowloris connections held open
-  against the edge's SIP ports from many 127.0.x.y sources (``bench/conn_flood.py``).
+* ``conns`` / ``slowloris``: ``--conns`` (default 25,000) idle (or one byte every 5 s)
+  connections held against the edge's 5060 from many 127.0.x.y sources
+  (``bench/conn_flood.py``), a TLS client checking 5061, and the core stalled for 6 s
+  meanwhile: the time the traversal zone takes to come back.
 
 Per attack it prints: legitimate calls OK of 5 and their setup time (INVITE → 200,
 median and max, ms); the edge's RSS (MiB) before / at the end / 10 s after, descriptors
@@ -241,26 +243,47 @@ def trickle(stop: threading.Event, c: Counter) -> None:
         s.close()
 
 
-def conns(stop: threading.Event, c: Counter, count: int, seconds: float) -> dict:
-    """``count`` idle connections held against the edge's 5060 from 127.0.128.0/17 for
-    ``seconds`` (``bench/conn_flood.py``), a TLS client checking 5061 meanwhile."""
+def conns(stop: threading.Event, c: Counter, lab: LabUp, count: int, seconds: float, mode: str = "idle") -> None:
+    """``count`` idle (or slowloris) connections held against the edge's 5060 from
+    127.0.128.0/17 for ``seconds`` (``bench/conn_flood.py``), a TLS client checking 5061
+    meanwhile; 5 s into the hold the core is stopped for 6 s (SIGSTOP) and the time until
+    the traversal zone is connected again is measured (before issue 7: 88 s)."""
     import json
     import subprocess
 
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "conn_flood.py"),
-                          f"{EDGE_IP}:{SIP_PORT}", "--tls", f"{EDGE_IP}:{TLS_PORT}", "--count", str(count),
-                          "--hold-s", str(seconds), "--budget-s", str(seconds + 90), "--json"],
-                         capture_output=True, text=True, timeout=seconds + 120)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "conn_flood.py"),
+                             f"{EDGE_IP}:{SIP_PORT}", "--tls", f"{EDGE_IP}:{TLS_PORT}", "--count", str(count),
+                             "--mode", mode, "--hold-s", str(seconds), "--budget-s", str(seconds + 90), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    reconnect = None
     try:
-        report = json.loads(out.stdout)
+        time.sleep(5.0)
+        core = lab.node_pids()["core"]
+        os.kill(core, signal.SIGSTOP)
+        try:
+            time.sleep(6.0)
+        finally:
+            os.kill(core, signal.SIGCONT)
+        t_cont = time.time()
+        end = time.monotonic() + 30
+        while reconnect is None and time.monotonic() < end:
+            ups = [e["ts"] - t_cont for e in lab.events("edge")
+                   if e.get("event") == "traversal connected" and e.get("ts", 0) >= t_cont]
+            reconnect = ups[0] if ups else None
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=seconds + 120)
+    finally:
+        stop_process(proc, signal.SIGTERM, 5.0)
+    try:
+        report = json.loads(out)
     except ValueError:
-        c.note = f"conn_flood failed: {out.stderr.strip()[-200:]}"
-        return {}
+        c.note = f"conn_flood failed: {err.strip()[-200:]}"
+        return
     f = report.get("flood", {})
-    ok = [ch for ch in report.get("checks", []) if ch.get("ok")]
-    c.note = (f"held {f.get('open', '?')} refused {f.get('refused', '?')} closed {f.get('closed', '?')}; "
-              f"TLS client answered {len(ok)}/{len(report.get('checks', []))}")
-    return report
+    checks = report.get("checks", [])
+    c.note = (f"{mode}: held {f.get('open', '?')} refused {f.get('refused', '?')} closed {f.get('closed', '?')}; "
+              f"TLS client answered {sum(1 for ch in checks if ch.get('ok'))}/{len(checks)}; traversal back "
+              + (f"{reconnect:.1f} s after the core resumed" if reconnect is not None else "NOT within 30 s"))
 
 
 # ---- driver ----------------------------------------------------------------------------------
@@ -291,7 +314,7 @@ def run_attack(name: str, attack: Callable[[threading.Event, Counter], None], la
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--attacks", default="invite-flood,handshakes,trickle,conns")
+    ap.add_argument("--attacks", default="invite-flood,handshakes,trickle,conns,slowloris")
     ap.add_argument("--rate", type=int, default=5000, help="INVITEs per second of the flood")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of the flood and of the held connections")
     ap.add_argument("--handshakes", type=int, default=7000)
@@ -304,7 +327,9 @@ def main() -> int:
         "invite-flood": lambda s, c: invite_flood(s, c, args.rate, args.seconds),
         "handshakes": lambda s, c: handshakes(s, c, args.handshakes),
         "trickle": trickle,
-        "conns": lambda s, c: conns(s, c, args.conns, max(args.seconds, 20.0)),  # past the 15 s pre-message timeout
+        # Held past the 15 s pre-message timeout.
+        "conns": lambda s, c: conns(s, c, lab, args.conns, max(args.seconds, 20.0)),
+        "slowloris": lambda s, c: conns(s, c, lab, args.conns, max(args.seconds, 20.0), "slowloris"),
     }
     chosen = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = [a for a in chosen if a not in attacks]

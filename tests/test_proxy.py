@@ -1161,6 +1161,63 @@ def test_tcp_request_without_call_id_is_dropped_connection_kept() -> None:
     run(scenario())
 
 
+def _stream_refusal(payload_of) -> tuple[Response | None, bytes]:
+    """Send over TCP what ``payload_of(via)`` returns; (the node's response, what followed
+    it before the node closed the connection)."""
+
+    async def scenario():
+        async with running_node(node_config()):
+            reader, writer = await asyncio.open_connection(NODE_IP, NODE_PORT, local_addr=(CALLER_IP, 0))
+            try:
+                lport = writer.get_extra_info("sockname")[1]
+                writer.write(payload_of(f"SIP/2.0/TCP {CALLER_IP}:{lport};branch=z9hG4bK{secrets.token_hex(6)}"))
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                got = b""
+                with contextlib.suppress(ConnectionError):
+                    while chunk := await asyncio.wait_for(reader.read(65536), 3.0):
+                        got += chunk
+                head, _, rest = got.partition(b"\r\n\r\n")
+                return (parse_message(head + b"\r\n\r\n") if head else None), rest
+            finally:
+                writer.close()
+
+    return run(scenario())
+
+
+def test_over_limit_content_length_gets_513_then_close() -> None:
+    """Issue 7 item 5: a stream message announcing more than the size limit is answered
+    513 Message Too Large (RFC 3261 §21.5.14) before the node closes the connection."""
+    def payload(via: str) -> bytes:
+        data, _ = build_request("OPTIONS", "sip:x@nowhere.test", via=via)
+        return data.replace(b"Content-Length: 0", b"Content-Length: 100000")
+
+    resp, rest = _stream_refusal(payload)
+    assert resp is not None and resp.status == 513, resp
+    assert rest == b""  # and then the close (read returned EOF)
+
+
+def test_too_many_headers_get_400_then_close() -> None:
+    def payload(via: str) -> bytes:
+        data, _ = build_request("OPTIONS", "sip:x@nowhere.test", via=via,
+                                extra=[(f"X-H{i}", "v") for i in range(400)])
+        return data
+
+    resp, rest = _stream_refusal(payload)
+    assert resp is not None and resp.status == 400 and resp.reason.startswith("Bad Request"), resp
+    assert rest == b""
+
+
+def test_stream_message_without_content_length_gets_400_then_close() -> None:
+    def payload(via: str) -> bytes:
+        data, _ = build_request("OPTIONS", "sip:x@nowhere.test", via=via)
+        return data.replace(b"Content-Length: 0\r\n", b"")
+
+    resp, rest = _stream_refusal(payload)
+    assert resp is not None and resp.status == 400 and "Content-Length" in resp.reason, resp
+    assert rest == b""
+
+
 def test_bad_header_is_400_with_reason() -> None:
     async def scenario() -> None:
         async with running_node(node_config()), UdpPeer(CALLER_IP) as peer:
