@@ -77,8 +77,9 @@ class GcPolicy:
     Every :data:`MEMORY_CHECK_S` the resident set size is read; when it has grown by
     :data:`MEMORY_GROWTH` since the last trim, a full collection runs at once and
     glibc's ``malloc_trim(0)`` returns the free heap to the kernel; while it stays
-    :data:`MEMORY_GROWTH` above the idle size (``baseline``) the heap is trimmed on each
-    check (a few ms), so what a burst freed goes back once the burst ends (``trims``
+    :data:`MEMORY_GROWTH` above the idle size (``baseline``) the same is done after 10,
+    20, 40 … s (up to ``full_s``; back to 10 s once the size is back), so what a burst
+    left behind goes back once it ends, and a node busy for good pays little (``trims``
     counts them; ``rss_after_trim`` is the size in bytes after the last one)."""
 
     def __init__(self, freeze_s: float = GC_FREEZE_S, full_s: float = GC_FULL_S,
@@ -95,6 +96,8 @@ class GcPolicy:
         self.rss_after_trim = 0
         #: The smallest size (bytes) seen after start-up or a trim: the idle size.
         self.baseline = 0
+        self._above_wait = memory_check_s
+        self._next_above = 0.0
 
     def start(self, loop) -> None:
         import gc
@@ -112,22 +115,29 @@ class GcPolicy:
 
         now = loop.time()
         full = now >= self._next_full
-        trim = full
         if now >= self._next_memory:
             self._next_memory = now + self.memory_check_s
             rss = rss_bytes()
             if rss > self.rss_after_trim * (1.0 + self.memory_growth):
-                full = trim = True
-            elif rss > self.baseline * (1.0 + self.memory_growth):
-                trim = True  # still above the idle size: what was freed since goes back
+                full = True
+            elif rss > self.baseline * (1.0 + self.memory_growth) and now >= self._next_above:
+                # Still above the idle size: cyclic garbage frozen during a burst (failed
+                # TLS handshakes) is only found by a full collection. Back off while it
+                # finds nothing to give back (a node that is simply busy).
+                full = True
+                self._above_wait = min(self.full_s, self._above_wait * 2)
+                self._next_above = now + self._above_wait
         if full:
             gc.unfreeze()
             gc.collect()
             self._next_full = now + self.full_s
-        if trim and self._trim is not None:
-            self._trim(0)
+            if self._trim is not None:
+                self._trim(0)
             self.trims += 1
             self.rss_after_trim = rss_bytes()
+            if self.rss_after_trim <= self.baseline * (1.0 + self.memory_growth):
+                self._above_wait = self.memory_check_s
+                self._next_above = 0.0
             self.baseline = min(self.baseline, self.rss_after_trim)
         gc.freeze()
         self._handle = loop.call_later(self.freeze_s, self._tick, loop)
