@@ -51,7 +51,9 @@ class MediaCounters:
     authentication tag did not verify, ``srtp_errors`` other unprotect failures
     (replays, malformed packets). ``transport`` is the INVITE's transport;
     ``tls_peer_names`` the names (CN, DNS SANs) in the certificate the TLS peer of the
-    INVITE's connection presented.
+    INVITE's connection presented. ``rtp_peer_received`` is how many of our RTP
+    packets the far end said it received (its last RTCP report block about our SSRC),
+    None when no report came.
     """
 
     rtp_sent: int = 0
@@ -59,6 +61,7 @@ class MediaCounters:
     rtcp_sent: int = 0
     rtcp_received: int = 0
     rtp_lost: int = 0
+    rtp_peer_received: int | None = None
     local_rtp: tuple[str, int] | None = None
     remote_rtp: tuple[str, int] | None = None
     rtp_source: tuple[str, int] | None = None

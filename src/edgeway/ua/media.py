@@ -133,6 +133,10 @@ class MediaEndpoint:
         self._on_close = on_close
         self.ssrc = random.getrandbits(32)
         self.seq = random.getrandbits(16)
+        self.first_seq = self.seq
+        #: RTP packets of ours the far end says it received (its last RTCP report block
+        #: about our SSRC, RFC 3550 §6.4.1), None before any.
+        self.peer_received: int | None = None
         self.ts = random.getrandbits(32)
         self.pt = 8
         self.ptime = 20
@@ -268,6 +272,22 @@ class MediaEndpoint:
             sec, frac = struct.unpack_from("!II", data, 8)
             self.recv.lsr = ((sec & 0xFFFF) << 16) | (frac >> 16)
             self.recv.lsr_time = asyncio.get_running_loop().time()
+        self._report_about_us(data)
+
+    def _report_about_us(self, data: bytes) -> None:
+        """Read the report block about our SSRC in the first SR/RR of a compound packet:
+        packets received = extended highest sequence - our first + 1 - cumulative lost."""
+        count, off = data[0] & 0x1F, 8 + (20 if data[1] == 200 else 0)
+        for _ in range(count):
+            if off + 24 > len(data):
+                return
+            ssrc, lost_word, highest = struct.unpack_from("!III", data, off)
+            if ssrc == self.ssrc:
+                lost = lost_word & 0xFFFFFF
+                lost = lost - 0x1000000 if lost & 0x800000 else lost
+                self.peer_received = max(0, ((highest - self.first_seq) & 0xFFFFFFFF) + 1 - lost)
+                return
+            off += 24
 
     # -- send ------------------------------------------------------------------
     def start(self, duration: float | None, ptime_ms: int = 20) -> None:
@@ -381,6 +401,7 @@ class MediaEndpoint:
         obj.rtp_sent, obj.rtp_received = self.rtp_sent, self.rtp_received
         obj.rtcp_sent, obj.rtcp_received = self.rtcp_sent, self.rtcp_received
         obj.rtp_lost = self.recv.lost
+        obj.rtp_peer_received = self.peer_received
         obj.local_rtp, obj.remote_rtp, obj.rtp_source = (self.ip, self.port), self.remote, self.rtp_source
         obj.srtp, obj.srtp_suite = self.srtp, self.srtp_suite
         obj.srtp_auth_failures, obj.srtp_errors = self.srtp_auth_failures, self.srtp_errors
