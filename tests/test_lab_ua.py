@@ -688,3 +688,22 @@ def test_tls_keepalive_and_options(tmp_path) -> None:
     assert pong == b"\r\n"
     assert head.startswith(b"SIP/2.0 200 OK\r\n") and b"SIP/2.0/TLS" in head
     assert refused
+
+
+def test_tls_client_only_ua_calls_a_tls_server(tmp_path) -> None:
+    """A TLS UA without a certificate (``edgeway call --transport tls --ca …``) has no
+    listener but places calls over its own connection."""
+    pki = _pki(tmp_path)
+
+    async def main():
+        b = _tls_ua("bob", pki, 52000)
+        a = LabUserAgent("alice", IP, 0, transport="tls", domain=DOMAIN, rtp_port_base=50000, tls_ca=pki["bob"]["ca"],
+                         tls_server_name="bob.corp.edgeway.test")
+        async with b, a:
+            res = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "tls"), from_user="alice",
+                               media_seconds=0.3)
+        return res
+
+    res = run(main())
+    assert res.ok and res.bye_status == 200 and res.rtp_received > 0, res
+    assert "bob.corp.edgeway.test" in res.tls_peer_names
