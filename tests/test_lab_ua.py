@@ -263,7 +263,7 @@ def test_cancel_after_ringing_too_long() -> None:
             elapsed = time.monotonic() - t0
             stats = b.calls_received[res.call_id]
             await wait_until(lambda: any(" ACK " in line for line in stats.ladder))
-            return res, elapsed, stats, len(b._media), dict(b.calls_answered)
+            return res, elapsed, stats, len(b.media_sessions), dict(b.calls_answered)
 
     res, elapsed, stats, open_media, answered = run(main())
     assert not res.ok and res.status == 487 and "cancelled" in res.error
@@ -368,7 +368,7 @@ def test_rtp_stream_and_rtcp_format() -> None:
                     rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             rtp.setblocking(False)
             rtcp.setblocking(False)
-            media = await ua._open_media()
+            media = ua.open_media()
             media.set_remote(parse_sdp(build_sdp("peer", 1, IP, rtp.getsockname()[1], [(8, "PCMA/8000")])), 8)
             media.start(0.2, 20)
             await media.done.wait()
@@ -446,7 +446,7 @@ def test_callee_hangs_up_first() -> None:
                 a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "tcp"), from_user="alice", media_seconds=5.0),
                 hang_up_soon(),
             )
-            return res, bye_status, time.monotonic() - t0, len(b._all_conns), b.calls_answered[res.call_id]
+            return res, bye_status, time.monotonic() - t0, len(b.connections()), b.calls_answered[res.call_id]
 
     res, bye_status, elapsed, b_conns, stats = run(main())
     assert res.ok and res.status == 200 and res.bye_status is None and bye_status == 200
@@ -545,8 +545,8 @@ def test_mutual_tls_srtp_call(tmp_path, loop_kind: str) -> None:
             res = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "tls"), from_user="alice",
                                media_seconds=0.6)
             stats = await b.wait_call_ended(res.call_id, 3.0)
-            conns = [(c.transport, c.peer_names) for c in b._all_conns]
-            a_conns = len(a._all_conns)
+            conns = [(c.transport, c.peer_names) for c in b.connections()]
+            a_conns = len(a.connections())
         return res, stats, conns, a_conns, b.port
 
     res, stats, conns, a_conns, b_port = run(main(), loop_kind)
@@ -581,7 +581,7 @@ def test_srtp_offer_and_answer_on_the_wire_and_auth_failures(tmp_path) -> None:
             # wrong keys: each side unprotects with a key the other did not use
             from edgeway.sip.sdes import make_offer
 
-            m1, m2 = await a._open_media(), await b._open_media()
+            m1, m2 = a.open_media(), b.open_media()
             k1, k2, k3 = make_offer()[:3]
             m1.key_srtp(k1, k2)
             m2.key_srtp(k3, k1)  # m2 sends with k3, m1 expects k2
@@ -688,3 +688,22 @@ def test_tls_keepalive_and_options(tmp_path) -> None:
     assert pong == b"\r\n"
     assert head.startswith(b"SIP/2.0 200 OK\r\n") and b"SIP/2.0/TLS" in head
     assert refused
+
+
+def test_tls_client_only_ua_calls_a_tls_server(tmp_path) -> None:
+    """A TLS UA without a certificate (``edgeway call --transport tls --ca …``) has no
+    listener but places calls over its own connection."""
+    pki = _pki(tmp_path)
+
+    async def main():
+        b = _tls_ua("bob", pki, 52000)
+        a = LabUserAgent("alice", IP, 0, transport="tls", domain=DOMAIN, rtp_port_base=50000, tls_ca=pki["bob"]["ca"],
+                         tls_server_name="bob.corp.edgeway.test")
+        async with b, a:
+            res = await a.call("sip:bob@corp.edgeway.test", proxy=(IP, b.port, "tls"), from_user="alice",
+                               media_seconds=0.3)
+        return res
+
+    res = run(main())
+    assert res.ok and res.bye_status == 200 and res.rtp_received > 0, res
+    assert "bob.corp.edgeway.test" in res.tls_peer_names

@@ -80,6 +80,15 @@ def check_config(config: Path) -> None:
     typer.echo(f"{config}: OK ({cfg.role} {cfg.name!r}, {len(cfg.zones)} zones, {len(cfg.search_rules)} search rules)")
 
 
+def _register_call() -> None:
+    from .call import call_command
+
+    app.command("call")(call_command)
+
+
+_register_call()
+
+
 def _register_domain() -> None:
     from .domain import domain_app
 

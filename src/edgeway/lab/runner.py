@@ -402,110 +402,132 @@ class Lab:
         Each call carries ``media_seconds`` of RTP both ways. Never raises for call
         failures: they are in the report.
         """
-        from edgeway.lab.ua import LabUserAgent
-        from edgeway.routing.resolver import make_resolver, resolve
-
         files = self._require_files()
-        t = self.topology
-        host_names = dict(t.host_names)
+        host_names = dict(self.topology.host_names)
         if hybrid:
             host_names.setdefault(CLOUD_IP, CLOUD_UA)
         report = LabReport(workdir=self.workdir, host_names=host_names)
-        bob = LabUserAgent("bob", t.partner_ip, t.partner_port, transport="udp", domain=t.partner_domain)
-        alice = LabUserAgent("alice", t.call_control_ip, t.call_control_port, transport=t.call_control_transport,
-                             domain=t.domain)
-        uas = [bob, alice]
-        cloud = None
+        uas = self._demo_phones(hybrid)
         calls: list[dict[str, Any]] = []
         try:
-            try:
-                await bob.start()
-                await alice.start()
-                if hybrid:
-                    cloud = self.cloud_user_agent()
-                    uas.append(cloud)
-                    await cloud.start()
-            except (OSError, ValueError) as exc:
-                report.error = f"cannot start the lab user agents: {exc}"
+            report.error = await self._start_phones(uas)
+            if report.error:
                 return report
-            self.progress(f"user agents up: bob {t.partner_ip}:{t.partner_port}/udp, "
-                          f"alice {t.call_control_ip}:{t.call_control_port}/{t.call_control_transport}"
-                          + (f", cloud {CLOUD_IP}:{MTLS_PORT}/tls (mutual TLS, SRTP)" if cloud else ""))
-
-            # Call 1: outside → inside, edge located by RFC 3263.
-            target1 = f"sip:{t.alice}"
-            notes1: list[str] = []
-            trace: list[tuple[str, str, str]] = []
-            resolver = make_resolver([(t.dns_ip, self.dns.port if self.dns else t.dns_port)], 2.0)
-            targets = await resolve(t.domain, None, None, False, resolver, trace=trace)
-            usable = [x for x in targets if x.transport == "udp"]
-            queries = [f"{ty} {n}" for n, ty, o in trace if "additional" not in o]
-            notes1.append(f"bob: RFC 3263 via lab DNS ({', '.join(queries) or 'no queries'}) → "
-                          + (", ".join(f"{x.transport}:{x.host}:{x.port}" for x in targets) or "no targets")
-                          + (f"; bob uses udp:{usable[0].host}:{usable[0].port}" if usable else ""))
-            result1 = None
-            wall1: float | None = None
-            if usable:
-                self.progress(f"call 1: bob → {target1} via {usable[0].host}:{usable[0].port}/udp")
-                wall1 = time.time()
-                result1 = await bob.call(target1, proxy=(usable[0].host, usable[0].port, "udp"), from_user="bob",
-                                         media_seconds=media_seconds, timeout_s=call_timeout_s)
-            else:
-                notes1.append("bob: no usable (udp) target for corp.edgeway.test — call not placed")
-            stats1 = await self._callee_stats(alice, result1)
-            calls.append({"title": "call 1: outside → inside (bob → alice)", "caller": "bob", "callee": "alice",
-                          "target": target1, "result": result1, "stats": stats1, "wall": wall1, "notes": notes1})
-
-            # Call 2: inside → outside, through the core.
-            target2 = f"sip:{t.bob}"
-            self.progress(f"call 2: alice → {target2} via core {t.core_ip}:{t.sip_port}/{t.call_control_transport}")
-            wall2 = time.time()
-            result2 = await alice.call(target2, proxy=(t.core_ip, t.sip_port, t.call_control_transport),
-                                       from_user="alice", media_seconds=media_seconds, timeout_s=call_timeout_s)
-            stats2 = await self._callee_stats(bob, result2)
-            calls.append({"title": "call 2: inside → outside (alice → bob)", "caller": "alice", "callee": "bob",
-                          "target": target2, "result": result2, "stats": stats2, "wall": wall2, "notes": []})
-
-            if cloud is not None:
-                # Call 3: cloud → edge (mutual TLS, SRTP) → core → alice (RTP).
-                target3 = f"sip:{t.alice}"
-                self.progress(f"call 3: {CLOUD_USER}@{CLOUD_DOMAIN} (cloud) → {target3} via edge "
-                              f"{t.edge_ip}:{MTLS_PORT}/tls")
-                wall3 = time.time()
-                result3 = await cloud.call(target3, proxy=(t.edge_ip, MTLS_PORT, "tls"), from_user=CLOUD_USER,
-                                           media_seconds=media_seconds, timeout_s=call_timeout_s)
-                stats3 = await self._callee_stats(alice, result3)
-                seen = ", ".join(dict.fromkeys(getattr(result3, "tls_peer_names", []) or [])) or "none"
-                notes3 = [(f"cloud: mutual TLS to edge {t.edge_ip}:{MTLS_PORT}, presenting the certificate with SAN "
-                           f"{CLOUD_SERVICE_FQDN}; the edge's certificate names: {seen} (required: {t.edge_fqdn})")]
-                calls.append({"title": "call 3: hybrid inbound (cloud → edge → core → alice)", "caller": CLOUD_UA,
-                              "callee": "alice", "target": target3, "result": result3, "stats": stats3,
-                              "wall": wall3, "notes": notes3, "expect_srtp": {CLOUD_UA: True, "alice": False}})
-
-                # Call 4: alice → core → edge → cloud (found by DNS, mutual TLS, SRTP).
-                target4 = f"sip:{CLOUD_USER}@{CLOUD_CALLEE_DOMAIN}"
-                self.progress(f"call 4: alice → {target4} via core {t.core_ip}:{t.sip_port}/"
-                              f"{t.call_control_transport}")
-                wall4 = time.time()
-                result4 = await alice.call(target4, proxy=(t.core_ip, t.sip_port, t.call_control_transport),
-                                           from_user="alice", media_seconds=media_seconds, timeout_s=call_timeout_s)
-                stats4 = await self._callee_stats(cloud, result4)
-                notes4 = []
-                if stats4 is not None:
-                    seen = ", ".join(dict.fromkeys(stats4.tls_peer_names)) or "none"
-                    notes4.append(f"cloud: INVITE over {stats4.peer}; the edge's client certificate names: {seen}")
-                calls.append({"title": "call 4: hybrid outbound (alice → core → edge → cloud)", "caller": "alice",
-                              "callee": CLOUD_UA, "target": target4, "result": result4, "stats": stats4,
-                              "wall": wall4, "notes": notes4, "expect_srtp": {"alice": False, CLOUD_UA: True}})
+            place = {"media_seconds": media_seconds, "timeout_s": call_timeout_s}
+            calls.append(await self._call_outside_in(uas["bob"], uas["alice"], place))
+            calls.append(await self._call_inside_out(uas["alice"], uas["bob"], place))
+            if "cloud" in uas:
+                calls.append(await self._call_cloud_in(uas["cloud"], uas["alice"], place))
+                calls.append(await self._call_cloud_out(uas["alice"], uas["cloud"], place))
         finally:
-            await asyncio.gather(*(ua.close() for ua in uas), return_exceptions=True)
+            await asyncio.gather(*(ua.close() for ua in uas.values()), return_exceptions=True)
         await asyncio.sleep(0.3)  # let the nodes write their last events (media closed)
+        self._fill_report(report, calls, host_names)
+        report.notes.append(f"configs, certificates and logs: {files.workdir}")
+        return report
+
+    # Steps of run_demo: each call is a dict the report is built from ("title",
+    # "caller", "callee", "target", "result", "stats", "wall", "notes", "expect_srtp").
+
+    def _demo_phones(self, hybrid: bool) -> dict[str, Any]:
+        """bob outside, alice inside, and the cloud stand-in when ``hybrid``."""
+        from edgeway.lab.ua import LabUserAgent
+
+        t = self.topology
+        uas = {"bob": LabUserAgent("bob", t.partner_ip, t.partner_port, transport="udp", domain=t.partner_domain),
+               "alice": LabUserAgent("alice", t.call_control_ip, t.call_control_port,
+                                     transport=t.call_control_transport, domain=t.domain)}
+        if hybrid:
+            uas["cloud"] = self.cloud_user_agent()
+        return uas
+
+    async def _start_phones(self, uas: dict[str, Any]) -> str | None:
+        """Start the phones; the error text when one cannot start."""
+        t = self.topology
+        try:
+            for ua in uas.values():
+                await ua.start()
+        except (OSError, ValueError) as exc:
+            return f"cannot start the lab user agents: {exc}"
+        self.progress(f"user agents up: bob {t.partner_ip}:{t.partner_port}/udp, "
+                      f"alice {t.call_control_ip}:{t.call_control_port}/{t.call_control_transport}"
+                      + (f", cloud {CLOUD_IP}:{MTLS_PORT}/tls (mutual TLS, SRTP)" if "cloud" in uas else ""))
+        return None
+
+    async def _place(self, caller: Any, callee: Any, target: str, proxy: tuple[str, int, str], from_user: str,
+                     place: dict[str, Any]) -> dict[str, Any]:
+        """One call and the callee's record of it."""
+        wall = time.time()
+        result = await caller.call(target, proxy=proxy, from_user=from_user, **place)
+        stats = await self._callee_stats(callee, result)
+        return {"caller": caller.name, "callee": callee.name, "target": target, "result": result, "stats": stats,
+                "wall": wall, "notes": []}
+
+    async def _call_outside_in(self, bob: Any, alice: Any, place: dict[str, Any]) -> dict[str, Any]:
+        """Call 1: bob → alice, the edge located by RFC 3263 through the lab DNS."""
+        from edgeway.routing.resolver import make_resolver, resolve
+
+        t = self.topology
+        target = f"sip:{t.alice}"
+        trace: list[tuple[str, str, str]] = []
+        resolver = make_resolver([(t.dns_ip, self.dns.port if self.dns else t.dns_port)], 2.0)
+        targets = await resolve(t.domain, None, None, False, resolver, trace=trace)
+        usable = [x for x in targets if x.transport == "udp"]
+        queries = [f"{ty} {n}" for n, ty, o in trace if "additional" not in o]
+        note = (f"bob: RFC 3263 via lab DNS ({', '.join(queries) or 'no queries'}) → "
+                + (", ".join(f"{x.transport}:{x.host}:{x.port}" for x in targets) or "no targets")
+                + (f"; bob uses udp:{usable[0].host}:{usable[0].port}" if usable else ""))
+        if usable:
+            self.progress(f"call 1: bob → {target} via {usable[0].host}:{usable[0].port}/udp")
+            call = await self._place(bob, alice, target, (usable[0].host, usable[0].port, "udp"), "bob", place)
+        else:
+            call = {"caller": "bob", "callee": "alice", "target": target, "result": None, "stats": None,
+                    "wall": None, "notes": []}
+        call["notes"].insert(0, note)
+        if not usable:
+            call["notes"].append("bob: no usable (udp) target for corp.edgeway.test — call not placed")
+        return {**call, "title": "call 1: outside → inside (bob → alice)"}
+
+    async def _call_inside_out(self, alice: Any, bob: Any, place: dict[str, Any]) -> dict[str, Any]:
+        """Call 2: alice → bob through the core; the edge finds bob by DNS."""
+        t = self.topology
+        target = f"sip:{t.bob}"
+        self.progress(f"call 2: alice → {target} via core {t.core_ip}:{t.sip_port}/{t.call_control_transport}")
+        call = await self._place(alice, bob, target, (t.core_ip, t.sip_port, t.call_control_transport), "alice", place)
+        return {**call, "title": "call 2: inside → outside (alice → bob)"}
+
+    async def _call_cloud_in(self, cloud: Any, alice: Any, place: dict[str, Any]) -> dict[str, Any]:
+        """Call 3: cloud → edge (mutual TLS, SRTP) → core → alice (RTP)."""
+        t = self.topology
+        target = f"sip:{t.alice}"
+        self.progress(f"call 3: {CLOUD_USER}@{CLOUD_DOMAIN} (cloud) → {target} via edge {t.edge_ip}:{MTLS_PORT}/tls")
+        call = await self._place(cloud, alice, target, (t.edge_ip, MTLS_PORT, "tls"), CLOUD_USER, place)
+        seen = ", ".join(dict.fromkeys(getattr(call["result"], "tls_peer_names", []) or [])) or "none"
+        call["notes"].append(f"cloud: mutual TLS to edge {t.edge_ip}:{MTLS_PORT}, presenting the certificate with SAN "
+                             f"{CLOUD_SERVICE_FQDN}; the edge's certificate names: {seen} (required: {t.edge_fqdn})")
+        return {**call, "title": "call 3: hybrid inbound (cloud → edge → core → alice)",
+                "expect_srtp": {CLOUD_UA: True, "alice": False}}
+
+    async def _call_cloud_out(self, alice: Any, cloud: Any, place: dict[str, Any]) -> dict[str, Any]:
+        """Call 4: alice → core → edge → cloud (found by DNS, mutual TLS, SRTP)."""
+        t = self.topology
+        target = f"sip:{CLOUD_USER}@{CLOUD_CALLEE_DOMAIN}"
+        self.progress(f"call 4: alice → {target} via core {t.core_ip}:{t.sip_port}/{t.call_control_transport}")
+        call = await self._place(alice, cloud, target, (t.core_ip, t.sip_port, t.call_control_transport), "alice", place)
+        stats = call["stats"]
+        if stats is not None:
+            seen = ", ".join(dict.fromkeys(stats.tls_peer_names)) or "none"
+            call["notes"].append(f"cloud: INVITE over {stats.peer}; the edge's client certificate names: {seen}")
+        return {**call, "title": "call 4: hybrid outbound (alice → core → edge → cloud)",
+                "expect_srtp": {"alice": False, CLOUD_UA: True}}
+
+    def _fill_report(self, report: LabReport, calls: list[dict[str, Any]], host_names: dict[str, str]) -> None:
+        """Zone history, TLS classifications and one CallReport per call from the nodes' events."""
         node_events = self.events("edge") + self.events("core")
         report.traversal = traversal_history(node_events)
         report.classifications = tls_classifications(node_events)
         for i, c in enumerate(calls):
             stats, result, wall = c["stats"], c["result"], c["wall"]
-            callee_ladder = getattr(stats, "ladder", None) or []
             # events without a Call-ID belong to the call when logged between its start
             # and the next call's start
             end = wall + getattr(result, "duration_ms", 0.0) / 1000.0 + 0.5 if wall is not None else None
@@ -514,11 +536,10 @@ class Lab:
                 end = min(end, later[0])
             report.calls.append(CallReport.build(
                 c["title"], c["caller"], c["callee"], c["target"], result, stats, node_events,
-                callee_ladder=callee_ladder, caller_t0=wall, host_names=host_names, notes=c["notes"],
-                expect_srtp=c.get("expect_srtp"), window=(wall, end) if wall is not None and end is not None else None,
+                callee_ladder=getattr(stats, "ladder", None) or [], caller_t0=wall, host_names=host_names,
+                notes=c["notes"], expect_srtp=c.get("expect_srtp"),
+                window=(wall, end) if wall is not None and end is not None else None,
             ))
-        report.notes.append(f"configs, certificates and logs: {files.workdir}")
-        return report
 
     @staticmethod
     async def _callee_stats(ua: Any, result: Any) -> Any:
