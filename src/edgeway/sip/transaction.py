@@ -715,6 +715,7 @@ class TransactionTable:
         self._client: dict[tuple, _ClientTransaction] = {}
         self._heap: list[tuple[float, int, _Transaction]] = []
         self._seq = itertools.count()
+        self._removed = 0  # transactions removed since the heap was last rebuilt
 
     def _push(self, deadline: float, tx: "_Transaction") -> None:
         heapq.heappush(self._heap, (deadline, next(self._seq), tx))
@@ -731,10 +732,19 @@ class TransactionTable:
             self._push(nt, tx)
 
     def remove(self, tx: Transaction) -> None:
-        """Remove ``tx`` if present (no error otherwise)."""
+        """Remove ``tx`` if present (no error otherwise). Its timer entries are dropped
+        lazily; once removed transactions hold most of the heap it is rebuilt, so that
+        transactions answered and forgotten at once (a flood answered statelessly) do not
+        stay alive until their Timer H."""
         table = self._client if tx.is_client else self._server
         if table.get(tx.key) is tx:
             del table[tx.key]
+        if tx._table is self and tx._deadlines:
+            self._removed += 1
+            if self._removed > 1024 and self._removed * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if e[2]._table is self]
+                heapq.heapify(self._heap)
+                self._removed = 0
         tx._table = None
 
     def find_server(self, req: Request) -> _ServerTransaction | None:

@@ -322,6 +322,14 @@ class _SipStream(asyncio.Protocol):
         self.framer = None  # type: ignore[assignment]
 
 
+def _pre_message_over(stream: "_SipStream") -> bool:
+    """Whether a stream no longer needs its pre-message deadline: it carried a message,
+    ended, or its TLS handshake failed (nothing left to end)."""
+    if stream.proven or stream.done or (stream.conn is not None and stream.conn.closed):
+        return True
+    return stream.conn is None and (stream.task is None or stream.task.done())
+
+
 class TransportLayer:
     """Listeners and connections of one node.
 
@@ -694,10 +702,8 @@ class TransportLayer:
         for heap in (self._pre_heap, self._pre_heap_exempt):
             while heap and heap[0][0] <= now:
                 stream = heapq.heappop(heap)[2]
-                if stream.proven or stream.done or (stream.conn is not None and stream.conn.closed):
+                if _pre_message_over(stream):
                     continue
-                if stream.conn is None and (stream.task is None or stream.task.done()):
-                    continue  # the handshake failed: nothing left to end
                 self._end_unproven(stream, reason)
                 pre += 1
         self._compact_pre_heaps()
@@ -735,7 +741,7 @@ class TransportLayer:
         for heap in (self._pre_heap, self._pre_heap_exempt):
             if len(heap) < 256:
                 continue
-            live = [e for e in heap if not (e[2].done or e[2].proven)]
+            live = [e for e in heap if not _pre_message_over(e[2])]
             if len(live) * 2 < len(heap):
                 heapq.heapify(live)
                 heap[:] = live
