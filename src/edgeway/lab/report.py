@@ -489,6 +489,63 @@ def _n(x: Any) -> str:
 
 # ---- the report --------------------------------------------------------------------------------
 
+def _merged_ladder(evs: list, host_names: Mapping[str, str], ua_names: list[str], call_id: str | None,
+                   uas: Iterable[tuple[str, Any, float | None]]) -> list:
+    """The nodes' ladder merged with each UA's own (``(name, ladder lines, t0)``); a UA
+    ladder without a known start time is aligned against the nodes' records."""
+    nodes = node_ladder(evs, host_names, ua_names)
+    ladders = [nodes]
+    for who, lines, t0 in uas:
+        lines = list(lines or [])
+        entries = ua_ladder(who, lines, host_names, ua_names, call_id or "", t0)
+        if t0 is None and any(isinstance(x, str) for x in lines):
+            entries = align_ladder(entries, nodes)
+        ladders.append(entries)
+    return merge_ladder(*ladders)
+
+
+def _ua_srtp_view(srtp: bool | None, suite: str | None) -> str | bool | None:
+    return (suite or True) if srtp else srtp
+
+
+def _window_notes(node_events: Iterable[Mapping[str, Any]], window: tuple[float, float]) -> list[str]:
+    """Notes from events without a Call-ID during the call: DNS answers, failed connects."""
+    notes = []
+    for e in node_events:
+        if e.get("call_id") or not window[0] <= float(e.get("ts", 0.0)) <= window[1]:
+            continue
+        node = e.get("node", "?")
+        if e.get("event") == "dns resolved":
+            how = " (Modify DNS request)" if e.get("modify_dns_request") else ""
+            queries = [str(q).split(":")[0] for q in e.get("queries") or [] if "additional" not in str(q)]
+            notes.append(f"{node}: DNS for zone {e.get('zone')!r}{how}: {e.get('host')} "
+                         f"({', '.join(queries) or 'no queries'}) → "
+                         f"{', '.join(e.get('targets') or []) or 'no targets'}")
+        elif e.get("event") == "connect failed":
+            notes.append(f"{node}: connect failed ({e.get('transport')} {e.get('peer')}: {e.get('cause')})")
+    return notes
+
+
+_FAILURE_EVENTS = ("call rejected", "next hop failed", "next hop timeout", "sdp rewrite failed",
+                   "media ports exhausted", "send failed", "srtp interworking failed")
+
+
+def _call_event_notes(evs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Notes from the call's own events: the search-rule outcome and every failure."""
+    notes = []
+    for e in evs:
+        name, node = e.get("event"), e.get("node", "?")
+        if name == "search completed":
+            if e.get("found", e.get("zone") is not None):
+                notes.append(f"{node}: search rule {e.get('rule')!r} → {e.get('zone')}")
+            else:
+                notes.append(f"{node}: no search rule matched {e.get('alias')!r}")
+        elif name in _FAILURE_EVENTS:
+            detail = ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("ts", "node", "event", "call_id"))
+            notes.append(f"{node}: {name} ({detail})")
+    return notes
+
+
 @dataclass
 class CallReport:
     """One demo call: signalling result, ladder, media counts and verdict.
@@ -562,15 +619,22 @@ class CallReport:
         ua_names = [caller, callee]
         call_id = _get(result, "call_id") if result is not None else None
         evs = events_for_call(node_events, call_id)
-        nodes = node_ladder(evs, host_names, ua_names)
-        ladders = [nodes]
-        for who, lines, t0 in ((caller, _get(result, "ladder", None) if result is not None else None, caller_t0),
-                               (callee, callee_ladder, callee_t0)):
-            lines = list(lines or [])
-            entries = ua_ladder(who, lines, host_names, ua_names, call_id or "", t0)
-            if t0 is None and any(isinstance(x, str) for x in lines):
-                entries = align_ladder(entries, nodes)
-            ladders.append(entries)
+        ladder = _merged_ladder(evs, host_names, ua_names, call_id,
+                                ((caller, _get(result, "ladder", None) if result is not None else None, caller_t0),
+                                 (callee, callee_ladder, callee_t0)))
+        rep = cls._from_results(title, caller, callee, target, call_id, result, callee_stats, evs, ladder,
+                                notes, expect_srtp)
+        rep._add_media_legs(_Labels(host_names, ua_names))
+        if window is not None:
+            rep.notes += _window_notes(node_events, window)
+        rep.notes += _call_event_notes(evs)
+        return rep
+
+    @classmethod
+    def _from_results(cls, title: str, caller: str, callee: str, target: str, call_id: str | None, result: Any,
+                      callee_stats: Any, evs: list, ladder: list, notes: Iterable[str],
+                      expect_srtp: Mapping[str, bool] | None) -> CallReport:
+        """The report's fields from the caller's result and the callee's stats."""
         rep = cls(
             title=title, caller=caller, callee=callee, target=target, call_id=call_id,
             ok=bool(_get(result, "ok", False)) if result is not None else False,
@@ -580,7 +644,7 @@ class CallReport:
             caller_rtcp_received=_get(result, "rtcp_received"),
             callee_rtp_sent=_get(callee_stats, "rtp_sent") if callee_stats is not None else None,
             callee_rtp_received=_get(callee_stats, "rtp_received") if callee_stats is not None else None,
-            ladder=merge_ladder(*ladders),
+            ladder=ladder,
             relays=relay_stats(evs),
             notes=list(notes),
             expect_srtp=dict(expect_srtp) if expect_srtp is not None else None,
@@ -593,49 +657,23 @@ class CallReport:
             setattr(rep, f"{prefix}_srtp", None if srtp is None else bool(srtp))
             setattr(rep, f"{prefix}_srtp_suite", _get(src, "srtp_suite"))
             setattr(rep, f"{prefix}_srtp_auth_failures", _get(src, "srtp_auth_failures"))
-        lab = _Labels(host_names, ua_names)
+        return rep
+
+    def _add_media_legs(self, lab: "_Labels") -> None:
+        """The RTP legs of an answered call, with SRTP per side as each relay saw it."""
+        if self.status is None or not 200 <= self.status < 300:
+            return  # no media legs for a call never answered
         sides: dict[str, dict[str, str | None]] = {}
-        for r in rep.relays:
+        for r in self.relays:
             st = r.get("stats") or {}
             node_sides = sides.setdefault(str(r["node"]), {"a": None, "b": None})
             for side in ("a", "b"):
                 info = st.get(side)
                 if isinstance(info, Mapping) and info.get("srtp_inbound"):
                     node_sides[side] = str(info["srtp_inbound"])
-        path = media_path(rep.ladder, lab.name(caller), lab.name(callee), sides)
-
-        def ua_view(srtp: bool | None, suite: str | None) -> str | bool | None:
-            return (suite or True) if srtp else srtp
-
-        if rep.status is not None and 200 <= rep.status < 300:  # no media legs for a call never answered
-            rep.legs = media_legs(path, ua_view(rep.caller_srtp, rep.caller_srtp_suite),
-                                  ua_view(rep.callee_srtp, rep.callee_srtp_suite), sides)
-        if window is not None:
-            for e in node_events:
-                if e.get("call_id") or not window[0] <= float(e.get("ts", 0.0)) <= window[1]:
-                    continue
-                node = e.get("node", "?")
-                if e.get("event") == "dns resolved":
-                    how = " (Modify DNS request)" if e.get("modify_dns_request") else ""
-                    queries = [str(q).split(":")[0] for q in e.get("queries") or [] if "additional" not in str(q)]
-                    rep.notes.append(f"{node}: DNS for zone {e.get('zone')!r}{how}: {e.get('host')} "
-                                     f"({', '.join(queries) or 'no queries'}) → "
-                                     f"{', '.join(e.get('targets') or []) or 'no targets'}")
-                elif e.get("event") == "connect failed":
-                    rep.notes.append(f"{node}: connect failed ({e.get('transport')} {e.get('peer')}: {e.get('cause')})")
-        for e in evs:
-            name, node = e.get("event"), e.get("node", "?")
-            if name == "search completed":
-                if e.get("found", e.get("zone") is not None):
-                    rep.notes.append(f"{node}: search rule {e.get('rule')!r} → {e.get('zone')}")
-                else:
-                    rep.notes.append(f"{node}: no search rule matched {e.get('alias')!r}")
-            elif name in ("call rejected", "next hop failed", "next hop timeout", "sdp rewrite failed",
-                          "media ports exhausted", "send failed", "srtp interworking failed"):
-                detail = ", ".join(f"{k}={v}" for k, v in e.items()
-                                   if k not in ("ts", "node", "event", "call_id"))
-                rep.notes.append(f"{node}: {name} ({detail})")
-        return rep
+        path = media_path(self.ladder, lab.name(self.caller), lab.name(self.callee), sides)
+        self.legs = media_legs(path, _ua_srtp_view(self.caller_srtp, self.caller_srtp_suite),
+                               _ua_srtp_view(self.callee_srtp, self.callee_srtp_suite), sides)
 
     def relay_totals(self) -> dict[str, dict[str, int | None]]:
         """Per node, in path order (as the nodes first appear in the ladder), the RTP
