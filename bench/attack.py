@@ -57,7 +57,7 @@ from calls_bench import (  # noqa: E402
     wait_listening,
 )
 
-from edgeway.lab.harness import LabUp, sipp_available, start_sipp, stop_process  # noqa: E402
+from support.harness import LabUp, sipp_available, start_sipp, stop_process  # noqa: E402
 
 ATTACKER_IP = "127.0.1.1"
 LEGIT_CALLS = 5

@@ -76,7 +76,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from edgeway.lab.harness import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: SIPp, Kamailio
+
+from support.harness import (  # noqa: E402
     Kamailio,
     LabUp,
     _listening,

@@ -16,8 +16,8 @@ RFC4475 = SHARED / "conformance" / "rfc4475"
 @pytest.fixture(scope="module")
 def lab(request, tmp_path_factory):
     """``edgeway lab up`` as a process for one test module (see
-    :class:`edgeway.lab.harness.LabUp`), stopped by its PID after the module."""
-    from edgeway.lab.harness import LabUp
+    :class:`support.harness.LabUp`), stopped by its PID after the module."""
+    from support.harness import LabUp
 
     up = LabUp(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]) / "lab")
     up.start()

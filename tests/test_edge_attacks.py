@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeway.lab.harness import LabUp, sipp_available
+from support.harness import LabUp, sipp_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import attack  # noqa: E402

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeway.lab.harness import (
+from support.harness import (
     SIPP_DIR,
     Baresip,
     LabUp,

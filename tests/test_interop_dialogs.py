@@ -23,7 +23,7 @@ what it expects, its assertion message what happened instead, message by message
 
 Every process a test starts is stopped by PID (SIPp through ``stop_process``, the core is
 SIGCONTed in a ``finally``); every wait is bounded. The connection checks read the kernel's
-TCP table of the test's network namespace (:class:`~edgeway.lab.harness.TcpWatch`), so they
+TCP table of the test's network namespace (:class:`~support.harness.TcpWatch`), so they
 do not depend on what the nodes log. Run inside ``unshare -n`` (fixed loopback addresses).
 """
 
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeway.lab.harness import (
+from support.harness import (
     SIPP_DIR,
     Baresip,
     Canary,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeway.lab.harness import (
+from support.harness import (
     PCAP,
     SIPP_DIR,
     Kamailio,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeway.lab.harness import PCAP, SIPP_DIR, LabUp, sipp_available, sipp_result, start_sipp
+from support.harness import PCAP, SIPP_DIR, LabUp, sipp_available, sipp_result, start_sipp
 
 pytestmark = pytest.mark.skipif(not sipp_available(), reason="sipp (Debian sip-tester) is not installed")
 
