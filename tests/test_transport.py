@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 
@@ -21,36 +22,48 @@ OPTIONS = (
 LOOPS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
 
 
+@contextlib.asynccontextmanager
+async def _connected(discard: bool):
+    """A TransportLayer connected to a plain listener: (layer, connection, the peer's
+    socket, the messages delivered so far)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    tl = TransportLayer()
+    got: list = []
+    tl.on_message = lambda msg, src: got.append(msg)
+    try:
+        conn = await tl.connect("tcp", "127.0.0.1", srv.getsockname()[1])
+        conn.discard_after_peer_close = discard
+        peer, _ = srv.accept()
+        yield tl, conn, peer, got
+    finally:
+        srv.close()
+        await tl.close()
+
+
+async def _until(pred, seconds: float = 1.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+
+
 def _run(run, reset: bool, discard: bool) -> tuple[list, bool, str | None]:
-    """Connect a TransportLayer to a plain listener; the peer writes one request and (when
-    ``reset``) resets the connection before the loop gets to read it. Returns what was
-    delivered, whether the connection ended, and its close reason."""
+    """The peer writes one request and (when ``reset``) resets the connection before the
+    loop gets to read it. Returns what was delivered, whether the connection ended, and
+    its close reason."""
 
     async def scenario():
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(1)
-        tl = TransportLayer()
-        got: list = []
-        tl.on_message = lambda msg, src: got.append(msg)
-        try:
-            conn = await tl.connect("tcp", "127.0.0.1", srv.getsockname()[1])
-            conn.discard_after_peer_close = discard
-            peer, _ = srv.accept()
+        async with _connected(discard) as (_tl, conn, peer, got):
             # No await between these lines: the loop cannot read before the reset lands,
             # as when this process is stopped (SIGSTOP) while the peer gives up on it.
             peer.sendall(OPTIONS)
             if reset:
                 peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             peer.close()
-            for _ in range(100):
-                await asyncio.sleep(0.01)
-                if conn.closed:
-                    break
+            await _until(lambda: conn.closed)
             return got, conn.closed, conn.attrs.get("close_reason")
-        finally:
-            srv.close()
-            await tl.close()
 
     return run(asyncio.wait_for(scenario(), 10))
 
@@ -73,27 +86,12 @@ def test_data_behind_a_reset_is_read_without_the_flag(run) -> None:
 @LOOPS
 def test_data_on_a_live_connection_is_read_with_the_flag(run) -> None:
     async def scenario():
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(1)
-        tl = TransportLayer()
-        got: list = []
-        tl.on_message = lambda msg, src: got.append(msg)
-        try:
-            conn = await tl.connect("tcp", "127.0.0.1", srv.getsockname()[1])
-            conn.discard_after_peer_close = True
-            peer, _ = srv.accept()
+        async with _connected(True) as (_tl, conn, peer, got):
             peer.sendall(OPTIONS)
-            for _ in range(100):
-                await asyncio.sleep(0.01)
-                if got:
-                    break
+            await _until(lambda: bool(got))
             alive = not conn.peer_gone()
             peer.close()
             return got, alive
-        finally:
-            srv.close()
-            await tl.close()
 
     got, alive = run(asyncio.wait_for(scenario(), 10))
     assert [m.method for m in got] == ["OPTIONS"] and alive

@@ -14,6 +14,8 @@ import asyncio
 import os
 import sys
 
+import pytest
+
 from edgeway.ua import UserAgent
 
 INSIDE, OUTSIDE, EDGE, CORE = "127.0.0.4", "127.0.0.5", "127.0.0.2", "127.0.0.3"
@@ -48,23 +50,23 @@ def _assert_passed(status: int, out: str, stats) -> None:
     assert stats is not None and stats.answered and stats.ended and stats.rtp_received > 0, stats
 
 
-def test_call_outside_to_inside_through_the_edge(lab) -> None:
-    alice = UserAgent("alice", INSIDE, 5060, transport="tcp", domain="corp.edgeway.test")
+@pytest.mark.parametrize(("callee_args", "uri", "via", "transport", "bind", "caller"), [
+    # outside → edge → core → alice (inside)
+    (("alice", INSIDE, 5060, "tcp", "corp.edgeway.test"), "sip:alice@corp.edgeway.test", EDGE, "udp", OUTSIDE,
+     ("bob", "partner.edgeway.test")),
+    # inside → core → edge → bob (outside)
+    (("bob", OUTSIDE, 5060, "udp", "partner.edgeway.test"), "sip:bob@partner.edgeway.test", CORE, "tcp", INSIDE,
+     ("alice", "corp.edgeway.test")),
+], ids=["outside-to-inside-through-the-edge", "inside-to-outside-through-the-core"])
+def test_call_through_the_pair(lab, callee_args, uri, via, transport, bind, caller) -> None:
+    name, ip, port, callee_transport, domain = callee_args
+    callee = UserAgent(name, ip, port, transport=callee_transport, domain=domain)
     status, out, stats = asyncio.run(_call_with_callee(
-        alice, "sip:alice@corp.edgeway.test", "--via", f"{EDGE}:5060", "--transport", "udp", "--bind", OUTSIDE,
-        "--from", "bob", "--domain", "partner.edgeway.test", "--duration", "1.5"))
+        callee, uri, "--via", f"{via}:5060", "--transport", transport, "--bind", bind,
+        "--from", caller[0], "--domain", caller[1], "--duration", "1.5"))
     _assert_passed(status, out, stats)
-    assert f"{EDGE}:5060 (udp) INVITE sip:alice@corp.edgeway.test" in out, out
+    assert f"{via}:5060 ({transport}) INVITE {uri}" in out, out
     assert "SRTP: no" in out
-
-
-def test_call_inside_to_outside_through_the_core(lab) -> None:
-    bob = UserAgent("bob", OUTSIDE, 5060, transport="udp", domain="partner.edgeway.test")
-    status, out, stats = asyncio.run(_call_with_callee(
-        bob, "sip:bob@partner.edgeway.test", "--via", f"{CORE}:5060", "--transport", "tcp", "--bind", INSIDE,
-        "--from", "alice", "--domain", "corp.edgeway.test", "--duration", "1.5"))
-    _assert_passed(status, out, stats)
-    assert f"{CORE}:5060 (tcp) INVITE sip:bob@partner.edgeway.test" in out, out
 
 
 def test_rejected_call_exits_nonzero(lab) -> None:
