@@ -11,6 +11,9 @@ from pathlib import Path
 
 
 from edgeway.config import load_config
+from edgeway.config.models import ControlConfig, IntrusionCategory
+from edgeway.cli.main import app
+from typer.testing import CliRunner
 from edgeway.diag.events import EventLog
 from edgeway.lab.dns_server import LabDnsServer
 from edgeway.lab.runner import Lab
@@ -136,3 +139,58 @@ def test_certificate_without_subject_name_is_refused(tmp_path: Path) -> None:
     assert state == "down"
     failures = [e for e in events if e["event"] == "tls handshake failed"]
     assert failures and "subject name" in failures[0]["cause"] and "core.corp.edgeway.test" in failures[0]["cause"]
+
+
+def test_repeated_traversal_auth_failures_ban_the_address(tmp_path: Path) -> None:
+    """Intrusion protection (issue 9 item 8, seed 002 §10.9): a traversal client failing
+    the credential check more than the trigger level (2 here) is banned; its next
+    connections are reset at accept, before TLS; unblocking lets it in again."""
+
+    async def scenario():
+        topo = LabTopology(retry_interval_s=30)
+        files = topo.build(tmp_path)
+        edge_cfg = load_config(files.config("edge"))
+        edge_cfg = edge_cfg.model_copy(update={
+            "intrusion_protection": edge_cfg.intrusion_protection.model_copy(
+                update={"categories": {"traversal_authentication_failure": IntrusionCategory(trigger_level=2, ban_s=30)}}),
+            "control": ControlConfig(socket=str(tmp_path / "edge.ctl"))})
+        core_cfg = load_config(files.config("core"))
+        zones = [z.model_copy(update={"password": "not-the-password", "retry_interval_s": 0.05})
+                 if z.type == "traversal_client" else z for z in core_cfg.zones]
+        core_cfg = core_cfg.model_copy(update={"zones": zones})
+        dns = LabDnsServer(topo.dns_records(), host=topo.dns_ip, port=topo.dns_port)
+        await dns.start()
+        edge = Node(edge_cfg, EventLog("edge", str(tmp_path / "e.jsonl")))
+        core = Node(core_cfg, EventLog("core", str(tmp_path / "c.jsonl")))
+        await edge.start()
+        await core.start()
+        try:
+            await asyncio.sleep(2.0)
+            blocked = edge.intrusion.blocked_list(asyncio.get_running_loop().time())
+            refused = edge.tl.stats["refused_blocked"]
+            # The operator's view, through the node's control socket (blocking CLI: a thread).
+            ctl = ["--socket", str(tmp_path / "edge.ctl")]
+            listed = await asyncio.to_thread(CliRunner().invoke, app, ["blocked", "list", *ctl])
+            unblock = await asyncio.to_thread(CliRunner().invoke, app, ["blocked", "unblock", topo.core_ip, *ctl])
+            again = await asyncio.to_thread(CliRunner().invoke, app, ["blocked", "unblock", topo.core_ip, *ctl])
+            unblocked = (listed.exit_code, listed.output, unblock.exit_code, again.exit_code)
+        finally:
+            await core.close()
+            await edge.close()
+            await dns.close()
+        import json
+
+        events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+        return events, blocked, refused, unblocked
+
+    events, blocked, refused, unblocked = asyncio.run(scenario())
+    failures = [e for e in events if e["event"] == "traversal authentication failed"]
+    bans = [e for e in events if e["event"] == "source blocked"]
+    assert len(bans) == 1 and bans[0]["category"] == "traversal_authentication_failure"
+    # The third failure is over the trigger level of 2 (after the unblock the core fails again).
+    assert len([e for e in failures if e["ts"] <= bans[0]["ts"]]) == 3, failures
+    assert [b["address"] for b in blocked] == ["127.0.0.3"]
+    assert refused >= 1  # later connects were reset at accept
+    listed_rc, listed_out, unblock_rc, again_rc = unblocked
+    assert listed_rc == 0 and "127.0.0.3" in listed_out and "traversal_authentication_failure" in listed_out, listed_out
+    assert (unblock_rc, again_rc) == (0, 1)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 
 from .config.models import DnsZone, NodeConfig
+from .diag.control import ControlServer
 from .diag.events import FLUSH_INTERVAL_S, EventLog
 from .media.relay import MediaRelay
 from .proxy.driver import ProxyDriver
 from .routing.zones import classify_by_tls_identity
+from .security.intrusion import Category, IntrusionProtection
 from .security.tls import client_context, server_context
 from .sip.message import ParseError, Request, Response
 from .sip.target import Hop
@@ -49,6 +51,10 @@ class Node:
         self.traversal: Traversal | None = None
         self.resolver = None
         self._flush_handle: asyncio.TimerHandle | None = None
+        #: Automated intrusion protection (None when off): see :meth:`_intrusion_protection`.
+        self.intrusion: IntrusionProtection | None = None
+        #: The local control socket (``[control] socket``), or None.
+        self.control: ControlServer | None = None
 
     async def _resolve(self, uri, default_transport: str, zone: str) -> list[Hop]:
         """RFC 3263 targets of ``uri`` for DNS zone ``zone`` (or the zone a dialog party
@@ -71,6 +77,30 @@ class Node:
         return [Hop(t.transport, t.host, t.port, zone, origin=origin, verify_name=verify if t.transport == "tls" else None)
                 for t in targets]
 
+    def _intrusion_protection(self) -> None:
+        """Automated intrusion protection (seed 002 §10.9): on by default on an edge, off
+        on a core (the seed's recommendation). Bans are enforced by the transport at
+        accept time and before a datagram is parsed."""
+        ip_cfg = self.cfg.intrusion_protection
+        if not (ip_cfg.enabled if ip_cfg.enabled is not None else self.cfg.role == "edge"):
+            return
+        cats = {name: Category(c.enabled, c.trigger_level, c.detection_window_s, c.ban_s)
+                for name, c in ip_cfg.categories.items()}
+        self.intrusion = IntrusionProtection(cats, exempt=ip_cfg.exempt)
+        loop = asyncio.get_running_loop()
+        self.tl.source_blocked = lambda ip: self.intrusion.refuse(ip, loop.time())
+        self.traversal.on_auth_failure = lambda ip: self.intrusion_failure("traversal_authentication_failure", ip)
+
+    def intrusion_failure(self, category: str, ip: str) -> None:
+        """Count one failure of ``category`` from ``ip``; report a resulting ban once."""
+        if self.intrusion is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self.intrusion.failure(category, ip, now):
+            [ban] = [b for b in self.intrusion.blocked_list(now) if b["address"] == ip]
+            self.events.emit("source blocked", source=ip, category=category, failures=ban["failures"],
+                             seconds=ban["seconds_left"], reason="intrusion protection")
+
     async def start(self) -> None:
         cfg = self.cfg
         s = cfg.sip
@@ -89,6 +119,14 @@ class Node:
         self.proxy = ProxyDriver(cfg, self.tl, self.relay, self.events, self._resolve)
         self.traversal = Traversal(cfg, self.tl, self.events, client_ssl)
         self.traversal.on_zone_change = self.proxy.zone_changed
+        self._intrusion_protection()
+        if cfg.control.socket:
+            self.control = ControlServer(cfg.control.socket, {
+                "blocked": lambda req: {"blocked": self.intrusion.blocked_list(loop.time()) if self.intrusion else [],
+                                        "intrusion_protection": self.intrusion is not None},
+                "unblock": lambda req: {"unblocked": bool(self.intrusion and self.intrusion.unblock(str(req.get("address"))))},
+            })
+            await self.control.start()
         self._wire_inbound_chain()
         if s.udp_port:
             await self.tl.listen_udp(s.listen_ip, s.udp_port)
@@ -190,6 +228,8 @@ class Node:
     async def close(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
+        if self.control is not None:
+            await self.control.close()
         if self.traversal:
             await self.traversal.close()
         if self.proxy:

@@ -105,3 +105,12 @@ def _register_lab() -> None:
 
 
 _register_lab()
+
+
+def _register_blocked() -> None:
+    from .blocked import blocked_app
+
+    app.add_typer(blocked_app, name="blocked")
+
+
+_register_blocked()

@@ -19,7 +19,7 @@ from edgeway.config.patterns import check_pattern
 
 __all__ = [
     "BUILTIN_ZONES", "MISSING",
-    "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig", "FloodConfig", "LimitsConfig",
+    "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig", "FloodConfig", "IntrusionConfig", "LimitsConfig",
     "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
     "Transform", "SearchRule", "PolicyRule", "ConfigProblems", "zone_token", "split_hostport",
 ]
@@ -335,6 +335,40 @@ class LimitsConfig(_Model):
         return self
 
 
+IntrusionCategoryName = Literal["http_proxy_authorization_failure", "http_proxy_protocol_violation",
+                                "http_proxy_resource_access_failure", "sip_authentication_failure",
+                                "traversal_authentication_failure"]
+
+
+class IntrusionCategory(_Model):
+    """One intrusion-protection category: more than ``trigger_level`` failures from one
+    address within ``detection_window_s`` seconds block it for ``ban_s`` seconds."""
+
+    enabled: bool = True
+    trigger_level: PosInt = 5
+    detection_window_s: PosFloat = 600.0
+    ban_s: PosFloat = 600.0
+
+
+class IntrusionConfig(_Model):
+    """Automated intrusion protection (seed 002 §10.9; issue 9 item 8). ``enabled``
+    None = the seed's recommendation: on for an edge, off for a core. ``categories``
+    overrides per category (the others keep their defaults: trigger level 5, 10 minute
+    ban, all on except ``http_proxy_resource_access_failure``). ``exempt``: networks
+    never blocked. A blocked address is refused at accept time, before TLS."""
+
+    enabled: bool | None = None
+    exempt: list[Annotated[str, AfterValidator(_cidr)]] = []
+    categories: dict[IntrusionCategoryName, IntrusionCategory] = {}
+
+
+class ControlConfig(_Model):
+    """The node's local control socket (``edgeway blocked list|unblock``): a Unix-domain
+    socket path, mode 0600; None = none."""
+
+    socket: str | None = None
+
+
 class Credential(_Model):
     """One entry of the edge's local credential store (traversal auth)."""
 
@@ -534,6 +568,8 @@ class NodeConfig(_Model):
     dns: DnsConfig = Field(default_factory=DnsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     flood: FloodConfig = Field(default_factory=FloodConfig)
+    intrusion_protection: IntrusionConfig = Field(default_factory=IntrusionConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     credentials: list[Credential] = []
     zones: list[ZoneConfig] = []

@@ -368,6 +368,9 @@ class LabTopology:
             "dns": {"servers": [f"{self.dns_ip}:{self.dns_port}"], "timeout_s": float(self.dns_timeout_s)},
             "log": {"file": str(workdir / f"{node}.events.jsonl"), "level": self.log_level,
                     "sip_messages": self.sip_messages, "max_events_per_s": self.max_events_per_s},
+            # ``edgeway blocked list -c lab-run/edge.toml`` (a Unix socket path has at most
+            # 107 bytes: a deep work directory goes without).
+            **({"control": {"socket": str(ctl)}} if len(str(ctl := workdir.resolve() / f"{node}.ctl")) < 100 else {}),
         }
 
     def edge_config_data(self, workdir: Path, certs: dict[str, Path], password: str) -> dict[str, Any]:

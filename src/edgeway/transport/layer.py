@@ -19,6 +19,7 @@ per-source cap, and have two idle timeouts: until their first complete message
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import socket
@@ -190,7 +191,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
-        drop = self.layer.udp_drop
+        layer = self.layer
+        if layer.source_blocked is not None and layer.source_blocked(addr[0]):
+            return  # banned by intrusion protection
+        drop = layer.udp_drop
         if drop is not None and drop(data, addr[0]):
             return  # refused before parsing (a source over its flood limit)
         src = Source("udp", addr[0], addr[1], self.local[0], self.local[1], None, self.listener)
@@ -352,6 +356,9 @@ class TransportLayer:
         #: ``(datagram bytes, source ip) -> bool``: True drops the datagram before it is
         #: parsed (flood control of a source already over its limit); None: none.
         self.udp_drop: Callable[[bytes, str], bool] | None = None
+        #: ``(source ip) -> bool``: True refuses a connection at accept (reset, before
+        #: TLS) and drops a datagram unread (intrusion protection's bans); None: none.
+        self.source_blocked: Callable[[str], bool] | None = None
         self.on_bad_message: Callable[[ParseError, Source], None] = lambda e, s: None
         self.on_connection_closed: Callable[[Connection], None] = lambda c: None
         self.on_tls_established: Callable[[Connection], bool] = lambda c: True
@@ -367,7 +374,7 @@ class TransportLayer:
         self._loop: asyncio.AbstractEventLoop | None = None
         # -- admission (issue 7 item 1) --
         self.stats: dict[str, int] = dict.fromkeys(
-            ("accepted", "refused_per_source", "refused_total", "closed_pre_message", "closed_flow_idle",
+            ("accepted", "refused_per_source", "refused_total", "refused_blocked", "closed_pre_message", "closed_flow_idle",
              "handshake_timeouts", "accept_errors", "evicted"), 0)
         #: Open counted inbound connections (handshaking ones included), in all and by source.
         self.open_limited = 0
@@ -463,6 +470,15 @@ class TransportLayer:
                     self.events.emit("accept failed", listener=listener, cause=str(exc), open=self.open_limited,
                                      accept_errors=stats["accept_errors"])
                 return
+            blocked = self.source_blocked
+            if blocked is not None and blocked(addr[0]):
+                # Banned by intrusion protection: reset before any TLS work, no event
+                # per connection (the ban itself was reported once).
+                with contextlib.suppress(OSError):
+                    csock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+                csock.close()
+                stats["refused_blocked"] += 1
+                continue
             key = None
             if limited:
                 key = source_key(addr[0])

@@ -76,6 +76,9 @@ class Traversal:
         #: Called with (zone name, live authenticated connections newest first) whenever a
         #: zone's connections change; the node wires it to the proxy.
         self.on_zone_change: Callable[[str, list[Connection]], None] = lambda zone, conns: None
+        #: Called with the peer's address when a traversal client fails the credential
+        #: check (the node wires it to intrusion protection).
+        self.on_auth_failure: Callable[[str], None] = lambda ip: None
 
     # ------------------------------------------------------------ zone state
     def _set_state(self, zs: ZoneState, state: str, **info) -> None:
@@ -184,6 +187,7 @@ class Traversal:
         )
         if not ok:
             self.events.emit("traversal authentication failed", zone=zone.name, peer=f"{conn.remote[0]}:{conn.remote[1]}", username=user)
+            self.on_auth_failure(conn.remote[0])
             self._reply(src, make_response(req, 403, "Forbidden", to_tag=secrets.token_hex(4)))
             conn.attrs["close_reason"] = "authentication failed"
             asyncio.get_running_loop().call_later(0.1, conn.close)
