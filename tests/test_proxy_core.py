@@ -570,3 +570,64 @@ def test_edge_hides_the_core_in_responses_to_requests_outside_any_call() -> None
     [up] = [r for r in responses(out) if r.status == 404]
     assert "10.0.0.3" not in up.to_bytes().decode() and up.headers.get("Server") is None
     assert up.headers.get("Warning") == f'399 {NODE} "Policy Response"'
+
+
+# ------------------------------------------------------------------ the node's own registrar
+
+
+def _registrar_core() -> ProxyCore:
+    cfg = parse_config({
+        "role": "core", "name": "unit",
+        "sip": {"listen_ip": NODE, "udp_port": 5060, "tcp_port": 5060, "tls_port": 5061},
+        "registrar": {"domains": ["corp.test"]},
+        "search_rules": [{"name": "registered users", "priority": 10, "mode": "alias_pattern_match",
+                          "pattern_type": "suffix", "pattern": "@corp.test", "target_zone": "LocalZone"}],
+    })
+    return ProxyCore(cfg)
+
+
+def _register(core: ProxyCore, flow: Flow, contact: str, now: float, cseq: int = 1) -> Response:
+    req = request("REGISTER", "sip:corp.test", transport="TCP", cseq=cseq, call_id="reg@ua",
+                  extra=[("Expires", "600")])
+    req.headers.set("To", "<sip:carol@corp.test>")
+    req.headers.set("Contact", f"<{contact}>")
+    [resp] = responses(core.receive(req, flow, now))
+    return resp
+
+
+def test_register_then_call_reaches_the_contact_over_its_own_connection() -> None:
+    """Issue 9 item 6: REGISTER for a registrar domain is answered by the node; an INVITE
+    whose search rule targets LocalZone goes to the binding's contact, over the
+    connection the REGISTER came on (a client behind NAT is reachable only there)."""
+    core = _registrar_core()
+    client = tcp_in(("198.51.100.50", 40123), conn_id=42)
+    resp = _register(core, client, "sip:carol@10.1.1.5:5060;transport=tcp", 0.0)
+    assert resp.status == 200 and resp.headers.get_all("Contact")
+    acts = core.receive(request("INVITE", "sip:carol@corp.test"), udp_in(), 1.0)
+    fwd, flow = forwarded(acts)
+    assert fwd.uri == "sip:carol@10.1.1.5:5060;transport=tcp"
+    assert flow == client  # the REGISTER's connection, not 10.1.1.5
+    assert any(isinstance(a, Event) and a.name == "registered" for a in []) is False
+
+
+def test_registered_contact_gone_or_unknown_user_is_404() -> None:
+    core = _registrar_core()
+    client = tcp_in(("198.51.100.50", 40123), conn_id=42)
+    _register(core, client, "sip:carol@10.1.1.5:5060;transport=tcp", 0.0)
+    core.flow_closed(client, 1.0)
+    assert statuses(core.receive(request("INVITE", "sip:carol@corp.test"), udp_in(), 2.0))[-1] == 404
+    assert statuses(core.receive(request("INVITE", "sip:nobody@corp.test"), udp_in(), 2.0))[-1] == 404
+
+
+def test_two_contacts_are_forked_in_parallel() -> None:
+    core = _registrar_core()
+    a = tcp_in(("198.51.100.50", 40001), conn_id=51)
+    b = tcp_in(("198.51.100.51", 40002), conn_id=52)
+    _register(core, a, "sip:carol@10.1.1.5;transport=tcp", 0.0)
+    req = request("REGISTER", "sip:corp.test", transport="TCP", cseq=1, call_id="reg2@ua2", extra=[("Expires", "600")])
+    req.headers.set("To", "<sip:carol@corp.test>")
+    req.headers.set("Contact", "<sip:carol@10.1.1.6;transport=tcp>;q=0.5")
+    assert statuses(core.receive(req, b, 0.0)) == [200]
+    acts = core.receive(request("INVITE", "sip:carol@corp.test"), udp_in(), 1.0)
+    invites = [(m.uri, f.conn_id) for m, f in requests(acts) if m.method == "INVITE"]
+    assert sorted(invites) == [("sip:carol@10.1.1.5;transport=tcp", 51), ("sip:carol@10.1.1.6;transport=tcp", 52)]

@@ -90,6 +90,7 @@ class Node:
         loop = asyncio.get_running_loop()
         self.tl.source_blocked = lambda ip: self.intrusion.refuse(ip, loop.time())
         self.traversal.on_auth_failure = lambda ip: self.intrusion_failure("traversal_authentication_failure", ip)
+        self.proxy.on_auth_failure = lambda ip: self.intrusion_failure("sip_authentication_failure", ip)
 
     def intrusion_failure(self, category: str, ip: str) -> None:
         """Count one failure of ``category`` from ``ip``; report a resulting ban once."""

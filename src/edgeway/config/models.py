@@ -369,6 +369,29 @@ class ControlConfig(_Model):
     socket: str | None = None
 
 
+class RegistrarUser(_Model):
+    """One user of the node's own registrar (digest credentials)."""
+
+    username: Text
+    password: Text
+
+
+class RegistrarConfig(_Model):
+    """The node's own registrar (RFC 3261 §10; seed 002 §2.2; issue 9 item 6): REGISTERs
+    for ``domains`` are answered by the node; its bindings are the targets of search
+    rules whose target zone is LocalZone. ``users``: when any are given, every REGISTER
+    must authenticate (digest SHA-256 or MD5, realm ``realm`` or the first domain).
+    Expiry bounds in seconds; ``max_bindings`` over all users (503 beyond it)."""
+
+    domains: list[Text] = []
+    users: list[RegistrarUser] = []
+    realm: str | None = None
+    min_expires_s: PosInt = 60
+    max_expires_s: PosInt = 3600
+    default_expires_s: PosInt = 3600
+    max_bindings: PosInt = 10_000
+
+
 class Credential(_Model):
     """One entry of the edge's local credential store (traversal auth)."""
 
@@ -570,6 +593,7 @@ class NodeConfig(_Model):
     flood: FloodConfig = Field(default_factory=FloodConfig)
     intrusion_protection: IntrusionConfig = Field(default_factory=IntrusionConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    registrar: RegistrarConfig = Field(default_factory=RegistrarConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     credentials: list[Credential] = []
     zones: list[ZoneConfig] = []

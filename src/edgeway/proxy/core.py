@@ -40,6 +40,7 @@ from collections import deque
 from typing import Any
 
 from ..config.models import NodeConfig, zone_token
+from ..registrar import Registrar, aor_of
 from ..security.flood import SourceTable
 from ..sip import transaction as txn
 from ..sip.dialog import ack_for_2xx, bye_after_2xx
@@ -133,6 +134,15 @@ class ProxyCore:
         self._ids = itertools.count(1)
         #: Neighbour-zone source addresses → zone name (requests from them are that zone's).
         self._source_zones = {z.host: z.name for z in reversed(cfg.zones) if z.type == "neighbour" and z.match_source}
+        rc = cfg.registrar
+        #: The node's own registrar (None when it serves no domain): REGISTERs for its
+        #: domains are answered here; LocalZone search-rule targets are its bindings.
+        self.registrar: Registrar | None = None
+        if rc.domains:
+            self.registrar = Registrar(rc.domains, users={u.username: u.password for u in rc.users} or None,
+                                       realm=rc.realm or rc.domains[0], min_expires_s=rc.min_expires_s,
+                                       max_expires_s=rc.max_expires_s, default_expires_s=rc.default_expires_s,
+                                       max_bindings=rc.max_bindings)
         fc = cfg.flood
         #: Per-source flood control of DefaultZone requests (the driver checks it first).
         self.sources = SourceTable(fc.requests_per_s, fc.burst, block_after_s=fc.block_after_s, block_s=fc.block_s,
@@ -475,6 +485,9 @@ class ProxyCore:
         if method == "OPTIONS" and not req.headers.get_all("Route") and self._addressed_to_us(req):
             self._respond(ctx, 200, extra=[("Allow", _ALLOW)])
             return
+        if method == "REGISTER" and self._for_registrar(req):
+            self._register(ctx)
+            return
         rej = validate(req)
         if rej is not None:
             self._respond(ctx, rej.status, rej.reason, extra=list(rej.headers))
@@ -507,6 +520,49 @@ class ProxyCore:
             self._route_initial(ctx, alias=route_uri.alias() + format_params(route_uri.params), keep_ruri=True)
             return
         self._route_initial(ctx)
+
+    def _for_registrar(self, req: Request) -> bool:
+        """A REGISTER for one of the registrar's domains with no Route left to follow."""
+        if self.registrar is None or req.headers.get_all("Route"):
+            return False
+        try:
+            uri = req.ruri
+        except UriError:
+            return False
+        return uri.user is None and uri.host.lower() in self.registrar.domains
+
+    def _register(self, ctx: ResponseContext) -> None:
+        """Answer a REGISTER with the node's own registrar (RFC 3261 §10.3)."""
+        req = ctx.req
+        resp = self.registrar.register(req, ctx.flow, self._now)  # type: ignore[union-attr]
+        if resp.status in (401, 403) and req.headers.get("Authorization"):
+            self._out.append(Event("sip authentication failed", {"source": ctx.flow.remote[0], "call_id": req.call_id,
+                                                                  "status": resp.status}))
+        elif resp.status == 200:
+            self._out.append(Event("registered", {"aor": aor_of(req.headers.get("To") or ""),
+                                                  "contacts": len(resp.headers.get_all("Contact")),
+                                                  "source": f"{ctx.flow.remote[0]}:{ctx.flow.remote[1]}"}))
+        resp.headers.add("Server", f"Edgeway/{self.role}")
+        self._send_up(ctx, resp)
+
+    def _registered_hops(self, ctx: ResponseContext, lane: Lane) -> list[tuple[str, Hop]]:
+        """LocalZone targets: ``(contact, hop)`` per live binding of the Request-URI's
+        address-of-record, best q first. A binding is reached over the flow its
+        REGISTER came on (the way back through a NAT or the traversal zone) while that
+        connection lives; a UDP binding at the REGISTER's source address."""
+        if self.registrar is None:
+            return []
+        try:
+            aor = aor_of(lane.ruri or ctx.req.uri)
+        except UriError:
+            return []
+        out = []
+        for b in self.registrar.lookup(aor, self._now):
+            f = b.flow
+            if f is None or (f.conn_id and f.conn_id not in self.conns):
+                continue  # its connection is gone: unreachable until it registers again
+            out.append((b.contact, Hop(f.transport, f.remote[0], f.remote[1], "LocalZone", flow=f, origin="registration")))
+        return out
 
     def _addressed_to_us(self, req: Request) -> bool:
         try:
@@ -591,10 +647,20 @@ class ProxyCore:
 
     def _start_lane(self, ctx: ResponseContext, lane: Lane) -> None:
         """Find the next hops of a search-rule candidate's target zone."""
+        if lane.hops:
+            return  # a fork made with its hop (another registered contact)
         zone = lane.cand.zone
         z = self.zones.get(zone)
-        if z is None:
-            hops: list[Hop] = []
+        if zone == "LocalZone" and self.registrar is not None:
+            found = self._registered_hops(ctx, lane)
+            # Forking (RFC 3261 §16.6): one lane per registered contact, in parallel.
+            for contact, hop in found[1:]:
+                ctx.lanes.append(Lane(lane.cand, contact, [hop]))
+            if found:
+                lane.ruri = found[0][0]
+            hops: list[Hop] = [found[0][1]] if found else []
+        elif z is None:
+            hops = []
         elif z.type == "neighbour":
             hops = [Hop(z.transport, z.host, z.port, z.name, origin="neighbour")]
         elif z.type in ("traversal_server", "traversal_client"):

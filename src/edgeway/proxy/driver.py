@@ -169,6 +169,9 @@ class ProxyDriver:
         #: Per-source flood control (the core's table: it also withholds retransmissions).
         self.sources = self.core.sources
         self._prechecked: str | None = None
+        #: Called with the source address of a request that failed digest
+        #: authentication (the node wires it to intrusion protection).
+        self.on_auth_failure: Callable[[str], None] = lambda ip: None
         if self.sources.rate:
             tl.udp_drop = self.udp_drop
         self.media = RelaySessions(cfg, relay, events)
@@ -323,6 +326,8 @@ class ProxyDriver:
                 self._send(a)
             elif t is Event:
                 self.events.emit(a.name, **a.fields)
+                if a.name == "sip authentication failed":
+                    self.on_auth_failure(a.fields["source"])
             elif t is AllocateMedia:
                 try:
                     ports = self.media.allocate(a)

@@ -19,14 +19,20 @@ ALGORITHM = "SHA-256"
 _PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]+)')
 
 
-def _h(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+#: Hash functions by digest algorithm name: SHA-256 (RFC 8760) and MD5 (RFC 3261 §22.4,
+#: what most deployed user agents still answer with).
+_HASHES = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
 
 
-def challenge(realm: str, nonce: str | None = None) -> str:
-    """A ``WWW-Authenticate`` value: ``Digest realm=..., nonce=..., algorithm=SHA-256, qop="auth"``."""
+def _h(text: str, algorithm: str = ALGORITHM) -> str:
+    return _HASHES[algorithm](text.encode()).hexdigest()
+
+
+def challenge(realm: str, nonce: str | None = None, algorithm: str = ALGORITHM) -> str:
+    """A ``WWW-Authenticate`` value: ``Digest realm=..., nonce=..., algorithm=SHA-256, qop="auth"``
+    (``algorithm`` "SHA-256" or "MD5"; RFC 8760 §2.4: offer SHA-256 first, MD5 after)."""
     nonce = nonce or secrets.token_hex(16)
-    return f'Digest realm="{realm}", nonce="{nonce}", algorithm={ALGORITHM}, qop="auth"'
+    return f'Digest realm="{realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"'
 
 
 def parse_auth_header(value: str) -> dict[str, str]:
@@ -43,10 +49,13 @@ def parse_auth_header(value: str) -> dict[str, str]:
     return out
 
 
-def _response(username: str, password: str, realm: str, method: str, uri: str, nonce: str, nc: str, cnonce: str, qop: str) -> str:
-    ha1 = _h(f"{username}:{realm}:{password}")
-    ha2 = _h(f"{method}:{uri}")
-    return _h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+def _response(username: str, password: str, realm: str, method: str, uri: str, nonce: str, nc: str, cnonce: str, qop: str,
+              algorithm: str = ALGORITHM) -> str:
+    ha1 = _h(f"{username}:{realm}:{password}", algorithm)
+    ha2 = _h(f"{method}:{uri}", algorithm)
+    if not qop:  # RFC 2069 compatibility (RFC 3261 §22.4): no qop, no nc/cnonce
+        return _h(f"{ha1}:{nonce}:{ha2}", algorithm)
+    return _h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}", algorithm)
 
 
 def authorization(chal: dict[str, str], username: str, password: str, method: str, uri: str, cnonce: str | None = None) -> str:
@@ -61,12 +70,18 @@ def authorization(chal: dict[str, str], username: str, password: str, method: st
     )
 
 
-def verify(creds: dict[str, str], password: str, method: str, expected_nonce: str) -> bool:
-    """Check parsed credentials against ``password`` and the nonce we issued."""
-    if creds.get("nonce") != expected_nonce or creds.get("algorithm", ALGORITHM).upper() != ALGORITHM:
+def verify(creds: dict[str, str], password: str, method: str, expected_nonce: str, *,
+           algorithms: tuple[str, ...] = (ALGORITHM,)) -> bool:
+    """Check parsed credentials against ``password`` and the nonce we issued, with one of
+    ``algorithms`` ("SHA-256", "MD5"; credentials without ``algorithm`` mean MD5 per
+    RFC 3261 §22.4 when MD5 is accepted, else SHA-256)."""
+    default = "MD5" if "MD5" in algorithms else ALGORITHM
+    algorithm = creds.get("algorithm", default).upper()
+    if creds.get("nonce") != expected_nonce or algorithm not in algorithms or algorithm not in _HASHES:
         return False
     want = _response(
         creds.get("username", ""), password, creds.get("realm", ""), method, creds.get("uri", ""),
-        expected_nonce, creds.get("nc", ""), creds.get("cnonce", ""), creds.get("qop", "auth"),
+        expected_nonce, creds.get("nc", ""), creds.get("cnonce", ""), creds.get("qop", "auth" if algorithm == ALGORITHM else ""),
+        algorithm,
     )
     return hmac.compare_digest(want, creds.get("response", ""))
