@@ -114,3 +114,12 @@ def _register_blocked() -> None:
 
 
 _register_blocked()
+
+
+def _register_allowlist() -> None:
+    from .allowlist import allowlist_app
+
+    app.add_typer(allowlist_app, name="allowlist")
+
+
+_register_allowlist()

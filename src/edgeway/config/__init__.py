@@ -8,9 +8,12 @@ from edgeway.config.models import (
     DnsConfig,
     DnsZone,
     FloodConfig,
+    HttpAllowRule,
+    InternalServer,
     LimitsConfig,
     LogConfig,
     MediaConfig,
+    MraConfig,
     NeighbourZone,
     NodeConfig,
     PolicyRule,
@@ -28,7 +31,7 @@ from edgeway.config.models import (
 
 __all__ = [
     "BUILTIN_ZONES", "ConfigError", "ConfigProblems", "Credential", "DnsConfig", "DnsZone", "FloodConfig", "LimitsConfig", "LogConfig",
-    "MediaConfig", "NeighbourZone", "NodeConfig", "PolicyRule", "SearchRule", "SipConfig", "TimerConfig", "TlsConfig",
+    "MediaConfig", "MraConfig", "HttpAllowRule", "InternalServer", "NeighbourZone", "NodeConfig", "PolicyRule", "SearchRule", "SipConfig", "TimerConfig", "TlsConfig",
     "Transform", "TraversalClientZone", "TraversalServerZone", "ZoneConfig", "load_config", "parse_config",
     "split_hostport", "zone_token",
 ]

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgeway._ascii import ascii_uint
+from edgeway._httpurl import TargetError, normalise_url
 from edgeway.config.patterns import check_pattern
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig", "FloodConfig", "IntrusionConfig", "LimitsConfig",
     "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
     "Transform", "SearchRule", "PolicyRule", "ConfigProblems", "zone_token", "split_hostport",
+    "MraConfig", "HttpAllowRule", "InternalServer", "DEFAULT_DEPLOYMENT",
 ]
 
 #: Sentinel value in a problem tuple: the key is absent (printed without "= value").
@@ -576,6 +578,108 @@ class PolicyRule(_Model):
         return v
 
 
+# ---- mobile and remote access (seed 002; issue 9) ---------------------------------------------
+# HTTP allow list fields (issue 9 item 3) are kept together below; other MRA fields (listener,
+# tunnel, domains) go in their own block of MraConfig.
+
+#: The deployment that always exists and cannot be deleted (seed 002 §3).
+DEFAULT_DEPLOYMENT = "Default deployment"
+
+_METHOD_TOKEN = Annotated[str, _rule(lambda v: bool(v) and v.isascii() and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in v)
+                                     and v == v.upper(), "must be an upper-case HTTP method token such as GET")]
+
+
+def _rule_url(v: str) -> str:
+    try:
+        normalise_url(v, allow_port_zero=True)
+    except TargetError as exc:
+        raise ValueError(f"must be http(s)://host[:port][/path] ({exc.reason})") from None
+    if "?" in v:
+        raise ValueError("must be http(s)://host[:port][/path] (a rule's URL has no query)")
+    return v
+
+
+class HttpAllowRule(_Model):
+    """An editable inbound HTTP allow-list rule (seed 002 §8.6 Table 5, §8.7 Table 6).
+
+    ``url``: ``http(s)://host[:port][/path]``, port 0–65535 defaulting to 80/443, no
+    user-info or query. ``match``: ``exact`` or ``prefix`` (seed §8.7: default prefix; prefix
+    is a plain string prefix of the normalised path). ``methods``: None = use
+    ``mra.default_methods``; otherwise the chosen HTTP methods (case-sensitive tokens).
+    ``deployment``: one of ``mra.deployments`` (or the default deployment)."""
+
+    url: Annotated[str, AfterValidator(_rule_url)]
+    match: Literal["exact", "prefix"] = "prefix"
+    methods: Annotated[list[_METHOD_TOKEN], Field(min_length=1)] | None = None
+    deployment: Text = DEFAULT_DEPLOYMENT
+    description: str = ""
+
+
+class InternalServer(_Model):
+    """An internal server whose type generates automatic inbound allow-list rules (seed 002
+    §8.5): ``call_control`` (Unified CM: UDS), ``presence`` (IM and Presence), ``voicemail``
+    (Unity Connection), ``tftp`` (configuration files over HTTP/HTTPS). ``ports`` empty = the
+    type's default ports (see :data:`edgeway.mra.allowlist.AUTOMATIC_RULES`); otherwise the
+    type's rule applies on these ports with ``scheme`` (default: the type's usual scheme)."""
+
+    type: Literal["call_control", "presence", "voicemail", "tftp"]
+    host: Text
+    ports: list[Port] = []
+    scheme: Literal["http", "https"] | None = None
+    deployment: Text = DEFAULT_DEPLOYMENT
+
+    @field_validator("host")
+    @classmethod
+    def _host_ok(cls, v: str) -> str:
+        probe = f"[{v}]" if ":" in v and not v.startswith("[") else v
+        try:
+            normalise_url(f"https://{probe}/")
+        except TargetError as exc:
+            raise ValueError(f"must be a DNS name or IP address ({exc.reason})") from None
+        return v
+
+
+class MraConfig(_Model):
+    """Mobile and remote access (seed 002). Empty by default: no rules, every proxied
+    request blocked.
+
+    HTTP allow list (issue 9 item 3; :class:`edgeway.mra.allowlist.AllowList.from_config`):
+    ``default_methods`` the global default method set (seed 002 §8.6: changing it changes
+    every rule that uses defaults; Edgeway's factory default is GET); ``allow_rules`` the
+    editable inbound rules; ``internal_servers`` the servers automatic rules are generated
+    for; ``deployments`` extra deployment names (``"Default deployment"`` always exists and
+    need not be listed; seed 002 §3)."""
+
+    # -- HTTP allow list (issue 9 item 3) --
+    default_methods: list[_METHOD_TOKEN] = ["GET"]
+    allow_rules: list[HttpAllowRule] = []
+    internal_servers: list[InternalServer] = []
+    deployments: list[Text] = []
+
+    @property
+    def deployment_names(self) -> list[str]:
+        """``"Default deployment"`` followed by the other configured deployments."""
+        return list(dict.fromkeys([DEFAULT_DEPLOYMENT, *self.deployments]))
+
+    @model_validator(mode="after")
+    def _allow_list_checks(self) -> "MraConfig":
+        problems: list[tuple[str, Any, str]] = []
+        seen: set[str] = set()
+        for i, d in enumerate(self.deployments):
+            if d in seen:
+                problems.append((f"deployments[{i}]", d, "must be unique"))
+            seen.add(d)
+        known = set(self.deployment_names)
+        for key, items in (("allow_rules", self.allow_rules), ("internal_servers", self.internal_servers)):
+            for i, item in enumerate(items):
+                if item.deployment not in known:
+                    problems.append((f"{key}[{i}].deployment", item.deployment,
+                                     "must be 'Default deployment' or one of mra.deployments"))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+
+
 # ---- the node ----------------------------------------------------------------------------------
 
 class NodeConfig(_Model):
@@ -600,6 +704,7 @@ class NodeConfig(_Model):
     transforms: list[Transform] = []
     call_policy: list[PolicyRule] = []
     search_rules: list[SearchRule] = []
+    mra: MraConfig = Field(default_factory=MraConfig)
 
     @property
     def local_domains(self) -> list[str]:
