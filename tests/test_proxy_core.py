@@ -631,3 +631,64 @@ def test_two_contacts_are_forked_in_parallel() -> None:
     acts = core.receive(request("INVITE", "sip:carol@corp.test"), udp_in(), 1.0)
     invites = [(m.uri, f.conn_id) for m, f in requests(acts) if m.method == "INVITE"]
     assert sorted(invites) == [("sip:carol@10.1.1.5;transport=tcp", 51), ("sip:carol@10.1.1.6;transport=tcp", 52)]
+
+
+def test_registration_through_the_edge_comes_back_over_the_clients_connection() -> None:
+    """Issue 9 item 5: a REGISTER from an outside client's TLS connection is forwarded
+    into the traversal zone with a Path entry naming that connection (RFC 3327 + RFC 5626
+    §5.3); a request from inside routed by that Path (the registrar's binding) goes down
+    the same connection; once it is gone, 430 Flow Failed."""
+    edge = ProxyCore(config(role="edge", zones=[
+        {"name": "Traversal", "type": "traversal_server", "username": "core", "tls_verify_subject_name": "core.test"},
+    ], rules=[rule("Traversal", 10, pattern_type="regex", pattern=r"(.*@)?corp\.test", mode="alias_pattern_match")]))
+    edge.zone_changed("Traversal", [TRAV], 0.0)
+    client = Flow("tls", (NODE, 5061), ("198.51.100.50", 40999), 9)
+    reg = request("REGISTER", "sip:corp.test", via_host="198.51.100.50", transport="TLS", extra=[("Expires", "600")])
+    reg.headers.set("To", "<sip:carol@corp.test>")
+    reg.headers.set("Contact", "<sip:carol@192.168.1.5:5061;transport=tls>")
+    fwd, flow = forwarded(edge.receive(reg, client, 0.0, None), "REGISTER")
+    assert flow == TRAV
+    [path] = fwd.headers.get_all("Path")
+    path_uri = parse_name_addr(path).uri
+    assert path_uri.host == NODE and path_uri.port == 5061 and path_uri.user and "lr" in path_uri.params
+    # The core's registrar keeps the Path; its INVITE for carol carries it as Route.
+    inv = request("INVITE", "sip:carol@192.168.1.5:5061;transport=tls", via_host="10.0.0.3", transport="TLS",
+                  extra=[("Route", path)])
+    inv.headers.add("Via", "SIP/2.0/TLS 10.0.0.3:44611;branch=z9hG4bKcorein;rport", first=True)
+    out = edge.receive(inv, TRAV, 1.0, "Traversal")
+    fwd_inv, out_flow = forwarded(out)
+    assert out_flow == client and fwd_inv.uri == "sip:carol@192.168.1.5:5061;transport=tls"
+    assert not fwd_inv.headers.get_all("Route")
+    # The client's connection ends: the next one gets 430 Flow Failed.
+    edge.flow_closed(client, 2.0)
+    inv2 = request("INVITE", "sip:carol@192.168.1.5:5061;transport=tls", via_host="10.0.0.3", transport="TLS",
+                   extra=[("Route", path)])
+    assert 430 in statuses(edge.receive(inv2, TRAV, 3.0, "Traversal"))
+
+
+def test_core_registrar_sends_path_bindings_down_the_traversal_zone() -> None:
+    """On the core, a binding registered through the traversal zone is reached with its
+    Path as the route set, over the zone's current connection (the one the REGISTER came
+    on may have been replaced)."""
+    cfg = parse_config({
+        "role": "core", "name": "unit",
+        "sip": {"listen_ip": NODE, "udp_port": 5060, "tcp_port": 5060, "tls_port": 5061},
+        "zones": [{"name": "T", "type": "traversal_client", "peers": ["192.0.2.2:7001"], "username": "u", "password": "p"}],
+        "registrar": {"domains": ["corp.test"]},
+        "search_rules": [{"name": "registered", "priority": 10, "mode": "alias_pattern_match", "pattern_type": "suffix",
+                          "pattern": "@corp.test", "target_zone": "LocalZone"}],
+    })
+    core = ProxyCore(cfg)
+    old = Flow("tls", (NODE, 44611), ("192.0.2.2", 7001), 21, "traversal")
+    new = Flow("tls", (NODE, 44622), ("192.0.2.2", 7001), 22, "traversal")
+    core.zone_changed("T", [old], 0.0)
+    path = "<sip:ew9.0123456789ab@192.0.2.2:5061;transport=tls;lr>"
+    reg = request("REGISTER", "sip:corp.test", via_host="192.0.2.2", transport="TLS", extra=[("Expires", "600"), ("Path", path)])
+    reg.headers.set("To", "<sip:carol@corp.test>")
+    reg.headers.set("Contact", "<sip:carol@192.168.1.5:5061;transport=tls>")
+    assert statuses(core.receive(reg, old, 0.0, "T")) == [200]
+    core.flow_closed(old, 1.0)
+    core.zone_changed("T", [new], 1.0)
+    fwd, flow = forwarded(core.receive(request("INVITE", "sip:carol@corp.test"), udp_in(), 2.0))
+    assert flow == new and fwd.uri == "sip:carol@192.168.1.5:5061;transport=tls"
+    assert fwd.headers.get_all("Route") == [path]

@@ -35,7 +35,8 @@ class Binding:
     """One contact of an address-of-record: ``contact`` (the Contact URI text),
     ``expires_at`` (seconds, the registrar's clock), ``q`` (0–1), the ``call_id`` and
     ``cseq`` of the REGISTER that made it, ``path`` (RFC 3327 route set, top first),
-    ``flow`` the connection or UDP flow it came on (the way back to a client behind NAT)."""
+    ``flow`` the connection or UDP flow it came on (the way back to a client behind NAT),
+    ``zone`` the zone that flow belongs to."""
 
     contact: str
     expires_at: float
@@ -44,6 +45,7 @@ class Binding:
     cseq: int
     path: tuple[str, ...] = ()
     flow: Flow | None = None
+    zone: str | None = None
 
 
 def aor_of(uri_text: str) -> str:
@@ -106,8 +108,9 @@ class Registrar:
         return n
 
     # ------------------------------------------------------------------ REGISTER
-    def register(self, req: Request, flow: Flow | None, now: float) -> Response:
-        """Process one REGISTER (RFC 3261 §10.3 steps 1–8); the response to send."""
+    def register(self, req: Request, flow: Flow | None, now: float, zone: str | None = None) -> Response:
+        """Process one REGISTER (RFC 3261 §10.3 steps 1–8) that came on ``flow`` (in
+        ``zone``); the response to send."""
         try:
             aor = aor_of(req.headers.get("To") or "")
         except UriError as exc:
@@ -155,7 +158,7 @@ class Registrar:
             if expires == 0:
                 current.pop(contact, None)
             else:
-                current[contact] = Binding(contact, now + expires, q, req.call_id, cseq_num, path, flow)
+                current[contact] = Binding(contact, now + expires, q, req.call_id, cseq_num, path, flow, zone)
         if current:
             self._bindings[aor] = list(current.values())
         else:

@@ -41,6 +41,7 @@ from typing import Any
 
 from ..config.models import NodeConfig, zone_token
 from ..registrar import Registrar, aor_of
+from ..routing.search import Candidate
 from ..security.flood import SourceTable
 from ..sip import transaction as txn
 from ..sip.dialog import ack_for_2xx, bye_after_2xx
@@ -497,12 +498,14 @@ class ProxyCore:
             self._respond(ctx, 482, "Loop Detected")
             return
         try:
-            routes, _popped = process_routes(req, self.is_ours)
+            routes, popped = process_routes(req, self.is_ours)
         except (UriError, ParseError) as exc:
             self._respond(ctx, 400, f"Bad Request - {exc}"[:120])
             return
         if req.to_tag is not None:
             self._in_dialog(ctx)
+            return
+        if popped and not routes and self._to_path_flow(ctx, popped):
             return
         if routes:
             # Preloaded route (seed 003 §2.5): the zone rejects it before any search, or
@@ -534,7 +537,7 @@ class ProxyCore:
     def _register(self, ctx: ResponseContext) -> None:
         """Answer a REGISTER with the node's own registrar (RFC 3261 §10.3)."""
         req = ctx.req
-        resp = self.registrar.register(req, ctx.flow, self._now)  # type: ignore[union-attr]
+        resp = self.registrar.register(req, ctx.flow, self._now, zone=ctx.ingress)  # type: ignore[union-attr]
         if resp.status in (401, 403) and req.headers.get("Authorization"):
             self._out.append(Event("sip authentication failed", {"source": ctx.flow.remote[0], "call_id": req.call_id,
                                                                   "status": resp.status}))
@@ -545,7 +548,7 @@ class ProxyCore:
         resp.headers.add("Server", f"Edgeway/{self.role}")
         self._send_up(ctx, resp)
 
-    def _registered_hops(self, ctx: ResponseContext, lane: Lane) -> list[tuple[str, Hop]]:
+    def _registered_hops(self, ctx: ResponseContext, lane: Lane) -> list[tuple[str, Hop, tuple[str, ...]]]:
         """LocalZone targets: ``(contact, hop)`` per live binding of the Request-URI's
         address-of-record, best q first. A binding is reached over the flow its
         REGISTER came on (the way back through a NAT or the traversal zone) while that
@@ -559,10 +562,34 @@ class ProxyCore:
         out = []
         for b in self.registrar.lookup(aor, self._now):
             f = b.flow
-            if f is None or (f.conn_id and f.conn_id not in self.conns):
-                continue  # its connection is gone: unreachable until it registers again
-            out.append((b.contact, Hop(f.transport, f.remote[0], f.remote[1], "LocalZone", flow=f, origin="registration")))
+            if f is not None and f.conn_id and f.conn_id not in self.conns:
+                # Its connection is gone. Through a traversal zone (a Path binding) any
+                # live connection of the zone reaches the edge that holds the client.
+                f = self._zone_flow(b.zone) if b.path and b.zone and self._is_traversal(b.zone) else None
+            if f is None:
+                continue  # unreachable until it registers again
+            out.append((b.contact, Hop(f.transport, f.remote[0], f.remote[1], b.zone or "LocalZone", flow=f,
+                                       origin="registration"), b.path))
         return out
+
+    def _to_path_flow(self, ctx: ResponseContext, popped: list[Uri]) -> bool:
+        """An initial request routed by our own Path entry (RFC 3327, RFC 5626 §5.3:
+        a registration made through this node): it goes to the client's connection the
+        entry's flow token names, or gets 430 Flow Failed when that connection is gone.
+        False when no popped entry carries a flow token (route as usual)."""
+        for uri in popped:
+            cid = self.tokens.decode(uri.user)
+            if cid is None:
+                continue
+            flow = self.conns.get(cid)
+            if flow is None:
+                self._respond(ctx, 430, "Flow Failed")
+                return True
+            zone = self._classify(flow)
+            hop = Hop(flow.transport, flow.remote[0], flow.remote[1], zone, flow=flow, origin="registration")
+            self._route_initial(ctx, lanes=[Lane(Candidate("registration (Path)", 0, zone, ctx.req.uri), None, [hop])])
+            return True
+        return False
 
     def _addressed_to_us(self, req: Request) -> bool:
         try:
@@ -571,8 +598,10 @@ class ProxyCore:
             return False
         return uri.user is None and self.is_ours(uri)
 
-    def _route_initial(self, ctx: ResponseContext, *, alias: str | None = None, keep_ruri: bool = False) -> None:
-        """Transforms → call policy → search rules → target zones (seed 003 §6.1)."""
+    def _route_initial(self, ctx: ResponseContext, *, alias: str | None = None, keep_ruri: bool = False,
+                       lanes: list[Lane] | None = None) -> None:
+        """Transforms → call policy → search rules → target zones (seed 003 §6.1);
+        ``lanes``: targets already known (a registration's flow), no search."""
         req = ctx.req
         if req.method == "INVITE":
             self.stats["calls_attempted"] += 1
@@ -583,12 +612,15 @@ class ProxyCore:
             self._out.append(Event("call attempted", {"call_id": req.call_id, "src_zone": ctx.ingress,
                                                       "src": f"{ctx.flow.remote[0]}:{ctx.flow.remote[1]}",
                                                       "src_alias": src_alias, "dst_alias": req.uri, "transport": ctx.flow.transport}))
-        try:
-            plan = plan_initial(self.cfg, req, ctx.ingress, alias=alias, keep_ruri=keep_ruri)
-        except UriError as exc:
-            self._respond(ctx, 400, f"Bad Request - {exc}"[:120])
-            return
-        if plan.rejection is not None:
+        if lanes is not None:
+            plan = None
+        else:
+            try:
+                plan = plan_initial(self.cfg, req, ctx.ingress, alias=alias, keep_ruri=keep_ruri)
+            except UriError as exc:
+                self._respond(ctx, 400, f"Bad Request - {exc}"[:120])
+                return
+        if plan is not None and plan.rejection is not None:
             self._out.append(Event("search completed", {"call_id": req.call_id, "alias": plan.alias, "rule": None, "zone": None,
                                                         "found": False, "reason": "Forbidden", "detail": "Policy Response",
                                                         "cpl": plan.policy_trace}))
@@ -597,8 +629,12 @@ class ProxyCore:
             self._respond(ctx, 403, "Forbidden", warning=True)
             return
         ctx.initial = True
-        ctx.search = (plan.alias, plan.log)
-        ctx.groups = group_by_priority(plan.candidates)
+        if plan is not None:
+            ctx.search = (plan.alias, plan.log)
+            ctx.groups = group_by_priority(plan.candidates)
+        else:
+            ctx.search = (req.uri, ["routed by its registration's Path (RFC 3327)"])
+            ctx.lanes = lanes
         if req.method in DIALOG_METHODS:
             call = Call(next(self._ids), req.method, req.call_id, req.from_tag, ctx.ingress, ctx.flow)
             call.a_target = _contact_uri(req)
@@ -653,11 +689,14 @@ class ProxyCore:
         z = self.zones.get(zone)
         if zone == "LocalZone" and self.registrar is not None:
             found = self._registered_hops(ctx, lane)
-            # Forking (RFC 3261 §16.6): one lane per registered contact, in parallel.
-            for contact, hop in found[1:]:
-                ctx.lanes.append(Lane(lane.cand, contact, [hop]))
+            # Forking (RFC 3261 §16.6): one lane per registered contact, in parallel;
+            # a binding's Path (RFC 3327) becomes the request's route set.
+            for contact, hop, path in found[1:]:
+                fork = Lane(lane.cand, contact, [hop])
+                fork.route = path
+                ctx.lanes.append(fork)
             if found:
-                lane.ruri = found[0][0]
+                lane.ruri, lane.route = found[0][0], found[0][2]
             hops: list[Hop] = [found[0][1]] if found else []
         elif z is None:
             hops = []
@@ -761,6 +800,16 @@ class ProxyCore:
             out_entry = record_route_entry(self._rr_host(hop.zone, ip), port, flow.transport, self._token(flow))
             rr = (out_entry,) if in_entry == out_entry else (out_entry, in_entry)
         fwd = branch_request(req, ruri=lane.ruri, via=via, record_route=rr, default_max_forwards=self.cfg.sip.max_forwards_out)
+        if req.method == "REGISTER" and ctx.inward and ctx.flow.conn_id:
+            # RFC 3327 + RFC 5626 §5.3: the edge names the client's own connection in a
+            # Path entry, so requests for the registration come back to it.
+            in_ip, in_port = ctx.flow.local
+            fwd.headers.add("Path", record_route_entry(self._rr_host(ctx.ingress, in_ip), in_port, ctx.flow.transport,
+                                                       self._token(ctx.flow)), first=True)
+        if lane.route:
+            fwd.headers.remove("Route")
+            for r in lane.route:
+                fwd.headers.add("Route", r)
         if ctx.route_override is not None:
             fwd.headers.remove("Route")
             for r in ctx.route_override:

@@ -40,7 +40,7 @@ class Lane:
     ``waiting`` None, "dns", "connect" or "media"; ``last`` the last final status of
     this lane; ``done`` when nothing is left to try in it."""
 
-    __slots__ = ("cand", "ruri", "hops", "waiting", "last", "done")
+    __slots__ = ("cand", "ruri", "hops", "waiting", "last", "done", "route")
 
     def __init__(self, cand: Any, ruri: str | None, hops: list[Hop] | None = None):
         self.cand = cand
@@ -49,6 +49,9 @@ class Lane:
         self.waiting: str | None = None
         self.last: int | None = None
         self.done = False
+        #: The route set (Route values, top first) this lane's branches carry (a
+        #: registration's Path), or () to keep the request's.
+        self.route: tuple[str, ...] = ()
 
 
 class Branch:
