@@ -66,12 +66,17 @@ class Registrar:
     ``realm`` is the digest realm. Expiry: ``default_expires_s`` when the request says
     nothing, at most ``max_expires_s``; below ``min_expires_s`` (and not 0) → 423
     Interval Too Brief. ``max_bindings``: bound over all AORs (503 beyond it).
+    ``algorithms``: the digest algorithms challenged with and accepted ("SHA-256", "MD5").
     """
 
     def __init__(self, domains: list[str] | set[str], *, users: dict[str, str] | None = None, realm: str = "edgeway",
                  min_expires_s: int = 60, max_expires_s: int = 3600, default_expires_s: int = 3600,
-                 max_bindings: int = 10_000):
+                 max_bindings: int = 10_000, algorithms: tuple[str, ...] = ("SHA-256", "MD5")):
         self.domains = {d.lower() for d in domains}
+        #: Digest algorithms challenged with (one WWW-Authenticate each, in this order)
+        #: and accepted. Some clients (baresip/libre 1.x) give up on a challenge list
+        #: holding an algorithm they do not know: offer MD5 alone to them.
+        self.algorithms = tuple(algorithms)
         self.users = users
         self.realm = realm
         self.min_expires_s = min_expires_s
@@ -216,7 +221,7 @@ class Registrar:
             password = self.users.get(user)
             nonce = creds.get("nonce", "")
             if (password is not None and creds.get("realm") == self.realm and self._nonce_ok(nonce)
-                    and digest.verify(creds, password, "REGISTER", nonce, algorithms=("SHA-256", "MD5"))):
+                    and digest.verify(creds, password, "REGISTER", nonce, algorithms=self.algorithms)):
                 if aor.partition(":")[2].partition("@")[0] != user:
                     return self._reply(req, 403, "Forbidden - credentials of another user")
                 return None
@@ -224,5 +229,4 @@ class Registrar:
         self.stats["challenged"] += 1
         nonce = self._nonce(int(time.time()))
         return make_response(req, 401, "Unauthorized", to_tag=secrets.token_hex(5), extra=[
-            ("WWW-Authenticate", digest.challenge(self.realm, nonce, "SHA-256")),
-            ("WWW-Authenticate", digest.challenge(self.realm, nonce, "MD5"))])
+            ("WWW-Authenticate", digest.challenge(self.realm, nonce, alg)) for alg in self.algorithms])

@@ -392,6 +392,9 @@ class RegistrarConfig(_Model):
     max_expires_s: PosInt = 3600
     default_expires_s: PosInt = 3600
     max_bindings: PosInt = 10_000
+    digest_algorithms: Annotated[list[Literal["SHA-256", "MD5"]], Field(min_length=1)] = ["SHA-256", "MD5"]
+    """Challenged in this order and accepted. RFC 8760 puts SHA-256 first; clients that
+    reject a challenge list with an algorithm they do not know need ``["MD5"]``."""
 
 
 class Credential(_Model):

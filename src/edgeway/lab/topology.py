@@ -83,6 +83,11 @@ DNS_ZONE = "DNS Zone"
 CALL_CONTROL_ZONE = "Call Control"
 #: Username the core authenticates with on the traversal zone.
 TRAVERSAL_USERNAME = "core"
+#: Remote users (mobile and remote access) register through the edge to the core's
+#: own registrar for this domain (issue 9 items 5–6).
+REMOTE_DOMAIN = "remote.edgeway.test"
+#: The registrar's lab user store: username → password.
+REMOTE_USERS = {"carol": "carol-lab-secret", "dave": "dave-lab-secret"}
 #: Token the lab DNS publishes as TXT ``edgeway-site-verification=<token>`` on the corp
 #: domain, for ``edgeway domain verify`` (seed 000: domain verification).
 VERIFICATION_TOKEN = "edgeway-lab-7f3c2a"
@@ -404,6 +409,8 @@ class LabTopology:
              "target_zone": HYBRID_ZONE, "progress": "stop"},
             {"name": "Inbound to core", "priority": 10, "pattern_type": "regex",
              "pattern": ".*@%localdomains%", "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
+            {"name": "Remote registrations", "priority": 11, "pattern_type": "regex",
+             "pattern": "(.*@)?" + REMOTE_DOMAIN.replace(".", "\\."), "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
             {"name": "Outbound to DNS", "priority": 100, "pattern_type": "regex",
              "pattern": "(?!.*@%localdomains%$).*", "source_zone": TRAVERSAL_ZONE,
              "target_zone": DNS_ZONE, "progress": "stop"},
@@ -424,7 +431,11 @@ class LabTopology:
              "probe_retry_interval_s": float(self.probe_retry_interval_s),
              "retry_interval_s": float(self.retry_interval_s)},
         ]
+        data["registrar"] = {"domains": [REMOTE_DOMAIN], "digest_algorithms": ["MD5"],  # baresip 1.0 (libre) gives up on a SHA-256 challenge
+                             "users": [{"username": u, "password": p} for u, p in REMOTE_USERS.items()]}
         data["search_rules"] = [
+            {"name": "Registered remote users", "priority": 5, "pattern_type": "regex",
+             "pattern": ".*@" + REMOTE_DOMAIN.replace(".", "\\."), "target_zone": "LocalZone", "progress": "stop"},
             {"name": "Inbound to call control", "priority": 10, "pattern_type": "regex",
              "pattern": ".*@%localdomains%", "source_zone": TRAVERSAL_ZONE,
              "target_zone": CALL_CONTROL_ZONE, "progress": "stop"},

@@ -143,7 +143,7 @@ class ProxyCore:
             self.registrar = Registrar(rc.domains, users={u.username: u.password for u in rc.users} or None,
                                        realm=rc.realm or rc.domains[0], min_expires_s=rc.min_expires_s,
                                        max_expires_s=rc.max_expires_s, default_expires_s=rc.default_expires_s,
-                                       max_bindings=rc.max_bindings)
+                                       max_bindings=rc.max_bindings, algorithms=tuple(rc.digest_algorithms))
         fc = cfg.flood
         #: Per-source flood control of DefaultZone requests (the driver checks it first).
         self.sources = SourceTable(fc.requests_per_s, fc.burst, block_after_s=fc.block_after_s, block_s=fc.block_s,
