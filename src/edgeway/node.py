@@ -50,6 +50,9 @@ class Node:
         self.proxy: ProxyDriver | None = None
         self.traversal: Traversal | None = None
         self.resolver = None
+        #: The MRA HTTPS proxy (:class:`~edgeway.mra.edge.EdgeMra` or
+        #: :class:`~edgeway.mra.core.CoreMra`) when ``mra.enabled``.
+        self.mra = None
         self._flush_handle: asyncio.TimerHandle | None = None
         #: Automated intrusion protection (None when off): see :meth:`_intrusion_protection`.
         self.intrusion: IntrusionProtection | None = None
@@ -150,8 +153,23 @@ class Node:
                 # caps, their descriptors come from the reserve (issue 7 item 1).
                 await self.tl.listen_stream(s.listen_ip, z.port, tls=mtls, listener=TRAVERSAL_LISTENER, limited=False)
         self.traversal.start()
+        if cfg.mra.enabled:
+            await self._start_mra(client_ssl)
         self._flush_handle = loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
         self.events.emit("node started", role=cfg.role, listen_ip=s.listen_ip, udp=s.udp_port, tcp=s.tcp_port, tls=s.tls_port)
+
+    async def _start_mra(self, client_ssl) -> None:
+        """MRA HTTPS proxy (issue 9): the edge's HTTPS and tunnel listeners, or the core's
+        tunnel connections and request handler."""
+        if self.cfg.role == "edge":
+            from .mra.edge import EdgeMra
+
+            self.mra = EdgeMra(self.cfg, self.events)
+        else:
+            from .mra.core import CoreMra
+
+            self.mra = CoreMra(self.cfg, self.events, client_ssl)
+        await self.mra.start()
 
     def _admission_limits(self) -> None:
         """Raise the descriptor limit to the hard limit, share it out
@@ -231,6 +249,8 @@ class Node:
             self._flush_handle.cancel()
         if self.control is not None:
             await self.control.close()
+        if self.mra is not None:
+            await self.mra.close()
         if self.traversal:
             await self.traversal.close()
         if self.proxy:

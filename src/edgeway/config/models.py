@@ -23,7 +23,7 @@ __all__ = [
     "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig", "FloodConfig", "IntrusionConfig", "LimitsConfig",
     "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
     "Transform", "SearchRule", "PolicyRule", "ConfigProblems", "zone_token", "split_hostport",
-    "MraConfig", "HttpAllowRule", "InternalServer", "DEFAULT_DEPLOYMENT",
+    "MraConfig", "HttpAllowRule", "InternalServer", "DEFAULT_DEPLOYMENT", "TurnServer",
 ]
 
 #: Sentinel value in a problem tuple: the key is absent (printed without "= value").
@@ -582,8 +582,8 @@ class PolicyRule(_Model):
 
 
 # ---- mobile and remote access (seed 002; issue 9) ---------------------------------------------
-# HTTP allow list fields (issue 9 item 3) are kept together below; other MRA fields (listener,
-# tunnel, domains) go in their own block of MraConfig.
+# MraConfig keeps its blocks apart: listener, tunnel and discovery (issue 9 items 1-2), and the
+# HTTP allow list (issue 9 item 3).
 
 #: The deployment that always exists and cannot be deleted (seed 002 §3).
 DEFAULT_DEPLOYMENT = "Default deployment"
@@ -642,9 +642,46 @@ class InternalServer(_Model):
         return v
 
 
+class TurnServer(_Model):
+    """A TURN server listed in ``get_edge_config`` (``turnEdgeServer``): ``host`` (name or
+    address), ``udp_port`` and ``tcp_port`` (RFC 8656 default 3478; 0 = not offered)."""
+
+    host: Text
+    udp_port: PortOrOff = 3478
+    tcp_port: PortOrOff = 3478
+
+
 class MraConfig(_Model):
-    """Mobile and remote access (seed 002). Empty by default: no rules, every proxied
-    request blocked.
+    """Mobile and remote access (seed 002). Off unless ``enabled``; no allow rules by
+    default: every proxied request blocked.
+
+    Listener, tunnel, discovery (issue 9 items 1-2; :mod:`edgeway.mra`):
+
+    - ``enabled``: run the MRA HTTPS proxy (edge: the HTTPS listener and the tunnel
+      listener; core: the tunnel connections and the request handler).
+    - ``domains``: the UC (edge) domains served (seed 002 §8.1); ``get_edge_config`` for any
+      other domain is answered 404. At most 50 (seed 002 §1.7).
+    - ``https_port`` (edge; default 8443, seed 002 §13.3) and ``https_listen_ips`` (edge;
+      addresses the HTTPS listener binds, IPv4 and IPv6; empty = ``sip.listen_ip``). The
+      core uses ``https_port`` as the edge's port in ``get_edge_config``.
+    - ``tunnel_port``: the edge's tunnel listener (mutual TLS, default 2222, seed 002 §13.1).
+    - ``tunnel_zone``: the traversal zone whose settings the tunnel shares: on the edge the
+      core's TLS verify subject name, the username (its password from ``[[credentials]]``)
+      and the keepalive settings; on the core the peers, username, password, keepalive and
+      reconnect interval. None = the node's only traversal zone.
+    - ``tunnel_peers`` (core): edge addresses ``"host"`` or ``"host:port"`` (default port
+      ``tunnel_port``); empty = the hosts of the traversal zone's peers.
+    - ``tunnel_connections`` (core): connections kept open to each peer (1-8); requests are
+      multiplexed over them (HTTP/2, RFC 9113).
+    - ``request_timeout_s``: seconds the edge waits for the response head (then ``504``) and,
+      between two pieces of a body, for the next piece (then the exchange is aborted).
+    - ``max_request_bytes`` / ``max_response_bytes``: body limits; over them the edge answers
+      ``413`` / ``502`` (a response already under way is aborted).
+    - ``edge_hostname`` (core): the edge's public name in ``get_edge_config`` (None = the first
+      tunnel peer's host); ``edge_sip_tls_port``: its SIP TLS port there (5061).
+    - ``uds_servers`` (core): internal UDS servers listed in ``get_edge_config``
+      (``"host"`` or ``"host:port"``, default port 8443, seed 002 §8.3, §12.2).
+    - ``turn_servers`` (core): TURN servers listed in ``get_edge_config``.
 
     HTTP allow list (issue 9 item 3; :class:`edgeway.mra.allowlist.AllowList.from_config`):
     ``default_methods`` the global default method set (seed 002 §8.6: changing it changes
@@ -653,11 +690,33 @@ class MraConfig(_Model):
     for; ``deployments`` extra deployment names (``"Default deployment"`` always exists and
     need not be listed; seed 002 §3)."""
 
+    # -- listener, tunnel, discovery (issue 9 items 1-2) --
+    enabled: bool = False
+    domains: Annotated[list[Text], Field(max_length=50)] = []
+    https_port: Port = 8443
+    https_listen_ips: list[IpAddr] = []
+    tunnel_port: Port = 2222
+    tunnel_zone: str | None = None
+    tunnel_peers: Annotated[list[HostPort], Field(max_length=6)] = []
+    tunnel_connections: Annotated[int, _between(1, 8)] = 1
+    request_timeout_s: PosFloat = 30.0
+    max_request_bytes: PosInt = 10 << 20
+    max_response_bytes: PosInt = 100 << 20
+    edge_hostname: str | None = None
+    edge_sip_tls_port: Port = 5061
+    uds_servers: list[HostPort] = []
+    turn_servers: list[TurnServer] = []
+
     # -- HTTP allow list (issue 9 item 3) --
     default_methods: list[_METHOD_TOKEN] = ["GET"]
     allow_rules: list[HttpAllowRule] = []
     internal_servers: list[InternalServer] = []
     deployments: list[Text] = []
+
+    @property
+    def uds_addresses(self) -> list[tuple[str, int]]:
+        """``uds_servers`` parsed to ``(host, port)`` (default port 8443)."""
+        return [split_hostport(s, 8443) for s in self.uds_servers]
 
     @property
     def deployment_names(self) -> list[str]:
@@ -741,9 +800,42 @@ class NodeConfig(_Model):
                 if val is not None and val not in known:
                     problems.append((f"search_rules[{i}].{key}", val,
                                      "must name a configured zone or LocalZone/DefaultZone"))
+        problems += self._mra_checks()
         if problems:
             raise ConfigProblems(problems)
         if self.media.ip is None:
             self.media.ip = self.sip.listen_ip
             self.media.advertise_ip = self.media.advertise_ip or self.sip.advertise_ip
         return self
+
+    def mra_zone(self) -> TraversalServerZone | TraversalClientZone | None:
+        """The traversal zone the MRA tunnel shares settings with (``mra.tunnel_zone``, or
+        the node's only traversal zone); None when there is none or it is ambiguous."""
+        zones = [z for z in self.zones if isinstance(z, (TraversalServerZone, TraversalClientZone))]
+        if self.mra.tunnel_zone is not None:
+            zones = [z for z in zones if z.name == self.mra.tunnel_zone]
+        return zones[0] if len(zones) == 1 else None
+
+    def mra_tunnel_peers(self) -> list[tuple[str, int]]:
+        """Core: the edge addresses the MRA tunnel connects to, ``(host, port)``."""
+        if self.mra.tunnel_peers:
+            return [split_hostport(p, self.mra.tunnel_port) for p in self.mra.tunnel_peers]
+        z = self.mra_zone()
+        return [(h, self.mra.tunnel_port) for h, _ in z.peer_addresses] if isinstance(z, TraversalClientZone) else []
+
+    def _mra_checks(self) -> list[tuple[str, Any, str]]:
+        m = self.mra
+        if not m.enabled:
+            return []
+        kind = "traversal_server" if self.role == "edge" else "traversal_client"
+        z = self.mra_zone()
+        if z is None or z.type != kind:
+            rule = (f"must name a {kind} zone" if m.tunnel_zone is not None
+                    else f"must be set: the node has no single {kind} zone for the MRA tunnel to share")
+            return [("mra.tunnel_zone", m.tunnel_zone if m.tunnel_zone is not None else MISSING, rule)]
+        if self.role == "edge" and not any(c.username == z.username for c in self.credentials):
+            return [("credentials", [c.username for c in self.credentials],
+                     f"must hold the MRA tunnel zone's username {z.username!r} when mra.enabled")]
+        if not (self.tls.cert_file and self.tls.ca_file):
+            return [("tls.ca_file", self.tls.ca_file, "must be set with tls.cert_file when mra.enabled (mutual-TLS tunnel)")]
+        return []

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import signal
 from enum import Enum
@@ -188,6 +189,13 @@ def _addresses(lab: Lab) -> Table:
     table.add_row("outside UA", f"{t.partner_ip}:{t.partner_port} (ua.{t.partner_domain}; the edge finds it by DNS)")
     table.add_row("cloud service", f"{CLOUD_IP}:{MTLS_PORT} tls expected (*@*.{CLOUD_DOMAIN}; the edge finds it by"
                   f" SRV _sips._tcp.{CLOUD_SERVICE_FQDN}; certificate pki/cloud.pem)")
+    if t.mra:
+        b64 = base64.b64encode(t.domain.encode()).decode()
+        table.add_row("MRA HTTPS", f"https://{t.edge_fqdn}:{t.https_port} on {t.edge_ip} (SRV _collab-edge._tls.{t.domain});"
+                      f" tunnel {t.edge_ip}:{t.mra_tunnel_port} mutual TLS (core → edge)")
+        table.add_row("MRA try", f"curl --cacert {files.ca if files else 'ca.pem'} --resolve {t.edge_fqdn}:{t.https_port}:{t.edge_ip} "
+                      f"'https://{t.edge_fqdn}:{t.https_port}/{b64}/get_edge_config?service_name=_cisco-uds'  ·  "
+                      f"…/{b64}/http/{t.call_control_ip}/8443/cucm-uds/user/alice -u alice:alice-lab-pw")
     table.add_row("lab DNS", f"{t.dns_ip}:{t.dns_port} udp/tcp")
     table.add_row("domains", f"{t.domain} (local), {t.partner_domain} (outside)")
     table.add_row("users", f"sip:{t.alice} (inside), sip:{t.bob} (outside)")

@@ -123,6 +123,7 @@ class Lab:
         self.start_nodes = start_nodes
         self.files: LabFiles | None = None
         self.dns: LabDnsServer | None = None
+        self.web = None  # the internal web services stand-in (edgeway.lab.webservice)
         self.procs: dict[str, subprocess.Popen] = {}
         self.started_at: dict[str, float] = {}
         self._outputs: dict[str, list[IO[bytes]]] = {}
@@ -146,6 +147,8 @@ class Lab:
             self.files = self.topology.build(self.workdir)
             self.progress(f"PKI, node configurations and DNS zone written to {self.workdir}")
             await self._start_dns()
+            if self.topology.mra:
+                await self._start_web()
             if self.start_nodes:
                 self._check_ports()
                 for node in NODES:
@@ -167,12 +170,29 @@ class Lab:
                            " — is another lab running?") from None
         self.progress(f"lab DNS server answering for {', '.join(zones)} on {t.dns_ip}:{self.dns.port} (udp+tcp)")
 
+    async def _start_web(self) -> None:
+        """The internal web services stand-in behind the core (:mod:`edgeway.lab.webservice`)."""
+        from edgeway.lab.webservice import LabWebService, TFTP_PORT, UDS_PORT, VOICEMAIL_PORT
+
+        t = self.topology
+        self.web = LabWebService(t.call_control_ip, t.domain)
+        try:
+            await self.web.start()
+        except OSError as exc:
+            self.web = None
+            raise LabError(f"cannot start the internal web services on {t.call_control_ip} ports "
+                           f"{UDS_PORT}/{TFTP_PORT}/{VOICEMAIL_PORT}: {exc.strerror or exc} — is another lab running?") from None
+        self.progress(f"internal web services (UDS :{UDS_PORT}, TFTP-over-HTTP :{TFTP_PORT}, voicemail :{VOICEMAIL_PORT})"
+                      f" on {t.call_control_ip}")
+
     def _check_ports(self) -> None:
         """Fail early, with a clear message, when a node's address is taken."""
         t = self.topology
         wanted = [(t.edge_ip, t.sip_port, "udp"), (t.edge_ip, t.sip_port, "tcp"), (t.edge_ip, t.tls_port, "tcp"),
                   (t.edge_ip, MTLS_PORT, "tcp"), (t.edge_ip, t.traversal_port, "tcp"), (t.core_ip, t.sip_port, "udp"),
                   (t.core_ip, t.sip_port, "tcp"), (t.core_ip, t.tls_port, "tcp")]
+        if t.mra:
+            wanted += [(t.edge_ip, t.https_port, "tcp"), (t.edge_ip, t.mra_tunnel_port, "tcp")]
         for ip, port, proto in wanted:
             if not port:
                 continue
@@ -271,6 +291,9 @@ class Lab:
         if self.dns is not None:
             await self.dns.close()
             self.dns = None
+        if self.web is not None:
+            await self.web.close()
+            self.web = None
 
     async def __aenter__(self) -> Lab:
         await self.start()

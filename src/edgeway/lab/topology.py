@@ -267,6 +267,11 @@ class LabTopology:
     sip_messages: bool = True
     max_events_per_s: int = 0
     verification_token: str = VERIFICATION_TOKEN
+    #: MRA HTTPS proxy (issue 9): the edge's HTTPS port, the tunnel port, and the internal web
+    #: services stand-in (:mod:`edgeway.lab.webservice`) at ``call_control_ip``.
+    mra: bool = True
+    https_port: int = 8443
+    mra_tunnel_port: int = 2222
     edge_overrides: dict[str, Any] = field(default_factory=dict)
     core_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -339,6 +344,9 @@ class LabTopology:
             f"_sip._tcp   SRV   10 10 {self.sip_port} edge\n"
             f"_sip._udp   SRV   10 10 {self.sip_port} edge\n"
             f'@           TXT   "edgeway-site-verification={self.verification_token}"\n'
+            # MRA discovery (seed 002 §12.1). _cisco-uds._tcp is not published: the lab DNS
+            # has one view and serves the outside, where it must not resolve (§8.1, §12.2).
+            f"_collab-edge._tls SRV 10 10 {self.https_port} edge\n"
             f"\n"
             f"$ORIGIN {p}.\n"
             f"ua          A     {self.partner_ip}\n"
@@ -400,6 +408,9 @@ class LabTopology:
              "modify_dns_request": True, "dns_request_domain": CLOUD_SERVICE_FQDN,
              "media_encryption": "on", "preloaded_routes": "accept", "parameter_preservation": True},
         ]
+        if self.mra:
+            data["mra"] = {"enabled": True, "domains": [self.domain], "https_port": self.https_port,
+                           "tunnel_port": self.mra_tunnel_port}
         data["search_rules"] = [
             {"name": "Hybrid inbound", "priority": 5, "mode": "any_alias", "pattern_type": "prefix",
              "behaviour": "strip", "source_zone": HYBRID_ZONE, "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
@@ -433,6 +444,8 @@ class LabTopology:
         ]
         data["registrar"] = {"domains": [REMOTE_DOMAIN], "digest_algorithms": ["MD5"],  # baresip 1.0 (libre) gives up on a SHA-256 challenge
                              "users": [{"username": u, "password": p} for u, p in REMOTE_USERS.items()]}
+        if self.mra:
+            data["mra"] = self._core_mra()
         data["search_rules"] = [
             {"name": "Registered remote users", "priority": 5, "pattern_type": "regex",
              "pattern": ".*@" + REMOTE_DOMAIN.replace(".", "\\."), "target_zone": "LocalZone", "progress": "stop"},
@@ -444,6 +457,23 @@ class LabTopology:
              "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
         ]
         return _merge(data, self.core_overrides)
+
+    def _core_mra(self) -> dict[str, Any]:
+        """The core's ``[mra]``: the edge's public name, the UDS server, and the stand-in's
+        services as internal servers, so their automatic rules allow exactly the stand-in's
+        paths."""
+        from edgeway.lab.webservice import TFTP_PORT, UDS_PORT, VOICEMAIL_PORT
+
+        ip = self.call_control_ip
+        mra: dict[str, Any] = {"enabled": True, "domains": [self.domain], "https_port": self.https_port,
+                               "tunnel_port": self.mra_tunnel_port, "edge_hostname": self.edge_fqdn,
+                               "uds_servers": [f"{ip}:{UDS_PORT}"],
+                               "internal_servers": [
+                                   {"type": "call_control", "host": ip, "ports": [UDS_PORT], "scheme": "http"},
+                                   {"type": "tftp", "host": ip, "ports": [TFTP_PORT], "scheme": "http"},
+                                   {"type": "voicemail", "host": ip, "ports": [VOICEMAIL_PORT], "scheme": "http"},
+                               ]}
+        return mra
 
     # -- writing ------------------------------------------------------------------------------
 

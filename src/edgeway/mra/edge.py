@@ -1,0 +1,270 @@
+"""The edge's MRA HTTPS proxy (seed 002 §8.2, §13.3; issue 9 item 1): the outside HTTPS
+listener and the listener the core's tunnel connections arrive on.
+
+Outside (``mra.https_port``, default 8443, TLS ≥ 1.2 with the node's certificate, every
+address of ``mra.https_listen_ips``, IPv4 and IPv6): HTTP/1.1 with keep-alive (aiohttp's
+server). Each request becomes one HTTP/2 stream on the least-busy authenticated tunnel
+connection; the core answers it. The edge only relays: it never decides what is reachable
+inside, and it **never opens a connection**: it has listeners only.
+
+Answers of the edge itself (seed 002 §5.4):
+
+- no authenticated tunnel → ``502 Next Hop Connection Failed``;
+- no response head within ``mra.request_timeout_s`` → ``504 Gateway Timeout`` (stream reset);
+- request body over ``mra.max_request_bytes`` (Content-Length or counted) → ``413``;
+- response over ``mra.max_response_bytes`` (Content-Length) → ``502``; a response body that
+  grows past it, or stalls for ``request_timeout_s``, is cut (connection aborted);
+- the stream reset or the tunnel lost before the head → ``502 Next Hop Connection Failed``.
+
+Bodies stream both ways under HTTP/2 flow control (:mod:`edgeway.mra.tunnel`): request
+pieces are read from the client only while the stream's window lets them leave, response
+pieces are credited back to the core only after they were written to the client.
+
+Tunnel listener (``mra.tunnel_port``, default 2222): mutual TLS; the core's certificate must
+chain to ``tls.ca_file`` and carry the traversal zone's TLS verify subject name (CN or DNS
+SAN, as the traversal zone checks it); then the core proves the zone's password
+(:class:`~edgeway.mra.tunnel.EdgeTunnel`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import ssl
+
+from aiohttp import web
+
+from ..config.models import NodeConfig, TraversalServerZone
+from ..diag.events import EventLog
+from ..security.tls import peer_identities, server_context, subject_name_matches
+from .link import Exchange, StreamAborted, TunnelLink, TunnelLost
+from .tunnel import Authenticated, AuthFailed, EdgeTunnel, ResponseReceived, forwardable_headers
+
+__all__ = ["EdgeMra", "NEXT_HOP_FAILED"]
+
+#: Reason phrase of the edge's 502 when the core cannot be reached (seed 002 §5.4).
+NEXT_HOP_FAILED = "Next Hop Connection Failed"
+#: Request body pieces read from the client at a time (bytes).
+READ_CHUNK = 64 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class EdgeTunnelLink(TunnelLink):
+    """One tunnel connection the core opened to the edge."""
+
+    def __init__(self, owner: "EdgeMra"):
+        z = owner.zone
+        super().__init__(z.keepalive_interval_s, z.probe_retry_count * z.probe_retry_interval_s, owner._link_closed)
+        self.owner = owner
+        self.authenticated = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        o = self.owner
+        names = peer_identities(transport.get_extra_info("ssl_object"))
+        if not subject_name_matches(names, o.zone.tls_verify_subject_name):
+            o.events.emit("tls handshake failed", direction="inbound", listener="mra tunnel", zone=o.zone.name,
+                          peer=self.peer, peer_names=names,
+                          cause=f"subject name {o.zone.tls_verify_subject_name!r} not in the peer certificate "
+                                f"(CN/SAN: {', '.join(names) or 'none'})")
+            self.close_reason = "subject name mismatch"
+            self.tunnel = EdgeTunnel({}, "", "")
+            transport.abort()
+            return
+        self.tunnel = EdgeTunnel(o.credentials, o.zone.username, secrets.token_hex(16))
+        self.tunnel.initiate()
+        o.links.append(self)
+        self._started()
+
+    def _event(self, ev) -> None:
+        if isinstance(ev, ResponseReceived):
+            ex = self.exchanges.get(ev.stream_id)
+            if ex is not None and not ex.head.done():
+                ex.head.set_result(ev)
+                if ev.ended:
+                    ex.body.put_nowait(None)
+        elif isinstance(ev, Authenticated):
+            self.authenticated = True
+            self.owner.events.emit("mra tunnel connected", peer=self.peer, username=ev.username,
+                                   connections=len(self.owner.ready_links()))
+        elif isinstance(ev, AuthFailed):
+            self.owner.events.emit("mra tunnel authentication failed", peer=self.peer, cause=ev.reason)
+            self.close_reason = f"authentication failed: {ev.reason}"
+        else:
+            super()._event(ev)
+
+    def open(self, method: str, path: str, authority: str, headers: list[tuple[str, str]], end: bool) -> Exchange:
+        sid = self.tunnel.start_request(method, path, authority, headers, end)
+        ex = Exchange(sid, self._loop)
+        self.exchanges[sid] = ex
+        self.flush()
+        return ex
+
+
+class EdgeMra:
+    """The edge's MRA listeners. ``await start()`` binds them; ``await close()`` releases them."""
+
+    def __init__(self, cfg: NodeConfig, events: EventLog):
+        z = cfg.mra_zone()
+        if not isinstance(z, TraversalServerZone):
+            raise RuntimeError("mra on an edge needs its traversal_server zone (mra.tunnel_zone)")
+        self.cfg = cfg
+        self.mra = cfg.mra
+        self.zone = z
+        self.events = events
+        self.credentials = {c.username: c.password for c in cfg.credentials}
+        self.links: list[EdgeTunnelLink] = []
+        self._tunnel_server: asyncio.AbstractServer | None = None
+        self._runner: web.ServerRunner | None = None
+        #: Addresses the HTTPS listener is bound to, ``(ip, port)`` (port 0 in the config binds
+        #: an ephemeral one: tests).
+        self.https_addresses: list[tuple[str, int]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg, t = self.cfg, self.cfg.tls
+        loop = asyncio.get_running_loop()
+        mtls = server_context(t.cert_file, t.key_file, t.ca_file, require_client_cert=True, min_version=t.min_version)
+        self._tunnel_server = await loop.create_server(lambda: EdgeTunnelLink(self), cfg.sip.listen_ip,
+                                                       self.mra.tunnel_port, ssl=mtls, reuse_address=True)
+        outside = server_context(t.cert_file, t.key_file, t.ca_file, min_version=t.min_version)
+        outside.verify_mode = ssl.CERT_NONE  # clients authenticate in HTTP, not with certificates
+        outside.set_alpn_protocols(["http/1.1"])
+        server = web.Server(self.handle, access_log=None, max_field_size=16384)
+        self._runner = web.ServerRunner(server, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        for ip in self.mra.https_listen_ips or [cfg.sip.listen_ip]:
+            site = web.TCPSite(self._runner, ip, self.mra.https_port, ssl_context=outside, reuse_address=True)
+            await site.start()
+            for s in site._server.sockets:  # type: ignore[union-attr]
+                self.https_addresses.append(s.getsockname()[:2])
+        self.events.emit("mra listening", https=[f"{ip}:{p}" for ip, p in self.https_addresses],
+                         tunnel=f"{cfg.sip.listen_ip}:{self.mra.tunnel_port}")
+
+    async def close(self) -> None:
+        if self._tunnel_server is not None:
+            self._tunnel_server.close()
+        for link in list(self.links):
+            link.abort("edge stopping")
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._tunnel_server is not None:
+            await self._tunnel_server.wait_closed()
+
+    def _link_closed(self, link: TunnelLink, reason: str) -> None:
+        if link in self.links:
+            self.links.remove(link)
+            if getattr(link, "authenticated", False):
+                self.events.emit("mra tunnel disconnected", peer=link.peer, reason=reason,
+                                 connections=len(self.ready_links()))
+
+    def ready_links(self) -> list[EdgeTunnelLink]:
+        """Authenticated tunnel connections that can take a new stream."""
+        return [lk for lk in self.links if lk.authenticated and lk.tunnel.can_start()
+                and lk.transport is not None and not lk.transport.is_closing()]
+
+    def status(self) -> dict:
+        """``{"state": "active"|"down", "connections": [peer addresses]}`` for reports."""
+        ready = self.ready_links()
+        return {"state": "active" if ready else "down", "connections": [lk.peer for lk in ready]}
+
+    # -- one outside request -----------------------------------------------------------------------
+    def _fail(self, status: int, reason: str | None, cause: str, request: web.BaseRequest) -> web.Response:
+        self.events.emit("mra request failed", status=status, cause=cause, method=request.method,
+                         client=request.remote, path=request.raw_path[:200])
+        return web.Response(status=status, reason=reason, text=f"{status} {reason or ''}\n".replace(" \n", "\n"),
+                            headers={"Cache-Control": "no-store"})
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Relay one outside request through the tunnel (see the module docstring for the
+        edge's own answers)."""
+        m = self.mra
+        links = self.ready_links()
+        if not links:
+            return self._fail(502, NEXT_HOP_FAILED, "no MRA tunnel connection from the core", request)
+        cl = request.content_length
+        if cl is not None and cl > m.max_request_bytes:
+            return self._fail(413, None, f"request body of {cl} bytes over mra.max_request_bytes", request)
+        link = min(links, key=lambda lk: len(lk.exchanges))
+        headers = forwardable_headers(request.headers.items())
+        headers.append(("forwarded", f'for="{request.remote}";proto=https'))
+        has_body = request.body_exists
+        try:
+            ex = link.open(request.method, request.raw_path, request.host, headers, end=not has_body)
+        except Exception as exc:  # noqa: BLE001 - a stream the tunnel cannot take
+            return self._fail(502, NEXT_HOP_FAILED, f"tunnel refused a stream: {exc}", request)
+        pump = asyncio.ensure_future(self._pump_request(request, link, ex)) if has_body else None
+        try:
+            try:
+                head = await asyncio.wait_for(asyncio.shield(ex.head), m.request_timeout_s)
+            except asyncio.TimeoutError:
+                link.finish(ex, reset=True)
+                return self._fail(504, None, f"no response within {m.request_timeout_s:g} s", request)
+            except _TooLarge:
+                link.finish(ex, reset=True)
+                return self._fail(413, None, "request body over mra.max_request_bytes", request)
+            except (TunnelLost, StreamAborted) as exc:
+                link.finish(ex, reset=True)
+                return self._fail(502, NEXT_HOP_FAILED, f"tunnel: {exc}", request)
+            return await self._relay_response(request, link, ex, head)
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            link.finish(ex, reset=not ex.done)
+
+    async def _pump_request(self, request: web.BaseRequest, link: EdgeTunnelLink, ex: Exchange) -> None:
+        total = 0
+        try:
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    await link.send_body(ex, b"", end=True)
+                    return
+                total += len(chunk)
+                if total > self.mra.max_request_bytes:
+                    ex.fail(_TooLarge())
+                    return
+                await link.send_body(ex, chunk)
+        except (TunnelLost, StreamAborted, _TooLarge):
+            return
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            ex.fail(TunnelLost(f"client went away: {exc}"))
+
+    async def _relay_response(self, request: web.BaseRequest, link: EdgeTunnelLink, ex: Exchange,
+                              head: ResponseReceived) -> web.StreamResponse:
+        m = self.mra
+        headers = forwardable_headers(head.headers)
+        length = next((v for k, v in headers if k == "content-length"), None)
+        if length is not None and length.isdigit() and int(length) > m.max_response_bytes:
+            link.finish(ex, reset=True)
+            return self._fail(502, None, f"response of {length} bytes over mra.max_response_bytes", request)
+        resp = web.StreamResponse(status=head.status)
+        for k, v in headers:
+            resp.headers.add(k, v)
+        await resp.prepare(request)
+        total = 0
+        while True:
+            try:
+                piece = await asyncio.wait_for(ex.read(), m.request_timeout_s)
+            except (asyncio.TimeoutError, TunnelLost, StreamAborted) as exc:
+                self.events.emit("mra request failed", status=head.status, method=request.method, client=request.remote,
+                                 path=request.raw_path[:200], cause=f"response body cut: {exc or 'stalled'}")
+                link.finish(ex, reset=True)
+                request.transport.abort() if request.transport else None
+                return resp
+            if piece is None:
+                break
+            total += len(piece)
+            if total > m.max_response_bytes:
+                self.events.emit("mra request failed", status=head.status, method=request.method, client=request.remote,
+                                 path=request.raw_path[:200], cause="response body over mra.max_response_bytes")
+                link.finish(ex, reset=True)
+                request.transport.abort() if request.transport else None
+                return resp
+            await resp.write(piece)
+            link.consumed(ex, len(piece))
+        await resp.write_eof()
+        return resp

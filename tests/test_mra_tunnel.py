@@ -1,0 +1,384 @@
+"""MRA HTTPS proxy (issue 9 items 1-2): the sans-IO tunnel machines, then an in-process
+edge + core pair on 127.0.24.x with an internal web service behind the core and Debian curl
+as the remote client.
+
+Addresses (this module only): edge 127.0.24.2 (HTTPS 18443, tunnel 12222, traversal 17001),
+core 127.0.24.3, internal service 127.0.24.4:18080.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from edgeway.config import parse_config
+from edgeway.diag.events import EventLog
+from edgeway.mra.edge_config import answer_edge_config, decode_domain
+from edgeway.mra.gate import Gate
+from edgeway.mra.tunnel import (
+    Authenticated, AuthFailed, CoreTunnel, DataReceived, EdgeTunnel, RequestReceived, ResponseReceived,
+    StreamEnded, StreamReset, STREAM_WINDOW,
+)
+from edgeway.node import Node
+from edgeway.security.pki import write_lab_pki
+
+EDGE_IP, CORE_IP, INTERNAL_IP = "127.0.24.2", "127.0.24.3", "127.0.24.4"
+HTTPS_PORT, TUNNEL_PORT, TRAVERSAL_PORT, INTERNAL_PORT = 18443, 12222, 17001, 18080
+DOMAIN = "corp.mra.test"
+EDGE_FQDN = f"edge.{DOMAIN}"
+B64 = base64.b64encode(DOMAIN.encode()).decode()
+
+
+# ---- sans-IO -----------------------------------------------------------------------------------
+
+def _pair(password: str = "pw") -> tuple[EdgeTunnel, CoreTunnel, list, list]:
+    edge, core = EdgeTunnel({"core": "pw"}, "core", "nonce-1"), CoreTunnel("core", password)
+    edge.initiate()
+    core.initiate()
+    return edge, core, *_pump(edge, core)
+
+
+def _pump(edge: EdgeTunnel, core: CoreTunnel) -> tuple[list, list]:
+    """Carry bytes both ways until quiet; (events at the edge, events at the core)."""
+    at_edge, at_core = [], []
+    while True:
+        a, b = edge.data_to_send(), core.data_to_send()
+        if not a and not b:
+            return at_edge, at_core
+        if a:
+            at_core += core.receive_data(a)
+        if b:
+            at_edge += edge.receive_data(b)
+
+
+def test_tunnel_authenticates_the_core_before_any_request() -> None:
+    edge, core, at_edge, at_core = _pair()
+    assert at_edge == [Authenticated("core")] and at_core == []  # the check is answered inside CoreTunnel
+    assert edge.can_start()
+    edge2, _core2, at_edge2, _ = _pair(password="wrong")
+    assert [type(e) for e in at_edge2] == [AuthFailed] and not edge2.can_start()
+    with pytest.raises(RuntimeError):
+        edge2.start_request("GET", "/x", "edge", [], end=True)
+
+
+def test_tunnel_request_response_and_flow_control() -> None:
+    """A 600 KiB request body crosses only as far as the core acknowledges it (one stream
+    window buffered at most); the response streams back on the same stream."""
+    edge, core, _, _ = _pair()
+    sid = edge.start_request("POST", f"/{B64}/http/h/80/p", "edge", [("content-type", "x/y")], end=False)
+    edge.send_data(sid, b"a" * (600 * 1024), end=True)
+    _, at_core = _pump(edge, core)
+    assert isinstance(at_core[0], RequestReceived) and at_core[0].method == "POST" and not at_core[0].ended
+    assert ("content-type", "x/y") in at_core[0].headers
+    got = sum(len(e.data) for e in at_core if isinstance(e, DataReceived))
+    assert got <= STREAM_WINDOW and edge.pending(sid) == 600 * 1024 - got
+    total = got
+    while edge.pending(sid) or not any(isinstance(e, (StreamEnded,)) or (isinstance(e, DataReceived) and e.ended) for e in at_core):
+        core.ack(sid, got)
+        _, at_core = _pump(edge, core)
+        got = sum(len(e.data) for e in at_core if isinstance(e, DataReceived))
+        total += got
+    assert total == 600 * 1024
+    core.send_response(sid, 201, [("x-a", "1")])
+    core.send_data(sid, b"done", end=True)
+    at_edge, _ = _pump(edge, core)
+    assert at_edge[0] == ResponseReceived(sid, 201, [("x-a", "1")], False)
+    assert at_edge[1] == DataReceived(sid, b"done", True)
+
+
+def test_tunnel_reset_reaches_the_other_side() -> None:
+    edge, core, _, _ = _pair()
+    sid = edge.start_request("GET", "/x", "edge", [], end=True)
+    _pump(edge, core)
+    edge.reset(sid)
+    _, at_core = _pump(edge, core)
+    assert [type(e) for e in at_core] == [StreamReset]
+
+
+def test_edge_config_document_and_domains() -> None:
+    mra = parse_config(_core_cfg(Path("/nonexistent"), {"ca": "c", "cert": "c", "key": "k"})).mra
+    status, headers, body = answer_edge_config(mra, EDGE_FQDN, "GET",
+                                               f"/{B64}/get_edge_config?service_name=_cisco-uds&service_name=_cuplogin")
+    assert status == 200 and ("content-type", "application/xml; charset=utf-8") in headers
+    text = body.decode()
+    for piece in ("<getEdgeConfigResponse", "<name>_cisco-uds</name>", f"<address>{INTERNAL_IP}</address>",
+                  "<port>8443</port>", "<name>_cuplogin</name>", f"<sipEdgeServer><server><address>{EDGE_FQDN}</address><tlsPort>5061</tlsPort>",
+                  f"<httpEdgeServer><server><address>{EDGE_FQDN}</address><tlsPort>8443</tlsPort>",
+                  "<turnEdgeServer><server><address>turn.corp.mra.test</address><udpPort>3478</udpPort>"):
+        assert piece in text, piece
+    other = base64.b64encode(b"elsewhere.test").decode()
+    assert answer_edge_config(mra, EDGE_FQDN, "GET", f"/{other}/get_edge_config")[0] == 404
+    assert answer_edge_config(mra, EDGE_FQDN, "GET", "/!!!/get_edge_config")[0] == 404
+    assert answer_edge_config(mra, EDGE_FQDN, "POST", f"/{B64}/get_edge_config")[0] == 405
+    assert decode_domain(base64.urlsafe_b64encode(b"Corp.MRA.test").decode().rstrip("=")) == DOMAIN
+
+
+# ---- the pair ----------------------------------------------------------------------------------
+
+class FakeAllowList:
+    """Test-only stand-in for edgeway.mra.allowlist.AllowList: allows GET/POST on
+    http://127.0.24.4:18080 under /allowed/ and /slow, nothing else."""
+
+    @dataclass
+    class Decision:
+        allowed: bool
+        status: int
+        reason: str
+        rule: str | None
+        url: str | None
+
+    def check(self, method: str, target: str, deployment: str = "Default deployment") -> "FakeAllowList.Decision":
+        base = f"http://{INTERNAL_IP}:{INTERNAL_PORT}/"
+        ok = target.startswith(base + "allowed/") or target.startswith(base + "slow")
+        return self.Decision(ok and method in ("GET", "POST"), 200 if ok else 403, "fake", "fake" if ok else None, target)
+
+
+@dataclass
+class _Target:
+    url: str
+
+
+def fake_parse(raw_path: str) -> _Target:
+    """Test-only decoder: ``/<b64>/<scheme>/<host>/<port>/<rest>`` → absolute URL (no normalisation)."""
+    parts = raw_path.split("/", 5)
+    if len(parts) < 5 or parts[2] not in ("http", "https"):
+        raise ValueError("bad proxied path")
+    return _Target(f"{parts[2]}://{parts[3]}:{parts[4]}/{parts[5] if len(parts) > 5 else ''}")
+
+
+def _common(role: str, ip: str, certs: dict, tmp: Path) -> dict[str, Any]:
+    return {"role": role, "name": role,
+            "sip": {"listen_ip": ip, "udp_port": 0, "tcp_port": 0, "tls_port": 0, "domains": [DOMAIN]},
+            "tls": {"cert_file": str(certs["cert"]), "key_file": str(certs["key"]), "ca_file": str(certs["ca"])},
+            "media": {"port_min": 41000, "port_max": 41999},
+            "log": {"file": str(tmp / f"{role}.jsonl"), "max_events_per_s": 0}}
+
+
+def _edge_cfg(tmp: Path, certs: dict, **mra: Any) -> dict[str, Any]:
+    d = _common("edge", EDGE_IP, certs, tmp)
+    d["credentials"] = [{"username": "core", "password": "tunnel-secret"}]
+    d["zones"] = [{"type": "traversal_server", "name": "Traversal", "port": TRAVERSAL_PORT, "username": "core",
+                   "tls_verify_subject_name": f"core.{DOMAIN}", "keepalive_interval_s": 1.0,
+                   "probe_retry_count": 2, "probe_retry_interval_s": 0.5}]
+    d["mra"] = {"enabled": True, "domains": [DOMAIN], "https_port": HTTPS_PORT, "tunnel_port": TUNNEL_PORT,
+                "https_listen_ips": [EDGE_IP, "::1"], "request_timeout_s": 2.0, "max_request_bytes": 1 << 20,
+                "max_response_bytes": 1 << 20, **mra}
+    return d
+
+
+def _core_cfg(tmp: Path, certs: dict, **mra: Any) -> dict[str, Any]:
+    d = _common("core", CORE_IP, certs, tmp)
+    d["zones"] = [{"type": "traversal_client", "name": "Traversal", "peers": [f"{EDGE_IP}:{TRAVERSAL_PORT}"],
+                   "username": "core", "password": "tunnel-secret", "keepalive_interval_s": 1.0,
+                   "probe_retry_count": 2, "probe_retry_interval_s": 0.5, "retry_interval_s": 0.3}]
+    d["mra"] = {"enabled": True, "domains": [DOMAIN], "tunnel_port": TUNNEL_PORT, "edge_hostname": EDGE_FQDN,
+                "request_timeout_s": 5.0, "uds_servers": [INTERNAL_IP],
+                "turn_servers": [{"host": f"turn.{DOMAIN}"}], **mra}
+    return d
+
+
+async def _internal_service() -> web.AppRunner:
+    async def allowed(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(text=f"internal {request.method} {request.path_qs} {len(body)}")
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(40):
+            await resp.write(b"z" * 65536)  # 2.5 MiB, no Content-Length: cut at the edge's limit
+        return resp
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)  # over the edge's 2 s request timeout
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_route("*", "/allowed/big", big)
+    app.router.add_route("*", "/allowed/{tail:.*}", allowed)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/secret", allowed)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, INTERNAL_IP, INTERNAL_PORT).start()
+    return runner
+
+
+class Pair:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        certs = write_lab_pki(tmp / "pki", {
+            "edge": {"common_name": EDGE_FQDN, "ip_sans": [EDGE_IP, "::1"]},
+            "core": {"common_name": f"core.{DOMAIN}", "ip_sans": [CORE_IP]}})
+        self.ca = certs["edge"]["ca"]
+        self.edge_cfg = parse_config(_edge_cfg(tmp, certs["edge"]))
+        self.core_cfg = parse_config(_core_cfg(tmp, certs["core"]))
+        self.edge: Node | None = None
+        self.core: Node | None = None
+        self.connects: list[tuple[Any, Any, Any]] = []
+
+    async def start_core(self) -> None:
+        from edgeway.mra.core import CoreMra
+
+        core = Node(self.core_cfg, EventLog("core", str(self.tmp / "core.jsonl")))
+        orig = CoreMra.__init__
+
+        def init(obj, cfg, events, client_ssl, gate=None):
+            orig(obj, cfg, events, client_ssl, Gate(FakeAllowList(), fake_parse))
+
+        CoreMra.__init__ = init  # the fake allow list, until edgeway.mra.allowlist is merged
+        try:
+            await core.start()
+        finally:
+            CoreMra.__init__ = orig
+        self.core = core
+
+    async def wait_tunnel(self, up: bool = True, timeout: float = 5.0) -> None:
+        for _ in range(int(timeout / 0.05)):
+            if (self.edge.mra.status()["state"] == "active") == up:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"tunnel not {'up' if up else 'down'}: {self.edge.mra.status()}")
+
+    def events(self, node: str) -> list[dict]:
+        return [json.loads(line) for line in (self.tmp / f"{node}.jsonl").read_text().splitlines()]
+
+
+@contextlib.asynccontextmanager
+async def running_pair(tmp: Path):
+    pair = Pair(tmp)
+    loop = asyncio.get_running_loop()
+    orig_cc = loop.create_connection
+
+    async def create_connection(factory, host=None, port=None, **kw):
+        sock = kw.get("sock")  # aiohttp connects the socket itself (happy eyeballs), then hands it over
+        if sock is not None:
+            pair.connects.append((*sock.getpeername()[:2], sock.getsockname()[:2]))
+        else:
+            pair.connects.append((host, port, kw.get("local_addr")))
+        return await orig_cc(factory, host, port, **kw)
+
+    loop.create_connection = create_connection  # type: ignore[method-assign]
+    internal = await _internal_service()
+    pair.edge = Node(pair.edge_cfg, EventLog("edge", str(tmp / "edge.jsonl")))
+    await pair.edge.start()
+    await pair.start_core()
+    try:
+        await pair.wait_tunnel()
+        yield pair
+    finally:
+        if pair.core is not None:
+            await pair.core.close()
+        await pair.edge.close()
+        await internal.cleanup()
+        loop.create_connection = orig_cc  # type: ignore[method-assign]
+
+
+async def curl(pair: Pair, path: str, *args: str, host: str = EDGE_IP) -> tuple[int, str, str]:
+    """curl https://edge.<domain>:18443<path> (resolved to ``host``); (status, reason, body)."""
+    url = f"https://{EDGE_FQDN}:{HTTPS_PORT}{path}"
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "10", "--cacert", str(pair.ca), "--resolve", f"{EDGE_FQDN}:{HTTPS_PORT}:{host}",
+        "--tlsv1.2", "-i", *args, url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    text = out.decode(errors="replace")
+    head, _, body = text.partition("\r\n\r\n")
+    if not head:
+        return 0, err.decode(), ""
+    status_line = head.split("\r\n")[0].split(" ", 2)
+    return int(status_line[1]), status_line[2] if len(status_line) > 2 else "", body
+
+
+pytestmark_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl (Debian) not installed")
+
+
+@pytestmark_curl
+def test_edge_https_through_core_initiated_tunnel(tmp_path: Path) -> None:
+    """curl → edge:18443 → tunnel (opened by the core) → core → internal service, and the
+    edge's own answers: 404 unknown domain, 403 blocked, 413/502 limits, 504 slow, 502 down."""
+
+    async def scenario() -> None:
+        async with running_pair(tmp_path) as pair:
+            st, _, body = await curl(pair, f"/{B64}/get_edge_config?service_name=_cisco-uds&service_name=_cuplogin")
+            assert st == 200 and "<getEdgeConfigResponse" in body and f"<address>{EDGE_FQDN}</address>" in body, body
+            st, _, body = await curl(pair, f"/{B64}/get_edge_config?service_name=_cisco-uds", host="::1")
+            assert st == 200 and "<name>_cisco-uds</name>" in body  # IPv6 listener
+            other = base64.b64encode(b"unknown.test").decode()
+            assert (await curl(pair, f"/{other}/get_edge_config"))[0] == 404
+
+            st, _, body = await curl(pair, f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/allowed/user?x=1")
+            assert (st, body) == (200, "internal GET /allowed/user?x=1 0"), body
+            st, _, body = await curl(pair, f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/allowed/up", "--data-binary", "@-",
+                                     "-H", "Content-Type: application/octet-stream")
+            assert st == 200
+            st, _, _ = await curl(pair, f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/secret")
+            assert st == 403
+            # keep-alive: two requests on one connection
+            st, _, body = await curl(pair, f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/allowed/a", "--next", "-i",
+                                     "--cacert", str(pair.ca), f"https://{EDGE_FQDN}:{HTTPS_PORT}/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/allowed/b")
+            assert st == 200 and "internal GET /allowed/b 0" in body
+            big = tmp_path / "big.bin"
+            big.write_bytes(b"q" * (2 << 20))
+            assert (await curl(pair, f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/allowed/up", "--data-binary", f"@{big}"))[0] == 413
+            st, _, _ = await curl(pair, f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/allowed/up", "-H", "Transfer-Encoding: chunked",
+                                  "--data-binary", f"@{big}")
+            assert st == 413  # counted while streaming (no Content-Length)
+            st, _, _ = await curl(pair, f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/allowed/big")
+            assert st in (0, 200)  # head relayed, body cut at max_response_bytes (curl reports the cut)
+            st, _, _ = await curl(pair, f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/slow")
+            assert st == 504
+
+            await pair.core.close()
+            pair.core = None
+            await pair.wait_tunnel(up=False)
+            st, reason, _ = await curl(pair, f"/{B64}/get_edge_config")
+            assert (st, reason) == (502, "Next Hop Connection Failed")
+
+            await pair.start_core()  # the core comes back: the tunnel is re-established by the core
+            await pair.wait_tunnel()
+            assert (await curl(pair, f"/{B64}/get_edge_config"))[0] == 200
+
+            # The edge never opens a connection: every outbound connection of this process
+            # (tunnel and internal service alike) was opened bound to the core's address.
+            assert pair.connects and all(local and local[0] == CORE_IP for _, _, local in pair.connects), pair.connects
+            assert {(h, p) for h, p, _ in pair.connects} <= {(EDGE_IP, TUNNEL_PORT), (EDGE_IP, TRAVERSAL_PORT),
+                                                               (INTERNAL_IP, INTERNAL_PORT)}
+            edge_events = pair.events("edge")
+            assert any(e["event"] == "mra tunnel connected" for e in edge_events)
+            assert any(e["event"] == "mra request failed" and e.get("status") == 502 for e in edge_events)
+
+    asyncio.run(scenario())
+
+
+@pytestmark_curl
+def test_edge_refuses_a_tunnel_from_a_certificate_without_the_subject_name(tmp_path: Path) -> None:
+    """The edge checks the core's certificate like the traversal zone: CA + subject name."""
+
+    async def scenario() -> None:
+        pair = Pair(tmp_path)
+        pair.core_cfg = pair.core_cfg.model_copy(update={"tls": pair.core_cfg.tls.model_copy(update={
+            "cert_file": pair.edge_cfg.tls.cert_file, "key_file": pair.edge_cfg.tls.key_file})})
+        pair.edge = Node(pair.edge_cfg, EventLog("edge", str(tmp_path / "edge.jsonl")))
+        await pair.edge.start()
+        await pair.start_core()
+        try:
+            await asyncio.sleep(1.0)
+            assert pair.edge.mra.status()["state"] == "down"
+            assert (await curl(pair, f"/{B64}/get_edge_config"))[:2] == (502, "Next Hop Connection Failed")
+        finally:
+            await pair.core.close()
+            await pair.edge.close()
+        failures = [e for e in pair.events("edge") if e["event"] == "tls handshake failed" and e.get("listener") == "mra tunnel"]
+        assert failures and "subject name" in failures[0]["cause"]
+
+    asyncio.run(scenario())
