@@ -1,0 +1,69 @@
+"""Mobile and remote access through `edgeway lab up` with curl as the remote client
+(issue 9 "Checked by"): the `_collab-edge._tls` SRV record in the lab DNS, get_edge_config,
+an allowed request (200 with the internal body), blocked ones (403, 400), tunnel down (502).
+Loopback only; the lab DNS answers on 127.0.0.10:5300."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import dns.resolver
+import pytest
+
+from edgeway.lab.topology import CORP_DOMAIN, DNS_IP, DNS_PORT, EDGE_FQDN, EDGE_IP
+from edgeway.lab.webservice import LAB_USERS
+from support.harness import LabUp
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+B64 = base64.urlsafe_b64encode(CORP_DOMAIN.encode()).decode().rstrip("=")
+BASE = f"https://{EDGE_FQDN}:8443/{B64}"
+
+
+def curl(lab: LabUp, path: str, *extra: str) -> tuple[int, str]:
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(lab.workdir / "pki" / "ca.pem"),
+                          "--resolve", f"{EDGE_FQDN}:8443:{EDGE_IP}", "-o", "-", "-w", "\n%{http_code}",
+                          *extra, BASE + path], capture_output=True, text=True, timeout=20)
+    body, _, code = out.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def test_discovery_allowed_blocked_and_tunnel_down(lab: LabUp) -> None:
+    r = dns.resolver.Resolver(configure=False)
+    r.nameservers, r.port = [DNS_IP], DNS_PORT
+    [srv] = r.resolve(f"_collab-edge._tls.{CORP_DOMAIN}", "SRV")
+    assert (srv.port, str(srv.target).rstrip(".")) == (8443, EDGE_FQDN)
+
+    code, body = curl(lab, "/get_edge_config?service_name=_cisco-uds&service_name=_cuplogin")
+    assert code == 200 and EDGE_FQDN in body and "8443" in body, body
+    bad_domain = base64.urlsafe_b64encode(b"nowhere.test").decode().rstrip("=")
+    code, _ = curl(lab, f"/../{bad_domain}/get_edge_config")  # normalised by curl to /<b64>/get_edge_config
+    assert code == 404
+
+    user, password = next(iter(LAB_USERS.items()))
+    code, body = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:{password}")
+    assert code == 200 and f"<userName>{user}</userName>" in body, body
+    code, _ = curl(lab, "/http/127.0.0.4/8443/admin/secrets")
+    assert code == 403  # no rule allows it
+    code, _ = curl(lab, "/http/127.0.0.4/8443/cucm-uds/%2e%2e/admin", "--path-as-is")
+    assert code in (400, 403)  # a dot segment, encoded, never widens a rule
+
+    core = lab.node_pids()["core"]
+    os.kill(core, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 25
+        code = 0
+        while time.monotonic() < deadline:  # the edge finds the stalled tunnel dead by its keepalive
+            code, body = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:{password}",
+                              "--max-time", "3")
+            if code == 502:
+                break
+            time.sleep(0.5)
+        assert code == 502 and "Next Hop Connection Failed" in body, (code, body)
+    finally:
+        os.kill(core, signal.SIGCONT)
