@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import dns.resolver
@@ -52,6 +53,27 @@ def test_discovery_allowed_blocked_and_tunnel_down(lab: LabUp) -> None:
     assert code == 403  # no rule allows it
     code, _ = curl(lab, "/http/127.0.0.4/8443/cucm-uds/%2e%2e/admin", "--path-as-is")
     assert code in (400, 403)  # a dot segment, encoded, never widens a rule
+
+    # Repeated bad credentials (the inside answers 401) ban the client's address on the edge
+    # (more than 5 → 10 minutes); the operator lifts the ban through the control socket.
+    for _ in range(6):
+        code, _ = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:wrong")
+        assert code == 401
+    code, _ = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:{password}")
+    assert code == 0  # banned: cut off unanswered
+    deadline = time.monotonic() + 3
+    while not (bans := [e for e in lab.events("edge") if e.get("event") == "source blocked"]) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the event log reaches its file within 0.1 s
+    assert bans and bans[-1]["category"] == "http_proxy_authorization_failure", bans
+    banned = bans[-1]["source"]
+    cli = [sys.executable, "-m", "edgeway", "blocked"]
+    listed = subprocess.run([*cli, "list", "-c", str(lab.workdir / "edge.toml")], capture_output=True, text=True, timeout=20)
+    assert listed.returncode == 0 and banned in listed.stdout, listed
+    lifted = subprocess.run([*cli, "unblock", banned, "-c", str(lab.workdir / "edge.toml")], capture_output=True,
+                            text=True, timeout=20)
+    assert lifted.returncode == 0, lifted
+    code, _ = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:{password}")
+    assert code == 200
 
     core = lab.node_pids()["core"]
     os.kill(core, signal.SIGSTOP)

@@ -173,6 +173,9 @@ def _edge_cfg(tmp: Path, certs: dict, **mra: Any) -> dict[str, Any]:
     d["mra"] = {"enabled": True, "domains": [DOMAIN], "https_port": HTTPS_PORT, "tunnel_port": TUNNEL_PORT,
                 "https_listen_ips": [EDGE_IP, "::1"], "request_timeout_s": 2.0, "max_request_bytes": 1 << 20,
                 "max_response_bytes": 1 << 20, **mra}
+    # These tests provoke many refusals from one client on purpose: intrusion protection
+    # would ban it (tests/test_mra_lab.py checks that ban through the lab).
+    d["intrusion_protection"] = {"enabled": False}
     return d
 
 

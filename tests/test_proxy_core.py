@@ -692,3 +692,34 @@ def test_core_registrar_sends_path_bindings_down_the_traversal_zone() -> None:
     fwd, flow = forwarded(core.receive(request("INVITE", "sip:carol@corp.test"), udp_in(), 2.0))
     assert flow == new and fwd.uri == "sip:carol@192.168.1.5:5061;transport=tls"
     assert fwd.headers.get_all("Route") == [path]
+
+
+def test_edge_caps_proxied_registrations() -> None:
+    """Issue 9 item 5: beyond ``limits.max_proxied_registrations`` distinct AORs a new
+    REGISTER gets 503 + Retry-After; a refresh of a counted AOR still goes through, and an
+    AOR whose bindings are all removed no longer counts."""
+    cfg = config(role="edge", zones=[
+        {"name": "Traversal", "type": "traversal_server", "username": "core", "tls_verify_subject_name": "core.test"},
+    ], rules=[rule("Traversal", 10)])
+    cfg.limits.max_proxied_registrations = 1
+    edge = ProxyCore(cfg)
+    edge.zone_changed("Traversal", [TRAV], 0.0)
+    client = Flow("tls", (NODE, 5061), ("198.51.100.50", 40999), 9)
+
+    def register(user: str, now: float, expires: str = "600") -> list:
+        reg = request("REGISTER", "sip:corp.test", via_host="198.51.100.50", transport="TLS", extra=[("Expires", expires)])
+        reg.headers.set("To", f"<sip:{user}@corp.test>")
+        reg.headers.set("Contact", f"<sip:{user}@192.168.1.5:5061;transport=tls>")
+        return edge.receive(reg, client, now, None)
+
+    def accept(actions: list, now: float, expires: int = 600) -> None:
+        fwd, _ = forwarded(actions, "REGISTER")
+        ok = make_response(fwd, 200, to_tag="r1", extra=[("Contact", f"<sip:x@192.168.1.5:5061;transport=tls>;expires={expires}")]
+                           if expires else [])
+        edge.receive(ok, TRAV, now, "Traversal")
+
+    accept(register("carol", 0.0), 0.1)
+    assert 503 in statuses(register("dave", 1.0))  # a second AOR: over the cap of 1
+    accept(register("carol", 2.0), 2.1)  # carol's refresh still passes
+    accept(register("carol", 3.0, "0"), 3.1, expires=0)  # carol removes her binding
+    forwarded(register("dave", 4.0), "REGISTER")  # now dave fits

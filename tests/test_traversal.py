@@ -4,16 +4,19 @@ core is away, recovery without restarting the edge, and refused traversal client
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import secrets
 import socket
 import time
 from pathlib import Path
 
 
+from typer.testing import CliRunner
+
+from edgeway.cli.main import app
 from edgeway.config import load_config
 from edgeway.config.models import ControlConfig, IntrusionCategory
-from edgeway.cli.main import app
-from typer.testing import CliRunner
 from edgeway.diag.events import EventLog
 from edgeway.lab.dns_server import LabDnsServer
 from edgeway.lab.runner import Lab
@@ -91,31 +94,45 @@ def test_core_killed_and_restarted(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-async def _pair_with(tmp_path: Path, change) -> tuple[list[dict], str]:
-    """Start an in-process edge, and a core whose config is updated with
-    ``change(edge_cfg, core_cfg) -> dict``; return the edge's events and the zone state."""
+@contextlib.asynccontextmanager
+async def _running_pair(tmp_path: Path, core_change, edge_change=None):
+    """An in-process lab DNS, edge and core (events to ``e.jsonl`` / ``c.jsonl`` in
+    ``tmp_path``); each config is updated with ``*_change(edge_cfg, core_cfg) -> dict``.
+    Yields ``(edge, core, topology)``; everything is closed on exit."""
     topo = LabTopology(retry_interval_s=30)
     files = topo.build(tmp_path)
     edge_cfg = load_config(files.config("edge"))
     core_cfg = load_config(files.config("core"))
-    core_cfg = core_cfg.model_copy(update=change(edge_cfg, core_cfg))
+    if edge_change is not None:
+        edge_cfg = edge_cfg.model_copy(update=edge_change(edge_cfg, core_cfg))
+    core_cfg = core_cfg.model_copy(update=core_change(edge_cfg, core_cfg))
     dns = LabDnsServer(topo.dns_records(), host=topo.dns_ip, port=topo.dns_port)
     await dns.start()
     edge = Node(edge_cfg, EventLog("edge", str(tmp_path / "e.jsonl")))
     core = Node(core_cfg, EventLog("core", str(tmp_path / "c.jsonl")))
-    await edge.start()
-    await core.start()
-    await asyncio.sleep(1.0)
-    state = core.traversal.status()["Traversal Zone"]["state"]
-    edge_state = edge.traversal.status()["Traversal Zone"]["state"]
-    await core.close()
-    await edge.close()
-    await dns.close()
-    import json
+    try:
+        await edge.start()
+        await core.start()
+        yield edge, core, topo
+    finally:
+        await core.close()
+        await edge.close()
+        await dns.close()
 
-    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+
+def _edge_events(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+
+
+async def _pair_with(tmp_path: Path, change) -> tuple[list[dict], str]:
+    """Start an in-process edge, and a core whose config is updated with
+    ``change(edge_cfg, core_cfg) -> dict``; return the edge's events and the zone state."""
+    async with _running_pair(tmp_path, change) as (edge, core, _topo):
+        await asyncio.sleep(1.0)
+        state = core.traversal.status()["Traversal Zone"]["state"]
+        edge_state = edge.traversal.status()["Traversal Zone"]["state"]
     assert edge_state == state
-    return events, state
+    return _edge_events(tmp_path), state
 
 
 def test_wrong_password_is_refused(tmp_path: Path) -> None:
@@ -146,25 +163,17 @@ def test_repeated_traversal_auth_failures_ban_the_address(tmp_path: Path) -> Non
     the credential check more than the trigger level (2 here) is banned; its next
     connections are reset at accept, before TLS; unblocking lets it in again."""
 
+    def edge_change(edge_cfg, core_cfg):
+        return {"intrusion_protection": edge_cfg.intrusion_protection.model_copy(
+                    update={"categories": {"traversal_authentication_failure": IntrusionCategory(trigger_level=2, ban_s=30)}}),
+                "control": ControlConfig(socket=str(tmp_path / "edge.ctl"))}
+
+    def core_change(edge_cfg, core_cfg):
+        return {"zones": [z.model_copy(update={"password": "not-the-password", "retry_interval_s": 0.05})
+                          if z.type == "traversal_client" else z for z in core_cfg.zones]}
+
     async def scenario():
-        topo = LabTopology(retry_interval_s=30)
-        files = topo.build(tmp_path)
-        edge_cfg = load_config(files.config("edge"))
-        edge_cfg = edge_cfg.model_copy(update={
-            "intrusion_protection": edge_cfg.intrusion_protection.model_copy(
-                update={"categories": {"traversal_authentication_failure": IntrusionCategory(trigger_level=2, ban_s=30)}}),
-            "control": ControlConfig(socket=str(tmp_path / "edge.ctl"))})
-        core_cfg = load_config(files.config("core"))
-        zones = [z.model_copy(update={"password": "not-the-password", "retry_interval_s": 0.05})
-                 if z.type == "traversal_client" else z for z in core_cfg.zones]
-        core_cfg = core_cfg.model_copy(update={"zones": zones})
-        dns = LabDnsServer(topo.dns_records(), host=topo.dns_ip, port=topo.dns_port)
-        await dns.start()
-        edge = Node(edge_cfg, EventLog("edge", str(tmp_path / "e.jsonl")))
-        core = Node(core_cfg, EventLog("core", str(tmp_path / "c.jsonl")))
-        await edge.start()
-        await core.start()
-        try:
+        async with _running_pair(tmp_path, core_change, edge_change) as (edge, _core, topo):
             await asyncio.sleep(2.0)
             blocked = edge.intrusion.blocked_list(asyncio.get_running_loop().time())
             refused = edge.tl.stats["refused_blocked"]
@@ -174,14 +183,7 @@ def test_repeated_traversal_auth_failures_ban_the_address(tmp_path: Path) -> Non
             unblock = await asyncio.to_thread(CliRunner().invoke, app, ["blocked", "unblock", topo.core_ip, *ctl])
             again = await asyncio.to_thread(CliRunner().invoke, app, ["blocked", "unblock", topo.core_ip, *ctl])
             unblocked = (listed.exit_code, listed.output, unblock.exit_code, again.exit_code)
-        finally:
-            await core.close()
-            await edge.close()
-            await dns.close()
-        import json
-
-        events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
-        return events, blocked, refused, unblocked
+        return _edge_events(tmp_path), blocked, refused, unblocked
 
     events, blocked, refused, unblocked = asyncio.run(scenario())
     failures = [e for e in events if e["event"] == "traversal authentication failed"]

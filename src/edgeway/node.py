@@ -165,6 +165,10 @@ class Node:
             from .mra.edge import EdgeMra
 
             self.mra = EdgeMra(self.cfg, self.events)
+            if self.intrusion is not None:
+                intrusion, loop = self.intrusion, asyncio.get_running_loop()
+                self.mra.source_blocked = lambda ip: intrusion.refuse(ip, loop.time())
+                self.mra.on_http_failure = self.intrusion_failure
         else:
             from .mra.core import CoreMra
 

@@ -310,9 +310,13 @@ class LimitsConfig(_Model):
     ``reserved_fds``: descriptors kept out of ``max_connections`` for media sockets,
     traversal and outbound connections and the process itself. Unset: 512 + the media
     port range's size, at most a quarter of the limit.
+    ``max_proxied_registrations`` (edge): registrations of outside clients proxied to
+    the inside at once (distinct address-of-record; default 2,500, seed 002 §1.7); a
+    REGISTER for one more gets 503 with Retry-After.
     """
 
     max_connections: PosInt | None = None
+    max_proxied_registrations: PosInt = 2500
     max_connections_per_source: PosInt = 256
     tls_handshake_timeout_s: PosFloat = 5.0
     pre_message_idle_s: PosFloat = 15.0

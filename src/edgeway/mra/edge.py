@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -104,6 +105,11 @@ class EdgeTunnelLink(TunnelLink):
         return ex
 
 
+#: Inside answers that count as intrusion-protection failures of the client (seed 002 §10.9).
+_FAILURE_CATEGORIES = {401: "http_proxy_authorization_failure", 400: "http_proxy_protocol_violation",
+                       403: "http_proxy_resource_access_failure", 404: "http_proxy_resource_access_failure"}
+
+
 class EdgeMra:
     """The edge's MRA listeners. ``await start()`` binds them; ``await close()`` releases them."""
 
@@ -122,6 +128,13 @@ class EdgeMra:
         #: Addresses the HTTPS listener is bound to, ``(ip, port)`` (port 0 in the config binds
         #: an ephemeral one: tests).
         self.https_addresses: list[tuple[str, int]] = []
+        #: ``(source ip) -> bool``: True for an address intrusion protection has banned (its
+        #: requests are cut off unanswered); None: none.
+        self.source_blocked: Callable[[str], bool] | None = None
+        #: Called with ``(category, source ip)`` for an answer that counts as an intrusion-
+        #: protection failure (seed 002 §10.9): 401 → ``http_proxy_authorization_failure``,
+        #: 400 → ``http_proxy_protocol_violation``, 403/404 → ``http_proxy_resource_access_failure``.
+        self.on_http_failure: Callable[[str, str], None] = lambda category, ip: None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -182,6 +195,11 @@ class EdgeMra:
         """Relay one outside request through the tunnel (see the module docstring for the
         edge's own answers)."""
         m = self.mra
+        client = request.remote or ""
+        if self.source_blocked is not None and self.source_blocked(client):
+            if request.transport is not None:
+                request.transport.abort()  # banned: no answer at all
+            return web.Response(status=403)
         links = self.ready_links()
         if not links:
             return self._fail(502, NEXT_HOP_FAILED, "no MRA tunnel connection from the core", request)
@@ -209,6 +227,9 @@ class EdgeMra:
             except (TunnelLost, StreamAborted) as exc:
                 link.finish(ex, reset=True)
                 return self._fail(502, NEXT_HOP_FAILED, f"tunnel: {exc}", request)
+            category = _FAILURE_CATEGORIES.get(head.status)
+            if category is not None:
+                self.on_http_failure(category, client)
             return await self._relay_response(request, link, ex, head)
         finally:
             if pump is not None and not pump.done():

@@ -135,6 +135,8 @@ class ProxyCore:
         self._ids = itertools.count(1)
         #: Neighbour-zone source addresses → zone name (requests from them are that zone's).
         self._source_zones = {z.host: z.name for z in reversed(cfg.zones) if z.type == "neighbour" and z.match_source}
+        #: Edge: address-of-record → expiry (seconds) of registrations proxied inward.
+        self._proxied_regs: dict[str, float] = {}
         rc = cfg.registrar
         #: The node's own registrar (None when it serves no domain): REGISTERs for its
         #: domains are answered here; LocalZone search-rule targets are its bindings.
@@ -489,6 +491,10 @@ class ProxyCore:
         if method == "REGISTER" and self._for_registrar(req):
             self._register(ctx)
             return
+        if method == "REGISTER" and self.role == "edge" and not self._is_traversal(ingress) and self._registrations_full(req):
+            self._respond(ctx, 503, "Service Unavailable", extra=[
+                ("Retry-After", "60"), ("Warning", f'399 {self.public} "Proxied registration limit reached"')])
+            return
         rej = validate(req)
         if rej is not None:
             self._respond(ctx, rej.status, rej.reason, extra=list(rej.headers))
@@ -590,6 +596,45 @@ class ProxyCore:
             self._route_initial(ctx, lanes=[Lane(Candidate("registration (Path)", 0, zone, ctx.req.uri), None, [hop])])
             return True
         return False
+
+    def _registrations_full(self, req: Request) -> bool:
+        """Whether a REGISTER for a new address-of-record would pass the edge's cap on
+        proxied registrations (``limits.max_proxied_registrations``; expired ones first
+        dropped)."""
+        regs = self._proxied_regs
+        if len(regs) < self.cfg.limits.max_proxied_registrations:
+            return False
+        try:
+            aor = aor_of(req.headers.get("To") or "")
+        except UriError:
+            return False
+        if aor in regs:
+            return False
+        for k in [k for k, t in regs.items() if t <= self._now]:
+            del regs[k]
+        return len(regs) >= self.cfg.limits.max_proxied_registrations
+
+    def _note_registration(self, req: Request, resp: Response) -> None:
+        """A 2xx to a REGISTER the edge proxied inward: the AOR counts until its longest
+        binding expires (none left: it no longer counts)."""
+        try:
+            aor = aor_of(req.headers.get("To") or "")
+        except UriError:
+            return
+        longest = 0
+        for v in resp.headers.get_all("Contact"):
+            try:
+                expires = parse_name_addr(v).params.get("expires")
+            except UriError:
+                continue
+            if expires is None:
+                expires = resp.headers.get("Expires") or "3600"
+            if expires.isascii() and expires.isdigit():
+                longest = max(longest, int(expires[:9]))
+        if longest:
+            self._proxied_regs[aor] = self._now + longest
+        else:
+            self._proxied_regs.pop(aor, None)
 
     def _addressed_to_us(self, req: Request) -> bool:
         try:
@@ -1044,6 +1089,8 @@ class ProxyCore:
         """Forward a 1xx/2xx from branch ``b`` upstream (§16.7 steps 3–5, 9)."""
         up = upstream_response(resp, ctx.req)
         call = ctx.call
+        if ctx.inward and ctx.req.method == "REGISTER" and 200 <= resp.status < 300:
+            self._note_registration(ctx.req, resp)
         if call is None:
             self._send_up(ctx, up)
             return
