@@ -47,8 +47,15 @@ def test_discovery_allowed_blocked_and_tunnel_down(lab: LabUp) -> None:
     assert code == 404
 
     user, password = next(iter(LAB_USERS.items()))
-    code, body = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:{password}")
+    hdrs = lab.workdir.parent / "headers.txt"
+    code, body = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:{password}", "-D", str(hdrs))
     assert code == 200 and f"<userName>{user}</userName>" in body, body
+    # Checked once against call control: an access token comes back, and stands for the credentials.
+    [token] = [ln.split(":", 1)[1].strip() for ln in hdrs.read_text().splitlines()
+               if ln.lower().startswith("x-edgeway-access-token:")]
+    code, body = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-H", f"Authorization: Bearer {token}")
+    assert code == 200 and f"<userName>{user}</userName>" in body, body
+    assert curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-H", "Authorization: Bearer forged")[0] == 401
     code, _ = curl(lab, "/http/127.0.0.4/8443/admin/secrets")
     assert code == 403  # no rule allows it
     code, _ = curl(lab, "/http/127.0.0.4/8443/cucm-uds/%2e%2e/admin", "--path-as-is")
@@ -56,9 +63,10 @@ def test_discovery_allowed_blocked_and_tunnel_down(lab: LabUp) -> None:
 
     # Repeated bad credentials (the inside answers 401) ban the client's address on the edge
     # (more than 5 → 10 minutes); the operator lifts the ban through the control socket.
-    for _ in range(6):
-        code, _ = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:wrong")
-        assert code == 401
+    # (Each bad attempt is a credential check: after mra.max_authorizations (5 per 60 s,
+    # one used above) authorization rate control answers 429, which counts too.)
+    got = [curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:wrong")[0] for _ in range(5)]
+    assert got[:4] == [401] * 4 and got[4] == 429, got
     code, _ = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:{password}")
     assert code == 0  # banned: cut off unanswered
     deadline = time.monotonic() + 3
@@ -74,6 +82,19 @@ def test_discovery_allowed_blocked_and_tunnel_down(lab: LabUp) -> None:
     assert lifted.returncode == 0, lifted
     code, _ = curl(lab, f"/http/127.0.0.4/8443/cucm-uds/user/{user}", "-u", f"{user}:{password}")
     assert code == 200
+
+    # Maintenance mode on the core (seed 002 §16): new requests 503, then back.
+    cli_core = [sys.executable, "-m", "edgeway", "maintenance"]
+    on = subprocess.run([*cli_core, "on", "-c", str(lab.workdir / "core.toml")], capture_output=True, text=True, timeout=20)
+    assert on.returncode == 0 and "maintenance mode: on" in on.stdout, on
+    try:
+        code, _ = curl(lab, "/get_edge_config?service_name=_cisco-uds")
+        assert code == 503
+    finally:
+        off = subprocess.run([*cli_core, "off", "-c", str(lab.workdir / "core.toml")], capture_output=True, text=True,
+                             timeout=20)
+    assert off.returncode == 0 and "maintenance mode: off" in off.stdout, off
+    assert curl(lab, "/get_edge_config?service_name=_cisco-uds")[0] == 200
 
     core = lab.node_pids()["core"]
     os.kill(core, signal.SIGSTOP)

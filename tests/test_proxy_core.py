@@ -723,3 +723,17 @@ def test_edge_caps_proxied_registrations() -> None:
     accept(register("carol", 2.0), 2.1)  # carol's refresh still passes
     accept(register("carol", 3.0, "0"), 3.1, expires=0)  # carol removes her binding
     forwarded(register("dave", 4.0), "REGISTER")  # now dave fits
+
+
+def test_maintenance_mode_refuses_new_calls_and_registrations_only() -> None:
+    core = ProxyCore(config(zones=[neighbour("Partner", CALLEE)], rules=[rule("Partner")]))
+    inv = request()
+    fwd, _ = forwarded(core.receive(inv, udp_in(), 0.0))  # an established call's INVITE went out
+    core.maintenance = True
+    assert statuses(core.receive(request(), udp_in(), 1.0)) == [503]
+    [resp] = responses(core.receive(request("REGISTER", "sip:corp.test"), udp_in(), 1.0))
+    assert resp.status == 503 and resp.headers.get("Retry-After") and "Maintenance" in resp.headers.get("Warning")
+    # What is under way goes on: the answer to the first INVITE still reaches the caller.
+    assert 200 in statuses(core.receive(answer(fwd, 200), udp_in(CALLEE), 2.0))
+    core.maintenance = False
+    forwarded(core.receive(request(), udp_in(), 3.0))

@@ -95,6 +95,20 @@ class Node:
         self.traversal.on_auth_failure = lambda ip: self.intrusion_failure("traversal_authentication_failure", ip)
         self.proxy.on_auth_failure = lambda ip: self.intrusion_failure("sip_authentication_failure", ip)
 
+    def _maintenance(self, req: dict) -> dict:
+        """Control command ``maintenance``: ``{"on": true|false}`` switches maintenance mode
+        (seed 002 §16: new calls, registrations and MRA requests refused 503, what is under
+        way continues); without ``on`` it only reports. Returns ``{"maintenance": bool}``."""
+        if "on" in req:
+            on = bool(req["on"])
+            if self.proxy is not None and self.proxy.core.maintenance != on:
+                self.events.emit("maintenance mode", on=on)
+            if self.proxy is not None:
+                self.proxy.core.maintenance = on
+            if self.mra is not None and hasattr(self.mra, "maintenance"):
+                self.mra.maintenance = on
+        return {"maintenance": bool(self.proxy and self.proxy.core.maintenance)}
+
     def intrusion_failure(self, category: str, ip: str) -> None:
         """Count one failure of ``category`` from ``ip``; report a resulting ban once."""
         if self.intrusion is None:
@@ -129,6 +143,7 @@ class Node:
                 "blocked": lambda req: {"blocked": self.intrusion.blocked_list(loop.time()) if self.intrusion else [],
                                         "intrusion_protection": self.intrusion is not None},
                 "unblock": lambda req: {"unblocked": bool(self.intrusion and self.intrusion.unblock(str(req.get("address"))))},
+                "maintenance": self._maintenance,
             })
             await self.control.start()
         self._wire_inbound_chain()

@@ -1,6 +1,7 @@
 """``edgeway blocked list|unblock ADDR``: the addresses automated intrusion protection
 has blocked on a running node, through its control socket (seed 002 §10.9: System >
-Protection > Automated detection > Blocked addresses)."""
+Protection > Automated detection > Blocked addresses); ``edgeway maintenance on|off|status``
+(seed 002 §16)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,32 @@ def unblock(address: str, config: Path | None = _CONFIG, socket_path: Path | Non
     else:
         typer.echo(f"{address}: was not blocked")
         raise typer.Exit(1)
+
+
+maintenance_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                              help="Maintenance mode of a running node (seed 002 §16): new calls, registrations "
+                                   "and MRA requests get 503 while those under way continue.")
+
+
+def _maintenance(config: Path | None, socket_path: Path | None, on: bool | None) -> None:
+    fields = {} if on is None else {"on": on}
+    resp = _ask(_socket(config, socket_path), "maintenance", **fields)
+    typer.echo(f"maintenance mode: {'on' if resp.get('maintenance') else 'off'}")
+
+
+@maintenance_app.command("on")
+def maintenance_on(config: Path | None = _CONFIG, socket_path: Path | None = _SOCKET) -> None:
+    """Refuse new calls, registrations and MRA requests (503)."""
+    _maintenance(config, socket_path, True)
+
+
+@maintenance_app.command("off")
+def maintenance_off(config: Path | None = _CONFIG, socket_path: Path | None = _SOCKET) -> None:
+    """Accept new work again."""
+    _maintenance(config, socket_path, False)
+
+
+@maintenance_app.command("status")
+def maintenance_status(config: Path | None = _CONFIG, socket_path: Path | None = _SOCKET) -> None:
+    """Print whether maintenance mode is on."""
+    _maintenance(config, socket_path, None)

@@ -108,9 +108,10 @@ _register_lab()
 
 
 def _register_blocked() -> None:
-    from .blocked import blocked_app
+    from .blocked import blocked_app, maintenance_app
 
     app.add_typer(blocked_app, name="blocked")
+    app.add_typer(maintenance_app, name="maintenance")
 
 
 _register_blocked()

@@ -710,6 +710,15 @@ class MraConfig(_Model):
     edge_sip_tls_port: Port = 5061
     uds_servers: list[HostPort] = []
     turn_servers: list[TurnServer] = []
+    # -- credentials and tokens (issue 9 item 4; seed 002 §10) --
+    credentials_refresh_min: PosFloat = 480.0
+    """Minutes an access token (and a verified credential) stays valid."""
+    credentials_cleanup_min: PosFloat = 720.0
+    """Minutes between purges of expired tokens."""
+    max_authorizations: PosInt = 5
+    """Credential checks per user against call control within ``authorization_period_s``;
+    more get 429 (authorization rate control)."""
+    authorization_period_s: PosFloat = 60.0
 
     # -- HTTP allow list (issue 9 item 3) --
     default_methods: list[_METHOD_TOKEN] = ["GET"]

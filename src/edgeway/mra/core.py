@@ -26,6 +26,7 @@ from yarl import URL
 
 from ..config.models import NodeConfig, TraversalClientZone
 from ..diag.events import EventLog
+from .auth import TokenStore, basic_user
 from .edge_config import answer_edge_config, is_edge_config_path
 from .gate import Gate, gate_from_config
 from .link import Exchange, StreamAborted, TunnelLink, TunnelLost
@@ -84,8 +85,15 @@ class CoreMra:
         self.links: list[CoreTunnelLink] = []
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
+        m = cfg.mra
+        #: Verified credentials and issued access tokens (issue 9 item 4).
+        self.tokens = TokenStore(m.credentials_refresh_min * 60, m.credentials_cleanup_min * 60,
+                                 m.max_authorizations, m.authorization_period_s)
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    #: Maintenance mode (seed 002 §16): new requests get 503 while those under way finish.
+    maintenance = False
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         t = self.cfg.tls
@@ -141,6 +149,11 @@ class CoreMra:
     async def serve(self, link: CoreTunnelLink, ex: Exchange, req: RequestReceived) -> None:
         """Answer one stream (see the module docstring)."""
         try:
+            if self.maintenance:
+                await self._drain(link, ex)
+                self._reply(link, ex, 503, [("content-type", "text/plain"), ("retry-after", "300")],
+                            b"503 Service Unavailable (maintenance mode)\n")
+                return
             if is_edge_config_path(req.path):
                 status, headers, body = answer_edge_config(self.mra, self.edge_host, req.method, req.path)
                 await self._drain(link, ex)
@@ -154,7 +167,12 @@ class CoreMra:
                 text = f"{verdict.status} {'Forbidden' if verdict.status == 403 else 'Bad Request'}\n".encode()
                 self._reply(link, ex, verdict.status, [("content-type", "text/plain")], text)
                 return
-            await self._forward(link, ex, req, verdict.url)
+            headers, token, denial = await self._authorize(req)
+            if denial is not None:
+                await self._drain(link, ex)
+                self._reply(link, ex, *denial)
+                return
+            await self._forward(link, ex, req, verdict.url, headers, token)
         except (TunnelLost, StreamAborted):
             pass
         except asyncio.CancelledError:
@@ -181,10 +199,63 @@ class CoreMra:
         link.flush()
         ex.done = True
 
-    async def _forward(self, link: CoreTunnelLink, ex: Exchange, req: RequestReceived, url: str) -> None:
+    async def _authorize(self, req: RequestReceived) -> tuple[list[tuple[str, str]], str | None, tuple | None]:
+        """Credentials of a proxied request (seed 002 §10; issue 9 item 4): the headers to
+        forward, a newly issued access token (or None) and a denial ``(status, headers,
+        body)`` (or None). Basic credentials are checked once against the call-control
+        service (UDS, ``mra.uds_servers``) and rate-controlled per user (429); a bearer
+        token Edgeway issued stands for them (401 when unknown or expired). Requests
+        without credentials go as they are (the inside answers them)."""
+        headers = forwardable_headers(req.headers, _DROP_INWARD)
+        auth = next((v for k, v in headers if k == "authorization"), None)
+        if auth is None or not self.mra.uds_servers:
+            return headers, None, None
+        now = asyncio.get_running_loop().time()
+        self.tokens.maybe_purge(now)
+        scheme = auth.strip().partition(" ")[0].lower()
+        if scheme == "bearer":
+            grant = self.tokens.resolve(auth.strip().partition(" ")[2].strip(), now)
+            if grant is None:
+                return headers, None, (401, [("www-authenticate", 'Bearer error="invalid_token"')],
+                                       b"401 Unauthorized: unknown or expired access token\n")
+            return [(k, grant[1] if k == "authorization" else v) for k, v in headers], None, None
+        user = basic_user(auth)
+        if user is None or self.tokens.verified(auth, now) is not None:
+            return headers, None, None
+        if not self.tokens.allow_check(user, now):
+            self.events.emit("mra authorization rate limited", user=user, limit=self.mra.max_authorizations,
+                             period_s=self.mra.authorization_period_s)
+            return headers, None, (429, [("retry-after", str(int(self.mra.authorization_period_s)))],
+                                   b"429 Too Many Requests: authorization rate control\n")
+        status = await self._check_credentials(user, auth)
+        if status == 200:
+            return headers, self.tokens.issue(user, auth, now), None
+        if status == 401:
+            return headers, None, (401, [("www-authenticate", 'Basic realm="edgeway"')], b"401 Unauthorized\n")
+        return headers, None, (502, [], b"502 Bad Gateway: credentials could not be checked\n")
+
+    async def _check_credentials(self, user: str, auth: str) -> int:
+        """The call-control service's verdict on ``auth`` for ``user`` (UDS user lookup):
+        its status, or 502 when it cannot be asked."""
+        assert self._session is not None
+        host, port = self.mra.uds_addresses[0]
+        scheme = next((srv.scheme for srv in self.mra.internal_servers
+                       if srv.type == "call_control" and srv.host == host and srv.scheme), "https")
+        url = f"{scheme}://{host}:{port}/cucm-uds/user/{user}"
+        try:
+            async with self._session.get(url, headers={"Authorization": auth},
+                                         timeout=aiohttp.ClientTimeout(total=self.mra.request_timeout_s)) as resp:
+                await resp.read()
+                return resp.status
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            return 502
+
+    async def _forward(self, link: CoreTunnelLink, ex: Exchange, req: RequestReceived, url: str,
+                       headers: list[tuple[str, str]] | None = None, token: str | None = None) -> None:
         assert self._session is not None
         m = self.mra
-        headers = forwardable_headers(req.headers, _DROP_INWARD)
+        if headers is None:
+            headers = forwardable_headers(req.headers, _DROP_INWARD)
 
         async def body():
             while True:
@@ -202,6 +273,8 @@ class CoreMra:
                                              data=body() if has_body else None, allow_redirects=False,
                                              timeout=timeout, compress=None) as resp:
                 out = forwardable_headers(resp.headers.items())
+                if token is not None:
+                    out.append(("x-edgeway-access-token", token))  # the client may use Bearer from now on
                 link.tunnel.send_response(ex.sid, resp.status, out, end=False)
                 started = True
                 link.flush()

@@ -106,7 +106,8 @@ class EdgeTunnelLink(TunnelLink):
 
 
 #: Inside answers that count as intrusion-protection failures of the client (seed 002 §10.9).
-_FAILURE_CATEGORIES = {401: "http_proxy_authorization_failure", 400: "http_proxy_protocol_violation",
+_FAILURE_CATEGORIES = {401: "http_proxy_authorization_failure", 429: "http_proxy_authorization_failure",
+                       400: "http_proxy_protocol_violation",
                        403: "http_proxy_resource_access_failure", 404: "http_proxy_resource_access_failure"}
 
 
@@ -132,7 +133,8 @@ class EdgeMra:
         #: requests are cut off unanswered); None: none.
         self.source_blocked: Callable[[str], bool] | None = None
         #: Called with ``(category, source ip)`` for an answer that counts as an intrusion-
-        #: protection failure (seed 002 §10.9): 401 → ``http_proxy_authorization_failure``,
+        #: protection failure (seed 002 §10.9): 401 and 429 (authorization rate control) →
+        #: ``http_proxy_authorization_failure``,
         #: 400 → ``http_proxy_protocol_violation``, 403/404 → ``http_proxy_resource_access_failure``.
         self.on_http_failure: Callable[[str, str], None] = lambda category, ip: None
 

@@ -135,6 +135,9 @@ class ProxyCore:
         self._ids = itertools.count(1)
         #: Neighbour-zone source addresses → zone name (requests from them are that zone's).
         self._source_zones = {z.host: z.name for z in reversed(cfg.zones) if z.type == "neighbour" and z.match_source}
+        #: Maintenance mode (seed 002 §16): new calls and registrations get 503 while
+        #: established dialogs continue; switched by the node's control socket.
+        self.maintenance = False
         #: Edge: address-of-record → expiry (seconds) of registrations proxied inward.
         self._proxied_regs: dict[str, float] = {}
         rc = cfg.registrar
@@ -487,6 +490,11 @@ class ProxyCore:
             ctx.stateless = True
         if method == "OPTIONS" and not req.headers.get_all("Route") and self._addressed_to_us(req):
             self._respond(ctx, 200, extra=[("Allow", _ALLOW)])
+            return
+        if self.maintenance and method in ("INVITE", "REGISTER", "SUBSCRIBE", "MESSAGE") and req.to_tag is None:
+            # Maintenance mode (seed 002 §16): no new calls or registrations; dialogs go on.
+            self._respond(ctx, 503, "Service Unavailable", extra=[
+                ("Retry-After", "300"), ("Warning", f'399 {self.public} "Maintenance mode"')])
             return
         if method == "REGISTER" and self._for_registrar(req):
             self._register(ctx)
