@@ -291,7 +291,8 @@ async def running_pair(tmp: Path):
 
 
 async def curl(pair: Pair, path: str, *args: str, host: str = EDGE_IP) -> tuple[int, str, str]:
-    """curl https://edge.<domain>:18443<path> (resolved to ``host``); (status, reason, body)."""
+    """curl https://edge.<domain>:18443<path> (resolved to ``host``); (status, reason, body).
+    Every answer the edge gives names no software but its own (``Server: Edgeway``)."""
     url = f"https://{EDGE_FQDN}:{HTTPS_PORT}{path}"
     proc = await asyncio.create_subprocess_exec(
         "curl", "-sS", "--max-time", "10", "--cacert", str(pair.ca), "--resolve", f"{EDGE_FQDN}:{HTTPS_PORT}:{host}",
@@ -302,6 +303,8 @@ async def curl(pair: Pair, path: str, *args: str, host: str = EDGE_IP) -> tuple[
     if not head:
         return 0, err.decode(), ""
     status_line = head.split("\r\n")[0].split(" ", 2)
+    servers = [ln.split(":", 1)[1].strip() for ln in head.split("\r\n")[1:] if ln.lower().startswith("server:")]
+    assert servers == ["Edgeway"], head
     return int(status_line[1]), status_line[2] if len(status_line) > 2 else "", body
 
 

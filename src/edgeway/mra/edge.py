@@ -105,6 +105,10 @@ class EdgeTunnelLink(TunnelLink):
         return ex
 
 
+#: The Server header of every answer the edge gives outside (not the inside service's, not
+#: aiohttp's default ``Python/… aiohttp/…``).
+SERVER = "Edgeway"
+
 #: Inside answers that count as intrusion-protection failures of the client (seed 002 §10.9).
 _FAILURE_CATEGORIES = {401: "http_proxy_authorization_failure", 429: "http_proxy_authorization_failure",
                        400: "http_proxy_protocol_violation",
@@ -191,7 +195,7 @@ class EdgeMra:
         self.events.emit("mra request failed", status=status, cause=cause, method=request.method,
                          client=request.remote, path=request.raw_path[:200])
         return web.Response(status=status, reason=reason, text=f"{status} {reason or ''}\n".replace(" \n", "\n"),
-                            headers={"Cache-Control": "no-store"})
+                            headers={"Cache-Control": "no-store", "Server": SERVER})
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Relay one outside request through the tunnel (see the module docstring for the
@@ -266,7 +270,10 @@ class EdgeMra:
             return self._fail(502, None, f"response of {length} bytes over mra.max_response_bytes", request)
         resp = web.StreamResponse(status=head.status)
         for k, v in headers:
-            resp.headers.add(k, v)
+            if k != "server":
+                resp.headers.add(k, v)
+        # Neither the inside service's software nor ours is named outside (topology hiding).
+        resp.headers["Server"] = SERVER
         await resp.prepare(request)
         total = 0
         while True:
