@@ -516,6 +516,13 @@ def test_stream_framer_matches_reference(msgs, cuts):
     want, ref_raised = _framer_run(ref.StreamFramer(), stream, bounds)
     assert not raised
     strip = lambda e: e[:3] if isinstance(e, tuple) and e[0] == "error" else e  # noqa: E731
+    # A Content-Length that cuts a CRLF leaves a bare LF in front of what follows: it is
+    # skipped now (RFC 3261 §7.5), so a keepalive behind it is seen where the reference
+    # kept waiting for a head. Keepalives are left out of this comparison (their framing has
+    # tests of its own in test_parser_hardening); the rest is compared event by event.
+    keep = ("ping", "pong")
+    got = [e for e in got if e not in keep]
+    want = [e for e in want if e not in keep]
     for i, ev in enumerate(got):
         if i < len(want) and want[i][:2] == ("error", "empty message"):
             return  # a bare LF left before a start line: skipped now (RFC 3261 §7.5), was fatal
@@ -526,6 +533,8 @@ def test_stream_framer_matches_reference(msgs, cuts):
             assert strip(ev) == strip(want[i])
             return
         assert strip(ev) == strip(want[i])
+    if len(want) == len(got) + 1 and want[-1][:2] == ("error", "empty message"):
+        return  # the bare LF the reference failed on is skipped now (see above)
     assert len(got) == len(want) and not ref_raised and not mine.broken
 
 
