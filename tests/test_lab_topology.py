@@ -95,7 +95,7 @@ def test_configs_validate_and_follow_the_plan(built):
         ("Hybrid inbound", 5, "", HYBRID_ZONE, TRAVERSAL_ZONE, "stop"),
         ("Hybrid outbound", 50, r".*@(.*\.)?cloud\.edgeway\.test", TRAVERSAL_ZONE, HYBRID_ZONE, "stop"),
         ("Inbound to core", 10, ".*@%localdomains%", None, TRAVERSAL_ZONE, "stop"),
-        ("Remote registrations", 11, r"(.*@)?remote\.edgeway\.test", None, TRAVERSAL_ZONE, "stop"),
+        ("Remote registrations", 11, r"(.*@)?(remote\.edgeway\.test|ucm\.edgeway\.test)", None, TRAVERSAL_ZONE, "stop"),
         ("Outbound to DNS", 100, "(?!.*@%localdomains%$).*", TRAVERSAL_ZONE, DNS_ZONE, "stop"),
     ]
 
@@ -107,10 +107,12 @@ def test_configs_validate_and_follow_the_plan(built):
     assert (tc.keepalive_interval_s, tc.probe_retry_count, tc.probe_retry_interval_s) == (2.0, 2, 1.0)
     assert [(r.name, r.priority, r.source_zone, r.target_zone) for r in core.search_rules] == [
         ("Registered remote users", 5, None, "LocalZone"),
+        ("Remote registrations to call control", 6, TRAVERSAL_ZONE, CALL_CONTROL_ZONE),
         ("Inbound to call control", 10, TRAVERSAL_ZONE, CALL_CONTROL_ZONE),
         ("Outbound via edge", 20, CALL_CONTROL_ZONE, TRAVERSAL_ZONE),
     ]
     assert core.registrar.domains == ["remote.edgeway.test"] and core.registrar.users
+    assert core.sip.path_headers is False  # seed 002 §2.3: Contact rewriting by default
     assert len(built.password) >= 16
     assert (built.edge_config.stat().st_mode & 0o077) == 0  # it holds the password
     assert ALICE == "alice@corp.edgeway.test" and BOB == "bob@partner.edgeway.test"

@@ -694,6 +694,107 @@ def test_core_registrar_sends_path_bindings_down_the_traversal_zone() -> None:
     assert fwd.headers.get_all("Route") == [path]
 
 
+def _proxying_core(path_headers: bool) -> tuple[ProxyCore, Flow]:
+    """A core whose REGISTERs from traversal zone T go to call control's registrar
+    (UDP neighbour at CALLEE), in seed 002 §2.3's default mode or with SIP Path headers."""
+    cfg = parse_config({
+        "role": "core", "name": "unit",
+        "sip": {"listen_ip": NODE, "udp_port": 5060, "tcp_port": 5060, "tls_port": 5061, "path_headers": path_headers},
+        "zones": [{"name": "T", "type": "traversal_client", "peers": ["192.0.2.2:7001"], "username": "u", "password": "p"},
+                  neighbour("CallControl", CALLEE)],
+        "search_rules": [{"name": "registrations to call control", "priority": 10, "mode": "alias_pattern_match",
+                          "pattern_type": "regex", "pattern": r"(.*@)?corp\.test", "source_zone": "T",
+                          "target_zone": "CallControl"}],
+    })
+    core = ProxyCore(cfg)
+    trav = Flow("tls", (NODE, 44611), ("192.0.2.2", 7001), 21, "traversal")
+    core.zone_changed("T", [trav], 0.0)
+    return core, trav
+
+
+EDGE_PATH = "<sip:ew9.0123456789ab@192.0.2.2:7001;transport=tls;lr>"
+CLIENT_CONTACT = "sip:carol@192.168.1.5:5061;transport=tls"
+
+
+def _remote_register(core: ProxyCore, trav: Flow, now: float) -> Request:
+    reg = request("REGISTER", "sip:corp.test", via_host="192.0.2.2", transport="TLS", call_id="reg@remote",
+                  extra=[("Expires", "600"), ("Path", EDGE_PATH)])
+    reg.headers.set("To", "<sip:carol@corp.test>")
+    reg.headers.set("Contact", f'<{CLIENT_CONTACT}>;+sip.instance="<urn:uuid:1>"')
+    fwd, flow = forwarded(core.receive(reg, trav, now, "T"), "REGISTER")
+    assert flow.remote == CALLEE
+    return fwd
+
+
+def _registrar_ok(core: ProxyCore, fwd: Request, now: float, inside_phone: bool = True) -> Response:
+    """The registrar's 2xx listing the binding just made and an inside phone's."""
+    [mine] = fwd.headers.get_all("Contact")
+    contacts = [("Contact", parse_name_addr(mine).uri.__str__().join("<>") + ";expires=600")]
+    if inside_phone:
+        contacts.append(("Contact", "<sip:carol@10.9.9.9:5060>;expires=300"))
+    ok = make_response(fwd, 200, to_tag="reg1", extra=contacts)
+    [up] = [r for r in responses(core.receive(ok, udp_in(CALLEE), now)) if r.status == 200]
+    return up
+
+
+def test_core_rewrites_contact_of_registrations_from_the_traversal_zone() -> None:
+    """Seed 002 §2.3 / catalogue case 32, SIP Path headers Off (the default): the REGISTER
+    reaching call control has its Contact rewritten to the core's address and no Path; the
+    2xx going back lists only the client's own binding, with its original Contact; call
+    control's INVITE to the rewritten Contact goes over the traversal zone's current
+    connection with the client's Contact as Request-URI and the edge's Path as Route."""
+    core, trav = _proxying_core(False)
+    fwd = _remote_register(core, trav, 0.0)
+    assert not fwd.headers.get_all("Path")
+    [c] = fwd.headers.get_all("Contact")
+    na = parse_name_addr(c)
+    assert na.uri.host == NODE and na.uri.port == 5060 and na.uri.user.startswith("ewr")
+    assert na.params.get("+sip.instance") == '"<urn:uuid:1>"'  # header parameters kept
+    rewritten = str(na.uri)
+    # A refresh maps to the same Contact (the registrar refreshes, it does not add one).
+    assert parse_name_addr(_remote_register(core, trav, 1.0).headers.get("Contact")).uri.user == na.uri.user
+    up = _registrar_ok(core, fwd, 1.1)
+    assert [parse_name_addr(v).uri.__str__() for v in up.headers.get_all("Contact")] == [CLIENT_CONTACT]
+    assert "10.9.9.9" not in up.to_bytes().decode()
+    # The traversal connection is replaced; call control calls the rewritten Contact.
+    new = Flow("tls", (NODE, 44622), ("192.0.2.2", 7001), 22, "traversal")
+    core.flow_closed(trav, 2.0)
+    core.zone_changed("T", [new], 2.0)
+    inv = request("INVITE", rewritten, via_host=CALLEE[0])
+    out, flow = forwarded(core.receive(inv, udp_in(CALLEE), 3.0))
+    assert flow == new and out.uri == CLIENT_CONTACT
+    assert out.headers.get_all("Route") == [EDGE_PATH]
+    # An unknown (or expired) rewritten Contact: 480, nothing forwarded.
+    stale = request("INVITE", f"sip:ewr{'0' * 20}@{NODE}:5060;transport=udp", via_host=CALLEE[0])
+    acts = core.receive(stale, udp_in(CALLEE), 4.0)
+    assert statuses(acts)[-1] == 480 and not [m for m, _ in requests(acts) if m.method == "INVITE"]
+    acts = core.receive(request("INVITE", rewritten, via_host=CALLEE[0]), udp_in(CALLEE), 700.0)
+    assert statuses(acts)[-1] == 480
+
+
+def test_core_adds_its_path_with_sip_path_headers_on() -> None:
+    """SIP Path headers On: Contact unchanged, the core's Path entry on top of the edge's;
+    call control's INVITE routed by them goes over the traversal zone with the edge's entry
+    left as its Route; the 2xx going back keeps only the client's own binding."""
+    core, trav = _proxying_core(True)
+    fwd = _remote_register(core, trav, 0.0)
+    assert parse_name_addr(fwd.headers.get("Contact")).uri.__str__() == CLIENT_CONTACT
+    paths = fwd.headers.get_all("Path")
+    assert len(paths) == 2 and paths[1] == EDGE_PATH
+    mine = parse_name_addr(paths[0]).uri
+    assert mine.host == NODE and mine.port == 5060 and "lr" in mine.params and mine.user.startswith("ewp")
+    up = _registrar_ok(core, fwd, 0.1)
+    assert [parse_name_addr(v).uri.__str__() for v in up.headers.get_all("Contact")] == [CLIENT_CONTACT]
+    inv = request("INVITE", CLIENT_CONTACT, via_host=CALLEE[0], extra=[("Route", paths[0]), ("Route", EDGE_PATH)])
+    out, flow = forwarded(core.receive(inv, udp_in(CALLEE), 1.0))
+    assert flow == trav and out.uri == CLIENT_CONTACT and out.headers.get_all("Route") == [EDGE_PATH]
+    # The zone is down: 503 naming it, nothing forwarded.
+    core.flow_closed(trav, 2.0)
+    core.zone_changed("T", [], 2.0)
+    inv = request("INVITE", CLIENT_CONTACT, via_host=CALLEE[0], extra=[("Route", paths[0]), ("Route", EDGE_PATH)])
+    assert statuses(core.receive(inv, udp_in(CALLEE), 3.0))[-1] == 503
+
+
 def test_edge_caps_proxied_registrations() -> None:
     """Issue 9 item 5: beyond ``limits.max_proxied_registrations`` distinct AORs a new
     REGISTER gets 503 + Retry-After; a refresh of a counted AOR still goes through, and an

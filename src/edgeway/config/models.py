@@ -148,6 +148,13 @@ class SipConfig(_Model):
     hostname: str | None = None
     """FQDN of this node, used in Record-Route when a zone's ``record_route_address_type``
     is ``hostname``."""
+    path_headers: bool = False
+    """Core: how a REGISTER from a traversal zone is forwarded to an inside registrar
+    (seed 002 §2.3 "SIP Path headers", catalogue case 32). Off (default): each Contact is
+    rewritten to an address of the core's own and mapped back, and the edge's Path is
+    taken off. On: Contact is kept and the core adds its own Path entry (RFC 3327) on top
+    of the edge's; needed for shared lines and multiple lines. See
+    :mod:`edgeway.proxy.registrations`."""
 
     @property
     def public_ip(self) -> str:

@@ -155,6 +155,10 @@ def up(
     ladder: bool = typer.Option(
         True, "--ladder/--no-ladder",
         help="log every SIP message with no rate cap (the lab's ladder); --no-ladder logs as a product node does"),
+    sip_path_headers: bool = typer.Option(
+        False, "--sip-path-headers/--no-sip-path-headers",
+        help="the core forwards remote registrations for ucm.edgeway.test to call control with its Path "
+             "(seed 002 §2.3) instead of rewriting Contact"),
 ) -> None:
     """Start DNS, edge and core and keep them running until Ctrl-C (no calls placed)."""
     console = Console()
@@ -163,7 +167,7 @@ def up(
     flood = {} if flood_limit is None else {"flood": {"requests_per_s": flood_limit}}
     topology = LabTopology(call_control_transport=call_control_transport.value,
                            call_control_port=TLS_PORT if tls else SIP_PORT,
-                           edge_overrides=dict(flood), core_overrides=dict(flood),
+                           edge_overrides=dict(flood), core_overrides=dict(flood), sip_path_headers=sip_path_headers,
                            **({} if ladder else {"sip_messages": False, "max_events_per_s": LogConfig().max_events_per_s}))
     try:
         code = asyncio.run(_up(console, workdir, traversal_timeout, topology))

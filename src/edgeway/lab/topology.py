@@ -88,6 +88,10 @@ TRAVERSAL_USERNAME = "core"
 REMOTE_DOMAIN = "remote.edgeway.test"
 #: The registrar's lab user store: username → password.
 REMOTE_USERS = {"carol": "carol-lab-secret", "dave": "dave-lab-secret"}
+#: Remote users of this domain register through the edge and the core to the registrar
+#: of call control ("SIP registrations on Unified CM", seed 002 §2.2): the core forwards
+#: their REGISTERs to the Call Control zone, Contact rewritten or with Path (§2.3).
+UCM_DOMAIN = "ucm.edgeway.test"
 #: Token the lab DNS publishes as TXT ``edgeway-site-verification=<token>`` on the corp
 #: domain, for ``edgeway domain verify`` (seed 000: domain verification).
 VERIFICATION_TOKEN = "edgeway-lab-7f3c2a"
@@ -272,6 +276,9 @@ class LabTopology:
     mra: bool = True
     https_port: int = 8443
     mra_tunnel_port: int = 2222
+    #: The core's "SIP Path headers" (seed 002 §2.3) for registrations it forwards to
+    #: call control (``UCM_DOMAIN``): off = Contact rewritten.
+    sip_path_headers: bool = False
     edge_overrides: dict[str, Any] = field(default_factory=dict)
     core_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -421,7 +428,8 @@ class LabTopology:
             {"name": "Inbound to core", "priority": 10, "pattern_type": "regex",
              "pattern": ".*@%localdomains%", "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
             {"name": "Remote registrations", "priority": 11, "pattern_type": "regex",
-             "pattern": "(.*@)?" + REMOTE_DOMAIN.replace(".", "\\."), "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
+             "pattern": "(.*@)?(" + "|".join(d.replace(".", "\\.") for d in (REMOTE_DOMAIN, UCM_DOMAIN)) + ")",
+             "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
             {"name": "Outbound to DNS", "priority": 100, "pattern_type": "regex",
              "pattern": "(?!.*@%localdomains%$).*", "source_zone": TRAVERSAL_ZONE,
              "target_zone": DNS_ZONE, "progress": "stop"},
@@ -446,9 +454,13 @@ class LabTopology:
                              "users": [{"username": u, "password": p} for u, p in REMOTE_USERS.items()]}
         if self.mra:
             data["mra"] = self._core_mra()
+        data["sip"]["path_headers"] = self.sip_path_headers
         data["search_rules"] = [
             {"name": "Registered remote users", "priority": 5, "pattern_type": "regex",
              "pattern": ".*@" + REMOTE_DOMAIN.replace(".", "\\."), "target_zone": "LocalZone", "progress": "stop"},
+            {"name": "Remote registrations to call control", "priority": 6, "pattern_type": "regex",
+             "pattern": "(.*@)?" + UCM_DOMAIN.replace(".", "\\."), "source_zone": TRAVERSAL_ZONE,
+             "target_zone": CALL_CONTROL_ZONE, "progress": "stop"},
             {"name": "Inbound to call control", "priority": 10, "pattern_type": "regex",
              "pattern": ".*@%localdomains%", "source_zone": TRAVERSAL_ZONE,
              "target_zone": CALL_CONTROL_ZONE, "progress": "stop"},

@@ -55,6 +55,7 @@ from .checks import loop_hash, response_next_hop_forbidden
 from .dialogs import DIALOG_METHODS, Call, CallTable, Dialog, DialogSide, other_side
 from .forward import branch_request, cancel_for, new_branch, record_route_entry, via_value
 from .media import CallMedia, MediaPlanner
+from .registrations import REWRITE_PREFIX, ContactMap, PathTokens, restore_contacts
 from .reply import (FAILOVER_STATUSES, NEXT_CANDIDATE_STATUSES, Branch, Lane, ResponseContext, choose_best, group_by_priority,
                     upstream_response)
 from .request import BRANCH_PREFIX, is_loop, plan_initial, process_routes, stamp_received, validate
@@ -140,6 +141,10 @@ class ProxyCore:
         self.maintenance = False
         #: Edge: address-of-record → expiry (seconds) of registrations proxied inward.
         self._proxied_regs: dict[str, float] = {}
+        #: Core: registrations proxied from a traversal zone to an inside registrar
+        #: (seed 002 §2.3): rewritten Contacts (default mode) and Path entry tokens.
+        self.contact_map = ContactMap()
+        self.path_tokens = PathTokens()
         rc = cfg.registrar
         #: The node's own registrar (None when it serves no domain): REGISTERs for its
         #: domains are answered here; LocalZone search-rule targets are its bindings.
@@ -519,7 +524,9 @@ class ProxyCore:
         if req.to_tag is not None:
             self._in_dialog(ctx)
             return
-        if popped and not routes and self._to_path_flow(ctx, popped):
+        if popped and self._to_path_flow(ctx, popped, routes):
+            return
+        if not routes and self._to_rewritten_contact(ctx):
             return
         if routes:
             # Preloaded route (seed 003 §2.5): the zone rejects it before any search, or
@@ -586,12 +593,27 @@ class ProxyCore:
                                        origin="registration"), b.path))
         return out
 
-    def _to_path_flow(self, ctx: ResponseContext, popped: list[Uri]) -> bool:
+    def _to_path_flow(self, ctx: ResponseContext, popped: list[Uri], routes: list[str]) -> bool:
         """An initial request routed by our own Path entry (RFC 3327, RFC 5626 §5.3:
-        a registration made through this node): it goes to the client's connection the
-        entry's flow token names, or gets 430 Flow Failed when that connection is gone.
-        False when no popped entry carries a flow token (route as usual)."""
+        a registration made through this node). The edge's entry (no Route left after it)
+        sends it to the client's connection its flow token names, or answers 430 Flow
+        Failed when that connection is gone; the core's entry (Path mode, seed 002 §2.3)
+        sends it over the live connection of the traversal zone the entry names, with the
+        rest of its route set (the edge's entry). False when no popped entry is such an
+        entry (route as usual)."""
         for uri in popped:
+            zone = self.path_tokens.decode(uri.user, self.zone_flows) if self.role == "core" else None
+            if zone is not None:
+                f = self._zone_flow(zone)
+                if f is None:
+                    r = self._zone_unavailable(zone)
+                    self._respond(ctx, r.status, r.reason, extra=list(r.headers))
+                    return True
+                hop = Hop(f.transport, f.remote[0], f.remote[1], zone, flow=f, origin="registration")
+                self._route_initial(ctx, lanes=[Lane(Candidate("registration (Path)", 0, zone, ctx.req.uri), None, [hop])])
+                return True
+            if routes:
+                continue
             cid = self.tokens.decode(uri.user)
             if cid is None:
                 continue
@@ -604,6 +626,47 @@ class ProxyCore:
             self._route_initial(ctx, lanes=[Lane(Candidate("registration (Path)", 0, zone, ctx.req.uri), None, [hop])])
             return True
         return False
+
+    def _to_rewritten_contact(self, ctx: ResponseContext) -> bool:
+        """An initial request for a Contact the core rewrote (default registration mode,
+        seed 002 §2.3): sent over the live connection of the traversal zone the REGISTER
+        came from, with the client's original Contact as Request-URI and the edge's Path
+        as route set; 480 when the binding is unknown or expired. False when the
+        Request-URI is not such a Contact."""
+        try:
+            uri = ctx.req.ruri
+        except UriError:
+            return False
+        if self.role != "core" or not uri.user or not uri.user.startswith(REWRITE_PREFIX) or not self.is_ours(uri):
+            return False
+        m = self.contact_map.lookup(uri.user, self._now)
+        if m is None:
+            self._respond(ctx, 480, "Temporarily Unavailable", extra=[
+                ("Warning", f'399 {self.public} "Registration through the traversal zone has expired"')])
+            return True
+        f = self._zone_flow(m.zone)
+        if f is None:
+            r = self._zone_unavailable(m.zone)
+            self._respond(ctx, r.status, r.reason, extra=list(r.headers))
+            return True
+        hop = Hop(f.transport, f.remote[0], f.remote[1], m.zone, flow=f, origin="registration")
+        lane = Lane(Candidate("registration (Contact)", 0, m.zone, m.contact), m.contact, [hop])
+        lane.route = m.path
+        self._route_initial(ctx, lanes=[lane], note=f"routed by the registration of {m.aor} (rewritten Contact)")
+        return True
+
+    def _proxy_registration(self, ctx: ResponseContext, fwd: Request, hop: Hop, flow: Flow, ip: str, port: int) -> None:
+        """Core: a REGISTER from a traversal zone on its way to an inside registrar
+        (seed 002 §2.3): Path mode adds the core's own Path entry on top of the edge's;
+        the default mode rewrites Contact (:class:`~edgeway.proxy.registrations.ContactMap`).
+        Raises UriError on a Contact or To it cannot parse."""
+        host = self._rr_host(hop.zone, ip)
+        if self.cfg.sip.path_headers:
+            fwd.headers.add("Path", record_route_entry(host, port, flow.transport, self.path_tokens.encode(ctx.ingress)),
+                            first=True)
+            return
+        self.contact_map.rewrite_register(fwd, aor_of(fwd.headers.get("To") or ""), ctx.ingress, host, port,
+                                          flow.transport, self._now)
 
     def _registrations_full(self, req: Request) -> bool:
         """Whether a REGISTER for a new address-of-record would pass the edge's cap on
@@ -652,7 +715,7 @@ class ProxyCore:
         return uri.user is None and self.is_ours(uri)
 
     def _route_initial(self, ctx: ResponseContext, *, alias: str | None = None, keep_ruri: bool = False,
-                       lanes: list[Lane] | None = None) -> None:
+                       lanes: list[Lane] | None = None, note: str = "routed by its registration's Path (RFC 3327)") -> None:
         """Transforms → call policy → search rules → target zones (seed 003 §6.1);
         ``lanes``: targets already known (a registration's flow), no search."""
         req = ctx.req
@@ -686,7 +749,7 @@ class ProxyCore:
             ctx.search = (plan.alias, plan.log)
             ctx.groups = group_by_priority(plan.candidates)
         else:
-            ctx.search = (req.uri, ["routed by its registration's Path (RFC 3327)"])
+            ctx.search = (req.uri, [note])
             ctx.lanes = lanes
         if req.method in DIALOG_METHODS:
             call = Call(next(self._ids), req.method, req.call_id, req.from_tag, ctx.ingress, ctx.flow)
@@ -859,6 +922,14 @@ class ProxyCore:
             in_ip, in_port = ctx.flow.local
             fwd.headers.add("Path", record_route_entry(self._rr_host(ctx.ingress, in_ip), in_port, ctx.flow.transport,
                                                        self._token(ctx.flow)), first=True)
+        elif (req.method == "REGISTER" and self.role == "core" and self._is_traversal(ctx.ingress)
+              and not self._is_traversal(hop.zone)):
+            try:
+                self._proxy_registration(ctx, fwd, hop, flow, ip, port)
+            except UriError as exc:
+                ctx.stop = True
+                self._lane_final(ctx, lane, Response(400, f"Bad Request - {exc}"[:120]))
+                return
         if lane.route:
             fwd.headers.remove("Route")
             for r in lane.route:
@@ -1097,8 +1168,15 @@ class ProxyCore:
         """Forward a 1xx/2xx from branch ``b`` upstream (§16.7 steps 3–5, 9)."""
         up = upstream_response(resp, ctx.req)
         call = ctx.call
-        if ctx.inward and ctx.req.method == "REGISTER" and 200 <= resp.status < 300:
-            self._note_registration(ctx.req, resp)
+        if ctx.req.method == "REGISTER" and 200 <= resp.status < 300:
+            if ctx.inward:
+                self._note_registration(ctx.req, resp)
+            elif self.role == "core" and self._is_traversal(ctx.ingress) and not self._is_traversal(b.hop.zone):
+                # Only the client's own bindings go back out (no inside phone's Contact).
+                if self.cfg.sip.path_headers:
+                    restore_contacts(up, ctx.req)
+                else:
+                    self.contact_map.restore(up, self._now)
         if call is None:
             self._send_up(ctx, up)
             return
