@@ -9,6 +9,7 @@ import base64
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -74,6 +75,11 @@ def test_discovery_allowed_blocked_and_tunnel_down(lab: LabUp) -> None:
         time.sleep(0.1)  # the event log reaches its file within 0.1 s
     assert bans and bans[-1]["category"] == "http_proxy_authorization_failure", bans
     banned = bans[-1]["source"]
+    # Refused at accept, before TLS: a connection that sends nothing is reset at once (an
+    # admitted one would wait for its ClientHello).
+    with pytest.raises(ConnectionResetError):  # from connect() or the first recv()
+        with socket.create_connection((EDGE_IP, 8443), timeout=3, source_address=(banned, 0)) as raw:
+            raw.recv(1)
     cli = [sys.executable, "-m", "edgeway", "blocked"]
     listed = subprocess.run([*cli, "list", "-c", str(lab.workdir / "edge.toml")], capture_output=True, text=True, timeout=20)
     assert listed.returncode == 0 and banned in listed.stdout, listed
