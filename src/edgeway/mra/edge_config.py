@@ -122,7 +122,7 @@ def answer_edge_config(mra: MraConfig, edge_host: str, method: str, path: str) -
         return 405, [("allow", "GET, HEAD"), ("content-type", "text/plain")], b"405 Method Not Allowed\n"
     raw, _, query = path.partition("?")
     domain = decode_domain(raw.split("/")[1])
-    if domain is None or domain not in {d.lower().rstrip(".") for d in mra.domains}:
+    if domain is None or mra.deployment_of(domain) is None:
         return 404, [("content-type", "text/plain")], b"404 Not Found: unknown domain\n"
     services = parse_qs(query).get("service_name") or list(KNOWN_SERVICES)
     body = edge_config_xml(mra, edge_host, services)
