@@ -123,6 +123,50 @@ def test_edge_config_document_and_domains() -> None:
     assert decode_domain(base64.urlsafe_b64encode(b"Corp.MRA.test").decode().rstrip("=")) == DOMAIN
 
 
+STAGING = "staging.mra.test"
+B64_STAGING = base64.b64encode(STAGING.encode()).decode()
+
+
+def _two_deployments(**extra: Any) -> dict[str, Any]:
+    """``[mra]`` overrides: DOMAIN in the Default deployment with the internal service as its
+    UDS server, STAGING in "Staging" with its own UDS servers (issue 9 item 7)."""
+    return {"deployments": ["Staging"],
+            "domains": [DOMAIN, {"name": STAGING, "deployment": "Staging"}],
+            "uds_servers": [INTERNAL_IP, {"address": "ucm1.staging.test:9443", "deployment": "Staging"},
+                            {"address": "ucm2.staging.test", "deployment": "Staging"}], **extra}
+
+
+def _uds_addresses(body: bytes) -> list[tuple[str, str]]:
+    from xml.etree import ElementTree as ET
+
+    root = ET.fromstring(body)
+    [uds] = [s for s in root.iter("service") if s.findtext("name") == "_cisco-uds"]
+    return [(srv.findtext("address"), srv.findtext("port")) for srv in uds.iter("server")]
+
+
+def test_edge_config_lists_only_the_deployment_s_uds_servers() -> None:
+    """Seed 002 §3: the clients of a domain see their deployment's services; the edge's own
+    addresses and TURN are the same for every deployment."""
+    mra = parse_config(_core_cfg(Path("/nonexistent"), {"ca": "c", "cert": "c", "key": "k"}, **_two_deployments())).mra
+    st, _, default = answer_edge_config(mra, EDGE_FQDN, "GET", f"/{B64}/get_edge_config?service_name=_cisco-uds")
+    assert st == 200 and _uds_addresses(default) == [(INTERNAL_IP, "8443")]
+    st, _, staging = answer_edge_config(mra, EDGE_FQDN, "GET", f"/{B64_STAGING}/get_edge_config")
+    assert st == 200 and _uds_addresses(staging) == [("ucm1.staging.test", "9443"), ("ucm2.staging.test", "8443")]
+    for body in (default, staging):
+        text = body.decode()
+        assert f"<sipEdgeServer><server><address>{EDGE_FQDN}</address><tlsPort>5061</tlsPort>" in text
+        assert "<turnEdgeServer><server><address>turn.corp.mra.test</address>" in text
+    # the domain is compared case-insensitively, a trailing dot ignored; others are 404
+    upper = base64.urlsafe_b64encode(b"STAGING.mra.test.").decode().rstrip("=")
+    assert answer_edge_config(mra, EDGE_FQDN, "GET", f"/{upper}/get_edge_config")[2] == staging
+    other = base64.b64encode(b"elsewhere.test").decode()
+    assert answer_edge_config(mra, EDGE_FQDN, "GET", f"/{other}/get_edge_config")[0] == 404
+    # a deployment without UDS servers lists none (not another deployment's)
+    bare = parse_config(_core_cfg(Path("/nonexistent"), {"ca": "c", "cert": "c", "key": "k"},
+                                  **_two_deployments(uds_servers=[INTERNAL_IP]))).mra
+    assert _uds_addresses(answer_edge_config(bare, EDGE_FQDN, "GET", f"/{B64_STAGING}/get_edge_config")[2]) == []
+
+
 # ---- the pair ----------------------------------------------------------------------------------
 
 class FakeAllowList:
