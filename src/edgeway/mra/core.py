@@ -11,9 +11,13 @@ Requests (one HTTP/2 stream each):
 
 - ``/<base64(domain)>/get_edge_config…`` → :func:`~edgeway.mra.edge_config.answer_edge_config`;
 - anything else is a proxied request: :meth:`Gate.decide <edgeway.mra.gate.Gate.decide>` (400
-  undecodable, 403 blocked), then forwarded to the normalised URL the allow list returned,
-  with aiohttp's client bound to the core's address; bodies stream both ways. The internal
-  service not answering in ``mra.request_timeout_s`` → 504, unreachable → 502.
+  undecodable, 404 domain not served, 403 blocked), then forwarded to the normalised URL the
+  allow list returned, with aiohttp's client bound to the core's address; bodies stream both
+  ways. The internal service not answering in ``mra.request_timeout_s`` → 504, unreachable → 502.
+
+Deployments (seed 002 §3; issue 9 item 7): both kinds of request are answered for the
+deployment of the domain in the path's first segment: ``get_edge_config`` lists that
+deployment's UDS servers, a proxied request is checked against that deployment's rules.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ __all__ = ["CoreMra"]
 READ_CHUNK = 64 * 1024
 #: Headers the core never forwards to an internal service (the edge's own view of the client).
 _DROP_INWARD = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+#: Bodies of the core's refusals of a proxied request, by status.
+_REFUSALS = {400: "400 Bad Request\n", 403: "403 Forbidden\n", 404: "404 Not Found: unknown domain\n"}
 
 
 class CoreTunnelLink(TunnelLink):
@@ -162,9 +168,9 @@ class CoreMra:
             verdict = self.gate.decide(req.method, req.path)
             if verdict.status != 200 or verdict.url is None:
                 self.events.emit("mra request blocked", status=verdict.status, method=req.method, path=req.path[:200],
-                                 reason=verdict.reason, rule=verdict.rule)
+                                 reason=verdict.reason, rule=verdict.rule, deployment=verdict.deployment)
                 await self._drain(link, ex)
-                text = f"{verdict.status} {'Forbidden' if verdict.status == 403 else 'Bad Request'}\n".encode()
+                text = _REFUSALS.get(verdict.status, f"{verdict.status} Forbidden\n").encode()
                 self._reply(link, ex, verdict.status, [("content-type", "text/plain")], text)
                 return
             headers, token, denial = await self._authorize(req)
