@@ -627,7 +627,9 @@ class InternalServer(_Model):
     §8.5): ``call_control`` (Unified CM: UDS), ``presence`` (IM and Presence), ``voicemail``
     (Unity Connection), ``tftp`` (configuration files over HTTP/HTTPS). ``ports`` empty = the
     type's default ports (see :data:`edgeway.mra.allowlist.AUTOMATIC_RULES`); otherwise the
-    type's rule applies on these ports with ``scheme`` (default: the type's usual scheme)."""
+    type's rule applies on these ports with ``scheme`` (default: the type's usual scheme).
+    ``deployment``: the deployment the server belongs to (seed 002 §3, §4.1); its automatic
+    rules are that deployment's. A host belongs to one deployment only (see :class:`MraConfig`)."""
 
     type: Literal["call_control", "presence", "voicemail", "tftp"]
     host: Text
