@@ -866,8 +866,9 @@ class MraConfig(_Model):
                 first = self.domains[j]
                 where = ("already listed" if first.deployment == d.deployment
                          else f"already in deployment {first.deployment!r}")
-                problems.append((f"domains[{i}]", d.name, f"must be listed once: {where} at mra.domains[{j}] "
-                                 "(a domain belongs to exactly one deployment, seed 002 §3)"))
+                rule = (f"must be listed once: {where} at mra.domains[{j}] "
+                        "(a domain belongs to exactly one deployment, seed 002 §3)")
+                problems.append((f"domains[{i}]", d.name, rule))
         servers: dict[str, tuple[str, str]] = {}
         located = [(f"internal_servers[{i}]", s.host, s) for i, s in enumerate(self.internal_servers)]
         located += [(f"uds_servers[{i}]", s.host_port[0], s) for i, s in enumerate(self.uds_servers)]
