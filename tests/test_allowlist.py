@@ -23,6 +23,7 @@ from edgeway.mra import (
     parse_proxied_path,
 )
 from edgeway.mra.allowlist_csv import CsvFormatError, read_rules_csv, read_tests_csv, rules_to_toml, run_tests
+from edgeway.mra.gate import gate_from_config
 
 DATA = pathlib.Path(__file__).parent / "data"
 SEED_RULES = DATA / "seed002_allowlist_rules.csv"
@@ -247,6 +248,72 @@ def test_mra_config_defaults_and_problems():
     with pytest.raises(ConfigError) as ei:
         parse_config({**CORE, "mra": {"deployments": ["a", "a"], "allow_rules": [{"url": "https://h/", "deployment": "b"}]}})
     assert {(k, v) for k, v, _ in ei.value.problems} == {("mra.deployments[1]", "a"), ("mra.allow_rules[0].deployment", "b")}
+
+
+# ---- deployments: the gate checks a request with its domain's deployment (issue 9 item 7) -------
+
+DEPLOYMENTS_TOML = """
+role = "core"
+name = "c"
+[sip]
+listen_ip = "127.0.0.1"
+[mra]
+deployments = ["Staging"]
+domains = ["corp.example", {name = "staging.example", deployment = "Staging"}]
+uds_servers = ["ucm.corp", {address = "ucm.staging", deployment = "Staging"}]
+[[mra.internal_servers]]
+type = "call_control"
+host = "ucm.corp"
+[[mra.internal_servers]]
+type = "call_control"
+host = "ucm.staging"
+deployment = "Staging"
+[[mra.allow_rules]]
+url = "https://wiki.corp/"
+[[mra.allow_rules]]
+url = "https://wiki.staging/"
+deployment = "Staging"
+"""
+
+
+def proxied(domain: str, url_tail: str) -> str:
+    return f"/{b64(domain)}/https/{url_tail}"
+
+
+def test_gate_checks_each_request_with_the_deployment_of_its_domain():
+    """Seed 002 §3: a rule (automatic or editable) of one deployment never allows a request
+    that arrives for a domain of another; a domain that is not served is 404."""
+    import tomllib
+
+    gate = gate_from_config(parse_config(tomllib.loads(DEPLOYMENTS_TOML)).mra)
+    for domain, own, other, dep in (("corp.example", "corp", "staging", DEFAULT_DEPLOYMENT),
+                                    ("STAGING.example", "staging", "corp", "Staging")):
+        for tail in (f"ucm.{own}/8443/cucm-uds/user/alice", f"wiki.{own}/443/page"):
+            v = gate.decide("GET", proxied(domain, tail))
+            assert (v.status, v.deployment) == (200, dep), (domain, tail, v)
+            assert v.url == "https://" + tail.replace("/", ":", 1)  # host:port/path, as the proxy forwards it
+        for tail in (f"ucm.{other}/8443/cucm-uds/user/alice", f"wiki.{other}/443/page"):
+            v = gate.decide("GET", proxied(domain, tail))
+            assert (v.status, v.deployment, v.url) == (403, dep, None), (domain, tail, v)
+            assert repr(dep) in v.reason
+    v = gate.decide("GET", proxied("nowhere.example", "wiki.corp/443/page"))
+    assert (v.status, v.url) == (404, None) and "nowhere.example" in v.reason
+    assert gate.decide("GET", "/!!/https/wiki.corp/443/page").status == 400
+    # an explicit deployment overrides the domain's (the allow-list tests of seed 002 §8.8)
+    assert gate.decide("GET", proxied("corp.example", "wiki.staging/443/x"), "Staging").status == 200
+
+
+def test_gate_with_plain_string_domains_behaves_as_before_deployments():
+    """Backward compatibility: ``domains = ["a.example"]`` is the Default deployment, whose
+    rules decide every request for it."""
+    cfg = parse_config({**CORE, "mra": {"domains": ["a.example"], "uds_servers": ["ucm1"],
+                                        "internal_servers": [{"type": "call_control", "host": "ucm1"}],
+                                        "allow_rules": [{"url": "https://photos/"}]}})
+    gate = gate_from_config(cfg.mra)
+    assert gate.decide("GET", proxied("a.example", "ucm1/8443/cucm-uds/user/x")).status == 200
+    assert gate.decide("GET", proxied("a.example", "photos/443/p.jpg")).deployment == DEFAULT_DEPLOYMENT
+    assert gate.decide("POST", proxied("a.example", "photos/443/p.jpg")).status == 403
+    assert gate.decide("GET", proxied("b.example", "photos/443/p.jpg")).status == 404
 
 
 # ---- MRA proxied path ---------------------------------------------------------------------------
@@ -484,3 +551,32 @@ def test_cli_test_against_config_and_rules(tmp_path):
     assert res.exit_code == 0
     res = runner.invoke(app, ["allowlist", "test", str(SEED_TESTS), "--rules", str(SEED_RULES)])
     assert res.exit_code == 1 and "2 of 4 tests passed" in res.output
+
+
+def test_cli_import_and_test_with_the_deployments_of_a_config(tmp_path):
+    """``-c node.toml`` with domains and servers in deployments: the rules file must name one of
+    the config's deployments (several exist: Deployment is required, seed 002 §8.7), and the
+    tests run against the config's automatic rules in their server's deployment."""
+    node = tmp_path / "node.toml"
+    node.write_text(DEPLOYMENTS_TOML)
+    rules = tmp_path / "rules.csv"
+    rules.write_text("Url,Deployment,HttpMethods,MatchType,Description\n"
+                     "https://files.staging/,Staging,,prefix,Files\n"
+                     "https://files.corp/,\"Default deployment\",,prefix,\n")
+    res = runner.invoke(app, ["allowlist", "import", str(rules), "-c", str(node)])
+    assert res.exit_code == 0 and "2 of 2 rules accepted" in res.output, res.output
+    assert 'deployment = "Staging"' in res.output and "deployments =" not in res.output
+    rules.write_text("Url,Deployment,HttpMethods,MatchType,Description\nhttps://files.staging/,,,,\n"
+                     "https://files.staging/,West,,,\n")
+    res = runner.invoke(app, ["allowlist", "import", str(rules), "-c", str(node)])
+    assert res.exit_code == 1 and "0 of 2 rules accepted" in res.output and "required" in res.output
+    assert "'West' does not exist" in res.output
+    tests = tmp_path / "tests.csv"
+    tests.write_text("Url,ExpectedResult,Deployment,Description,HttpMethod\n"
+                     "https://ucm.staging:8443/cucm-uds/user/a,allow,Staging,automatic,GET\n"
+                     "https://ucm.staging:8443/cucm-uds/user/a,block,,other deployment,GET\n"
+                     "https://ucm.corp:8443/cucm-uds/user/a,allow,,automatic,GET\n"
+                     "https://wiki.corp/x,block,Staging,other deployment,GET\n"
+                     "https://wiki.staging/x,allow,Staging,editable,GET\n")
+    res = runner.invoke(app, ["allowlist", "test", str(tests), "-c", str(node)])
+    assert res.exit_code == 0 and "5 of 5 tests passed" in res.output, res.output

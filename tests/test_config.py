@@ -409,3 +409,131 @@ def test_direct_construction_still_validates():
     with pytest.raises(ValueError, match="target_zone"):
         NodeConfig.model_validate({"role": "edge", "name": "e", "sip": {"listen_ip": "1.2.3.4"},
                                    "search_rules": [{"name": "r", "priority": 1, "target_zone": "X"}]})
+
+
+# ---- MRA deployments (issue 9 item 7; seed 002 §3) ----------------------------------------------
+
+MRA_TOML = textwrap.dedent('''
+    role = "core"
+    name = "c"
+    [sip]
+    listen_ip = "192.168.1.5"
+    [mra]
+    deployments = ["Staging"]
+    domains = ["Corp.example", {name = "staging.example", deployment = "Staging"}]
+    uds_servers = ["ucm.corp.example", {address = "ucm.staging.example:9443", deployment = "Staging"}]
+    [[mra.internal_servers]]
+    type = "call_control"
+    host = "UCM.staging.example"
+    deployment = "Staging"
+    [[mra.internal_servers]]
+    type = "tftp"
+    host = "ucm.staging.example"
+    deployment = "Staging"
+''')
+
+
+def mra_problems(mra: dict) -> set[tuple[str, object]]:
+    """``(key, value)`` of every problem of a core config with this ``[mra]`` table."""
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"role": "core", "name": "c", "sip": {"listen_ip": "192.168.1.5"}, "mra": mra})
+    return {(k, v) for k, v, _ in ei.value.problems}
+
+
+def test_mra_domains_and_servers_belong_to_deployments(tmp_path):
+    path = tmp_path / "core.toml"
+    path.write_text(MRA_TOML)
+    m = load_config(path).mra
+    assert m.deployment_names == ["Default deployment", "Staging"]
+    assert [(d.name, d.deployment) for d in m.domains] == [("Corp.example", "Default deployment"),
+                                                          ("staging.example", "Staging")]
+    assert m.domain_names == ["corp.example", "staging.example"]
+    assert m.deployment_of("CORP.example.") == "Default deployment" and m.deployment_of("staging.example") == "Staging"
+    assert m.deployment_of("elsewhere.example") is None
+    assert m.uds_addresses_of("Default deployment") == [("ucm.corp.example", 8443)]
+    assert m.uds_addresses_of("Staging") == [("ucm.staging.example", 9443)]
+    assert m.uds_addresses_of("Nowhere") == []
+    # the model dumps as tables and reads back the same
+    assert parse_config(load_config(path).model_dump(exclude_none=True)).mra == m
+
+
+def test_mra_plain_string_domains_and_uds_servers_mean_the_default_deployment():
+    """Backward compatibility: the shape before deployments still loads, unchanged in meaning."""
+    m = parse_config({"role": "core", "name": "c", "sip": {"listen_ip": "192.168.1.5"},
+                      "mra": {"domains": ["a.example", "b.example"], "uds_servers": ["ucm1", "[2001:db8::1]:9443"]}}).mra
+    assert [(d.name, d.deployment) for d in m.domains] == [("a.example", "Default deployment"),
+                                                          ("b.example", "Default deployment")]
+    assert m.uds_addresses == m.uds_addresses_of("Default deployment") == [("ucm1", 8443), ("2001:db8::1", 9443)]
+    assert m.deployment_names == ["Default deployment"]
+
+
+def test_mra_default_deployment_always_exists_and_may_be_listed_once():
+    m = parse_config({"role": "core", "name": "c", "sip": {"listen_ip": "192.168.1.5"},
+                      "mra": {"deployments": ["Default deployment", "East"],
+                              "domains": [{"name": "a.example", "deployment": "Default deployment"}]}}).mra
+    assert m.deployment_names == ["Default deployment", "East"]
+    assert m.deployment_of("a.example") == "Default deployment"
+    empty = parse_config({"role": "core", "name": "c", "sip": {"listen_ip": "192.168.1.5"}, "mra": {"deployments": []}}).mra
+    assert empty.deployment_names == ["Default deployment"]  # there is no way to remove it
+
+
+@pytest.mark.parametrize("mra,expected", [
+    # a deployment named twice (case ignored), or a second "Default deployment" in other case
+    ({"deployments": ["East", "East"]}, {("mra.deployments[1]", "East")}),
+    ({"deployments": ["East", "east"]}, {("mra.deployments[1]", "east")}),
+    ({"deployments": ["default DEPLOYMENT"]}, {("mra.deployments[0]", "default DEPLOYMENT")}),
+    # references to deployments that do not exist
+    ({"domains": [{"name": "a.example", "deployment": "West"}]}, {("mra.domains[0].deployment", "West")}),
+    ({"uds_servers": [{"address": "ucm", "deployment": "West"}]}, {("mra.uds_servers[0].deployment", "West")}),
+    ({"internal_servers": [{"type": "tftp", "host": "ucm", "deployment": "West"}]},
+     {("mra.internal_servers[0].deployment", "West")}),
+    # a domain listed twice: in two deployments, or twice in one (case and trailing dot ignored)
+    ({"deployments": ["East"], "domains": ["a.example", {"name": "A.example.", "deployment": "East"}]},
+     {("mra.domains[1]", "A.example.")}),
+    ({"domains": ["a.example", "a.example"]}, {("mra.domains[1]", "a.example")}),
+    # a server in two deployments, across internal_servers and uds_servers (case ignored)
+    ({"deployments": ["East"], "internal_servers": [{"type": "call_control", "host": "ucm", "deployment": "East"},
+                                                    {"type": "tftp", "host": "UCM"}]},
+     {("mra.internal_servers[1].host", "UCM")}),
+    ({"deployments": ["East"], "internal_servers": [{"type": "call_control", "host": "ucm", "deployment": "East"}],
+      "uds_servers": ["ucm:8443"]}, {("mra.uds_servers[0]", "ucm:8443")}),
+    ({"deployments": ["East"], "uds_servers": ["[2001:db8::1]:8443"],
+      "internal_servers": [{"type": "tftp", "host": "2001:DB8::1", "deployment": "East"}]},
+     {("mra.uds_servers[0]", "[2001:db8::1]:8443")}),
+    ({"deployments": ["East", "West"], "uds_servers": [{"address": "ucm", "deployment": "East"},
+                                                      {"address": "ucm:9443", "deployment": "West"}]},
+     {("mra.uds_servers[1].deployment", "West")}),
+    # bad entries: named at the entry for a plain string, at the field for a table
+    ({"domains": [""]}, {("mra.domains[0]", "")}),
+    ({"domains": [7]}, {("mra.domains[0]", 7)}),
+    ({"domains": [{"deployment": "Default deployment"}]}, {("mra.domains[0].name", None)}),
+    ({"uds_servers": ["bad host"]}, {("mra.uds_servers[0]", "bad host")}),
+    ({"uds_servers": [{"address": "ucm:0"}]}, {("mra.uds_servers[0].address", "ucm:0")}),
+    ({"domains": [{"name": "a.example", "colour": "blue"}]}, {("mra.domains[0].colour", "blue")}),
+])
+def test_mra_deployment_problems_name_key_value_rule(mra, expected):
+    assert mra_problems(mra) == expected
+
+
+def test_mra_deployment_problem_messages_say_the_rule():
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"role": "core", "name": "c", "sip": {"listen_ip": "192.168.1.5"}, "mra": {
+            "deployments": ["East"],
+            "domains": ["a.example", {"name": "a.example", "deployment": "East"}, {"name": "b.example", "deployment": "Nowhere"}],
+            "internal_servers": [{"type": "tftp", "host": "ucm", "deployment": "East"}],
+            "uds_servers": [{"address": "ucm", "deployment": "Default deployment"}]}}, "core.toml")
+    text = str(ei.value)
+    assert ("  mra.domains[1] = 'a.example': must be listed once: already in deployment 'Default deployment' at "
+            "mra.domains[0] (a domain belongs to exactly one deployment, seed 002 §3)") in text
+    assert "  mra.domains[2].deployment = 'Nowhere': must be 'Default deployment' or one of mra.deployments" in text
+    assert ("  mra.uds_servers[0].deployment = 'Default deployment': puts a server in a second deployment: "
+            "mra.internal_servers[0] has server 'ucm' in 'East' (a server belongs to exactly one deployment, seed 002 §3)") in text
+
+
+def test_mra_one_server_may_be_listed_several_times_in_one_deployment():
+    m = parse_config({"role": "core", "name": "c", "sip": {"listen_ip": "192.168.1.5"}, "mra": {
+        "deployments": ["East"],
+        "internal_servers": [{"type": "call_control", "host": "ucm", "deployment": "East"},
+                             {"type": "tftp", "host": "UCM", "deployment": "East"}],
+        "uds_servers": [{"address": "ucm:8443", "deployment": "East"}]}}).mra
+    assert m.uds_addresses_of("East") == [("ucm", 8443)]

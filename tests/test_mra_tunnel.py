@@ -3,7 +3,8 @@ edge + core pair on 127.0.24.x with an internal web service behind the core and 
 as the remote client.
 
 Addresses (this module only): edge 127.0.24.2 (HTTPS 18443, tunnel 12222, traversal 17001),
-core 127.0.24.3, internal service 127.0.24.4:18080.
+core 127.0.24.3, internal service 127.0.24.4:18080, a second deployment's internal service
+127.0.24.5:18080.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from edgeway.mra.tunnel import (
 from edgeway.node import Node
 from edgeway.security.pki import write_lab_pki
 
-EDGE_IP, CORE_IP, INTERNAL_IP = "127.0.24.2", "127.0.24.3", "127.0.24.4"
+EDGE_IP, CORE_IP, INTERNAL_IP, STAGING_IP = "127.0.24.2", "127.0.24.3", "127.0.24.4", "127.0.24.5"
 HTTPS_PORT, TUNNEL_PORT, TRAVERSAL_PORT, INTERNAL_PORT = 18443, 12222, 17001, 18080
 DOMAIN = "corp.mra.test"
 EDGE_FQDN = f"edge.{DOMAIN}"
@@ -123,6 +124,50 @@ def test_edge_config_document_and_domains() -> None:
     assert decode_domain(base64.urlsafe_b64encode(b"Corp.MRA.test").decode().rstrip("=")) == DOMAIN
 
 
+STAGING = "staging.mra.test"
+B64_STAGING = base64.b64encode(STAGING.encode()).decode()
+
+
+def _two_deployments(**extra: Any) -> dict[str, Any]:
+    """``[mra]`` overrides: DOMAIN in the Default deployment with the internal service as its
+    UDS server, STAGING in "Staging" with its own UDS servers (issue 9 item 7)."""
+    return {"deployments": ["Staging"],
+            "domains": [DOMAIN, {"name": STAGING, "deployment": "Staging"}],
+            "uds_servers": [INTERNAL_IP, {"address": "ucm1.staging.test:9443", "deployment": "Staging"},
+                            {"address": "ucm2.staging.test", "deployment": "Staging"}], **extra}
+
+
+def _uds_addresses(body: bytes) -> list[tuple[str, str]]:
+    from xml.etree import ElementTree as ET
+
+    root = ET.fromstring(body)
+    [uds] = [s for s in root.iter("service") if s.findtext("name") == "_cisco-uds"]
+    return [(srv.findtext("address"), srv.findtext("port")) for srv in uds.iter("server")]
+
+
+def test_edge_config_lists_only_the_deployment_s_uds_servers() -> None:
+    """Seed 002 §3: the clients of a domain see their deployment's services; the edge's own
+    addresses and TURN are the same for every deployment."""
+    mra = parse_config(_core_cfg(Path("/nonexistent"), {"ca": "c", "cert": "c", "key": "k"}, **_two_deployments())).mra
+    st, _, default = answer_edge_config(mra, EDGE_FQDN, "GET", f"/{B64}/get_edge_config?service_name=_cisco-uds")
+    assert st == 200 and _uds_addresses(default) == [(INTERNAL_IP, "8443")]
+    st, _, staging = answer_edge_config(mra, EDGE_FQDN, "GET", f"/{B64_STAGING}/get_edge_config")
+    assert st == 200 and _uds_addresses(staging) == [("ucm1.staging.test", "9443"), ("ucm2.staging.test", "8443")]
+    for body in (default, staging):
+        text = body.decode()
+        assert f"<sipEdgeServer><server><address>{EDGE_FQDN}</address><tlsPort>5061</tlsPort>" in text
+        assert "<turnEdgeServer><server><address>turn.corp.mra.test</address>" in text
+    # the domain is compared case-insensitively, a trailing dot ignored; others are 404
+    upper = base64.urlsafe_b64encode(b"STAGING.mra.test.").decode().rstrip("=")
+    assert answer_edge_config(mra, EDGE_FQDN, "GET", f"/{upper}/get_edge_config")[2] == staging
+    other = base64.b64encode(b"elsewhere.test").decode()
+    assert answer_edge_config(mra, EDGE_FQDN, "GET", f"/{other}/get_edge_config")[0] == 404
+    # a deployment without UDS servers lists none (not another deployment's)
+    bare = parse_config(_core_cfg(Path("/nonexistent"), {"ca": "c", "cert": "c", "key": "k"},
+                                  **_two_deployments(uds_servers=[INTERNAL_IP]))).mra
+    assert _uds_addresses(answer_edge_config(bare, EDGE_FQDN, "GET", f"/{B64_STAGING}/get_edge_config")[2]) == []
+
+
 # ---- the pair ----------------------------------------------------------------------------------
 
 class FakeAllowList:
@@ -206,11 +251,15 @@ async def _internal_service() -> web.AppRunner:
         await asyncio.sleep(3)  # over the edge's 2 s request timeout
         return web.Response(text="late")
 
+    async def uds_user(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="unknown user")  # as call control: it knows nobody
+
     app = web.Application()
     app.router.add_route("*", "/allowed/big", big)
     app.router.add_route("*", "/allowed/{tail:.*}", allowed)
     app.router.add_get("/slow", slow)
     app.router.add_get("/secret", allowed)
+    app.router.add_get("/cucm-uds/user/{user}", uds_user)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, INTERNAL_IP, INTERNAL_PORT).start()
@@ -218,14 +267,19 @@ async def _internal_service() -> web.AppRunner:
 
 
 class Pair:
-    def __init__(self, tmp: Path):
+    """An edge and a core in this process. ``core_mra``: overrides of the core's ``[mra]``;
+    ``real_gate``: the core decides with the allow list of its configuration (default: the
+    :class:`FakeAllowList`, for tests about the tunnel rather than the rules)."""
+
+    def __init__(self, tmp: Path, core_mra: dict[str, Any] | None = None, real_gate: bool = False):
         self.tmp = tmp
+        self.real_gate = real_gate
         certs = write_lab_pki(tmp / "pki", {
             "edge": {"common_name": EDGE_FQDN, "ip_sans": [EDGE_IP, "::1"]},
             "core": {"common_name": f"core.{DOMAIN}", "ip_sans": [CORE_IP]}})
         self.ca = certs["edge"]["ca"]
         self.edge_cfg = parse_config(_edge_cfg(tmp, certs["edge"]))
-        self.core_cfg = parse_config(_core_cfg(tmp, certs["core"]))
+        self.core_cfg = parse_config(_core_cfg(tmp, certs["core"], **(core_mra or {})))
         self.edge: Node | None = None
         self.core: Node | None = None
         self.connects: list[tuple[Any, Any, Any]] = []
@@ -234,6 +288,10 @@ class Pair:
         from edgeway.mra.core import CoreMra
 
         core = Node(self.core_cfg, EventLog("core", str(self.tmp / "core.jsonl")))
+        if self.real_gate:
+            await core.start()
+            self.core = core
+            return
         orig = CoreMra.__init__
 
         def init(obj, cfg, events, client_ssl, gate=None):
@@ -261,8 +319,8 @@ class Pair:
 
 
 @contextlib.asynccontextmanager
-async def running_pair(tmp: Path):
-    pair = Pair(tmp)
+async def running_pair(tmp: Path, core_mra: dict[str, Any] | None = None, real_gate: bool = False):
+    pair = Pair(tmp, core_mra, real_gate)
     loop = asyncio.get_running_loop()
     orig_cc = loop.create_connection
 
@@ -389,5 +447,106 @@ def test_edge_refuses_a_tunnel_from_a_certificate_without_the_subject_name(tmp_p
             await pair.edge.close()
         failures = [e for e in pair.events("edge") if e["event"] == "tls handshake failed" and e.get("listener") == "mra tunnel"]
         assert failures and "subject name" in failures[0]["cause"]
+
+    asyncio.run(scenario())
+
+
+# ---- deployments through the core's handler (issue 9 item 7; seed 002 §3) -----------------------
+
+async def _uds_service(ip: str, name: str, users: dict[str, str]) -> web.AppRunner:
+    """An internal service at ``ip``:INTERNAL_PORT answering ``internal <name> <method> <path>``;
+    ``/cucm-uds/user/<user>`` is 200 only with the Basic credentials of one of ``users``."""
+
+    async def uds_user(request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        if request.headers.get("Authorization") != "Basic " + base64.b64encode(f"{user}:{users.get(user)}".encode()).decode():
+            return web.Response(status=401, text="unauthorized")
+        return web.Response(text=f"internal {name} user {user}")
+
+    async def anything(request: web.Request) -> web.Response:
+        return web.Response(text=f"internal {name} {request.method} {request.path}")
+
+    app = web.Application()
+    app.router.add_get("/cucm-uds/user/{user}", uds_user)
+    app.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, ip, INTERNAL_PORT).start()
+    return runner
+
+
+def _deployments_mra() -> dict[str, Any]:
+    """Core ``[mra]``: DOMAIN (plain string: the Default deployment) reaches 127.0.24.4 by an
+    editable rule, STAGING ("Staging") reaches 127.0.24.5, a call-control server of Staging
+    whose automatic rules and UDS belong to Staging."""
+    return {"deployments": ["Staging"],
+            "domains": [DOMAIN, {"name": STAGING, "deployment": "Staging"}],
+            "uds_servers": [f"{INTERNAL_IP}:{INTERNAL_PORT}",
+                            {"address": f"{STAGING_IP}:{INTERNAL_PORT}", "deployment": "Staging"}],
+            "internal_servers": [
+                {"type": "call_control", "host": INTERNAL_IP, "ports": [INTERNAL_PORT], "scheme": "http"},
+                {"type": "call_control", "host": STAGING_IP, "ports": [INTERNAL_PORT], "scheme": "http",
+                 "deployment": "Staging"}],
+            "allow_rules": [
+                {"url": f"http://{INTERNAL_IP}:{INTERNAL_PORT}/allowed/", "methods": ["GET", "POST"]},
+                {"url": f"http://{STAGING_IP}:{INTERNAL_PORT}/allowed/", "methods": ["GET", "POST"],
+                 "deployment": "Staging"}]}
+
+
+@pytestmark_curl
+def test_core_answers_each_request_for_the_deployment_of_its_domain(tmp_path: Path) -> None:
+    """curl → edge → tunnel → core with the real allow list: a rule (editable or automatic)
+    of one deployment never allows a request that arrives for a domain of the other (403);
+    get_edge_config lists the domain's deployment's UDS server; credentials are checked by
+    the deployment's call control and its tokens are unknown in the other; an unknown domain
+    is 404."""
+
+    def path(b64: str, ip: str, rest: str) -> str:
+        return f"/{b64}/http/{ip}/{INTERNAL_PORT}/{rest}"
+
+    async def scenario() -> None:
+        staging = await _uds_service(STAGING_IP, "staging", {"sam": "staging-pw"})
+        try:
+            async with running_pair(tmp_path, _deployments_mra(), real_gate=True) as pair:
+                st, _, body = await curl(pair, f"/{B64}/get_edge_config?service_name=_cisco-uds")
+                assert st == 200 and _uds_addresses(body.encode()) == [(INTERNAL_IP, str(INTERNAL_PORT))], body
+                st, _, body = await curl(pair, f"/{B64_STAGING}/get_edge_config?service_name=_cisco-uds")
+                assert st == 200 and _uds_addresses(body.encode()) == [(STAGING_IP, str(INTERNAL_PORT))], body
+
+                # editable rules: each domain reaches its own deployment's service only
+                st, _, body = await curl(pair, path(B64, INTERNAL_IP, "allowed/a"))
+                assert (st, body) == (200, "internal GET /allowed/a 0"), body
+                st, _, body = await curl(pair, path(B64_STAGING, STAGING_IP, "allowed/a"))
+                assert (st, body) == (200, "internal staging GET /allowed/a"), body
+                assert (await curl(pair, path(B64_STAGING, INTERNAL_IP, "allowed/a")))[0] == 403
+                assert (await curl(pair, path(B64, STAGING_IP, "allowed/a")))[0] == 403
+                # automatic rules of Staging's call-control server belong to Staging
+                st, _, body = await curl(pair, path(B64_STAGING, STAGING_IP, "cucm-uds/version"))
+                assert (st, body) == (200, "internal staging GET /cucm-uds/version"), body
+                assert (await curl(pair, path(B64, STAGING_IP, "cucm-uds/version")))[0] == 403
+                # a domain no deployment serves
+                nowhere = base64.b64encode(b"nowhere.test").decode()
+                assert (await curl(pair, path(nowhere, INTERNAL_IP, "allowed/a")))[0] == 404
+
+                # credentials: checked by the deployment's call control, tokens per deployment
+                hdrs = tmp_path / "headers.txt"
+                st, _, body = await curl(pair, path(B64_STAGING, STAGING_IP, "cucm-uds/user/sam"),
+                                         "-u", "sam:staging-pw", "-D", str(hdrs))
+                assert (st, body) == (200, "internal staging user sam"), body
+                [token] = [ln.split(":", 1)[1].strip() for ln in hdrs.read_text().splitlines()
+                           if ln.lower().startswith("x-edgeway-access-token:")]
+                st, _, body = await curl(pair, path(B64_STAGING, STAGING_IP, "allowed/t"),
+                                         "-H", f"Authorization: Bearer {token}")
+                assert (st, body) == (200, "internal staging GET /allowed/t"), body
+                bearer = ("-H", f"Authorization: Bearer {token}")
+                assert (await curl(pair, path(B64, INTERNAL_IP, "allowed/t"), *bearer))[0] == 401
+                # the default deployment's call control (127.0.24.4) does not know sam
+                assert (await curl(pair, path(B64, INTERNAL_IP, "allowed/t"), "-u", "sam:staging-pw"))[0] == 401
+
+                blocked = [e for e in pair.events("core") if e["event"] == "mra request blocked"]
+                assert {(e["status"], e.get("deployment")) for e in blocked} == {
+                    (403, "Staging"), (403, "Default deployment"), (404, None)}, blocked
+        finally:
+            await staging.cleanup()
 
     asyncio.run(scenario())

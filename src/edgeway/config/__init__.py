@@ -14,6 +14,7 @@ from edgeway.config.models import (
     LogConfig,
     MediaConfig,
     MraConfig,
+    MraDomain,
     NeighbourZone,
     NodeConfig,
     PolicyRule,
@@ -24,6 +25,7 @@ from edgeway.config.models import (
     Transform,
     TraversalClientZone,
     TraversalServerZone,
+    UdsServer,
     ZoneConfig,
     split_hostport,
     zone_token,
@@ -31,7 +33,7 @@ from edgeway.config.models import (
 
 __all__ = [
     "BUILTIN_ZONES", "ConfigError", "ConfigProblems", "Credential", "DnsConfig", "DnsZone", "FloodConfig", "LimitsConfig", "LogConfig",
-    "MediaConfig", "MraConfig", "HttpAllowRule", "InternalServer", "NeighbourZone", "NodeConfig", "PolicyRule", "SearchRule", "SipConfig", "TimerConfig", "TlsConfig",
+    "MediaConfig", "MraConfig", "MraDomain", "UdsServer", "HttpAllowRule", "InternalServer", "NeighbourZone", "NodeConfig", "PolicyRule", "SearchRule", "SipConfig", "TimerConfig", "TlsConfig",
     "Transform", "TraversalClientZone", "TraversalServerZone", "ZoneConfig", "load_config", "parse_config",
     "split_hostport", "zone_token",
 ]

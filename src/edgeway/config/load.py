@@ -38,13 +38,17 @@ class ConfigError(Exception):
 
 def _path(loc: tuple[Any, ...], data: Any) -> str:
     """``('zones', 2, 'neighbour', 'port')`` → ``zones[2].port``: walk the input
-    alongside ``loc`` and drop discriminated-union tags (the zone ``type``)."""
+    alongside ``loc`` and drop discriminated-union tags (the zone ``type``). A field of an
+    entry written as a plain string (``mra.domains = ["a.example"]`` stands for
+    ``{name = "a.example"}``) is reported as the entry itself: ``mra.domains[0]``."""
     out, node = "", data
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
             node = node[part] if isinstance(node, list) and part < len(node) else None
             continue
+        if isinstance(node, str):
+            break
         if isinstance(node, dict) and part not in node and node.get("type") == part:
             continue
         out += f".{part}" if out else str(part)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgeway._ascii import ascii_uint
 from edgeway._httpurl import TargetError, normalise_url
@@ -23,7 +23,7 @@ __all__ = [
     "NodeConfig", "SipConfig", "TimerConfig", "TlsConfig", "MediaConfig", "DnsConfig", "LogConfig", "FloodConfig", "IntrusionConfig", "LimitsConfig",
     "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
     "Transform", "SearchRule", "PolicyRule", "ConfigProblems", "zone_token", "split_hostport",
-    "MraConfig", "HttpAllowRule", "InternalServer", "DEFAULT_DEPLOYMENT", "TurnServer",
+    "MraConfig", "MraDomain", "UdsServer", "HttpAllowRule", "InternalServer", "DEFAULT_DEPLOYMENT", "TurnServer",
 ]
 
 #: Sentinel value in a problem tuple: the key is absent (printed without "= value").
@@ -634,7 +634,9 @@ class InternalServer(_Model):
     §8.5): ``call_control`` (Unified CM: UDS), ``presence`` (IM and Presence), ``voicemail``
     (Unity Connection), ``tftp`` (configuration files over HTTP/HTTPS). ``ports`` empty = the
     type's default ports (see :data:`edgeway.mra.allowlist.AUTOMATIC_RULES`); otherwise the
-    type's rule applies on these ports with ``scheme`` (default: the type's usual scheme)."""
+    type's rule applies on these ports with ``scheme`` (default: the type's usual scheme).
+    ``deployment``: the deployment the server belongs to (seed 002 §3, §4.1); its automatic
+    rules are that deployment's. A host belongs to one deployment only (see :class:`MraConfig`)."""
 
     type: Literal["call_control", "presence", "voicemail", "tftp"]
     host: Text
@@ -651,6 +653,56 @@ class InternalServer(_Model):
         except TargetError as exc:
             raise ValueError(f"must be a DNS name or IP address ({exc.reason})") from None
         return v
+
+
+def _plain_entry(key: str, what: str) -> BeforeValidator:
+    """A list entry written as a plain string stands for the table ``{<key> = "<string>"}``
+    (so it belongs to the default deployment); a table is taken as it is."""
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, str):
+            return {key: v}
+        if isinstance(v, (dict, BaseModel)):
+            return v
+        raise ValueError(f"must be a {what} (string) or a table {{{key} = ..., deployment = ...}}")
+    return BeforeValidator(convert)
+
+
+def _server_key(host: str) -> str:
+    """The identity of an internal server in the deployment checks: its host, lower-case,
+    without IPv6 brackets."""
+    return host.strip("[]").lower()
+
+
+class MraDomain(_Model):
+    """One MRA (edge) domain (seed 002 §2.2, §8.1) and the deployment it belongs to (seed 002
+    §3: a domain belongs to exactly one deployment). In ``mra.domains`` a plain string
+    ``"a.example"`` means ``{name = "a.example"}``: the default deployment. ``name`` is
+    compared case-insensitively, a trailing dot ignored (:attr:`key`)."""
+
+    name: Text
+    deployment: Text = DEFAULT_DEPLOYMENT
+
+    @property
+    def key(self) -> str:
+        """``name`` lower-case without a trailing dot: what a decoded request domain is compared with."""
+        return self.name.lower().rstrip(".")
+
+
+class UdsServer(_Model):
+    """An internal UDS (call control, Unified CM) server listed in ``get_edge_config`` for
+    the clients of its deployment and asked to check their credentials (seed 002 §8.3: UDS
+    on 8443; §12.2; §3: a node belongs to exactly one deployment). ``address`` ``"host"`` or
+    ``"host:port"`` (default port 8443). In ``mra.uds_servers`` a plain string means
+    ``{address = "..."}``: the default deployment."""
+
+    address: HostPort
+    deployment: Text = DEFAULT_DEPLOYMENT
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """``(host, port)``, port 8443 when the address has none."""
+        return split_hostport(self.address, 8443)
 
 
 class TurnServer(_Model):
@@ -670,8 +722,9 @@ class MraConfig(_Model):
 
     - ``enabled``: run the MRA HTTPS proxy (edge: the HTTPS listener and the tunnel
       listener; core: the tunnel connections and the request handler).
-    - ``domains``: the UC (edge) domains served (seed 002 §8.1); ``get_edge_config`` for any
-      other domain is answered 404. At most 50 (seed 002 §1.7).
+    - ``domains``: the UC (edge) domains served (seed 002 §8.1), each in one deployment (see
+      Deployments below); a request (``get_edge_config`` or proxied) for any other domain is
+      answered 404. At most 50 (seed 002 §1.7).
     - ``https_port`` (edge; default 8443, seed 002 §13.3) and ``https_listen_ips`` (edge;
       addresses the HTTPS listener binds, IPv4 and IPv6; empty = ``sip.listen_ip``). The
       core uses ``https_port`` as the edge's port in ``get_edge_config``.
@@ -690,20 +743,51 @@ class MraConfig(_Model):
       ``413`` / ``502`` (a response already under way is aborted).
     - ``edge_hostname`` (core): the edge's public name in ``get_edge_config`` (None = the first
       tunnel peer's host); ``edge_sip_tls_port``: its SIP TLS port there (5061).
-    - ``uds_servers`` (core): internal UDS servers listed in ``get_edge_config``
-      (``"host"`` or ``"host:port"``, default port 8443, seed 002 §8.3, §12.2).
+    - ``uds_servers`` (core): internal UDS servers (:class:`UdsServer`, ``"host"`` or
+      ``"host:port"``, default port 8443, seed 002 §8.3, §12.2), each in one deployment:
+      ``get_edge_config`` lists those of the request's deployment, and the first of them
+      checks the credentials of that deployment's clients.
     - ``turn_servers`` (core): TURN servers listed in ``get_edge_config``.
 
     HTTP allow list (issue 9 item 3; :class:`edgeway.mra.allowlist.AllowList.from_config`):
     ``default_methods`` the global default method set (seed 002 §8.6: changing it changes
     every rule that uses defaults; Edgeway's factory default is GET); ``allow_rules`` the
     editable inbound rules; ``internal_servers`` the servers automatic rules are generated
-    for; ``deployments`` extra deployment names (``"Default deployment"`` always exists and
-    need not be listed; seed 002 §3)."""
+    for.
+
+    Deployments (issue 9 item 7; seed 002 §3, §2.2 "Deployment", §8.6): a deployment encloses
+    domains and internal servers; the clients of a domain see only their deployment's servers
+    (``get_edge_config``) and rules (the allow list checks a proxied request with the
+    deployment of the domain in its first path segment). ``deployments`` lists the extra
+    deployment names; ``"Default deployment"`` always exists, need not be listed and cannot be
+    removed; it holds every domain, server and rule that names no deployment. Membership is
+    written on the member::
+
+        [mra]
+        deployments = ["Staging"]
+        domains = ["corp.example",                                  # Default deployment
+                   {name = "staging.example", deployment = "Staging"}]
+        uds_servers = ["ucm.corp.example",                          # Default deployment
+                       {address = "ucm.staging.example:8443", deployment = "Staging"}]
+
+        [[mra.internal_servers]]
+        type = "call_control"
+        host = "ucm.staging.example"
+        deployment = "Staging"                # its automatic rules belong to Staging
+
+        [[mra.allow_rules]]
+        url = "https://wiki.staging.example/"
+        deployment = "Staging"
+
+    Rules (each reported with its key, value and rule): deployment names are unique (case
+    ignored); every ``deployment`` a member names exists; a domain is listed once (case and a
+    trailing dot ignored), so it belongs to exactly one deployment; a server (a host of
+    ``internal_servers`` or ``uds_servers``, case ignored) belongs to exactly one
+    deployment (it may be listed several times in that one: several types, UDS)."""
 
     # -- listener, tunnel, discovery (issue 9 items 1-2) --
     enabled: bool = False
-    domains: Annotated[list[Text], Field(max_length=50)] = []
+    domains: Annotated[list[Annotated[MraDomain, _plain_entry("name", "domain name")]], Field(max_length=50)] = []
     https_port: Port = 8443
     https_listen_ips: list[IpAddr] = []
     tunnel_port: Port = 2222
@@ -715,7 +799,7 @@ class MraConfig(_Model):
     max_response_bytes: PosInt = 100 << 20
     edge_hostname: str | None = None
     edge_sip_tls_port: Port = 5061
-    uds_servers: list[HostPort] = []
+    uds_servers: list[Annotated[UdsServer, _plain_entry("address", "\"host\" or \"host:port\"")]] = []
     turn_servers: list[TurnServer] = []
     # -- credentials and tokens (issue 9 item 4; seed 002 §10) --
     credentials_refresh_min: PosFloat = 480.0
@@ -735,28 +819,77 @@ class MraConfig(_Model):
 
     @property
     def uds_addresses(self) -> list[tuple[str, int]]:
-        """``uds_servers`` parsed to ``(host, port)`` (default port 8443)."""
-        return [split_hostport(s, 8443) for s in self.uds_servers]
+        """Every ``uds_servers`` entry parsed to ``(host, port)`` (default port 8443), all
+        deployments."""
+        return [u.host_port for u in self.uds_servers]
+
+    def uds_addresses_of(self, deployment: str) -> list[tuple[str, int]]:
+        """The ``(host, port)`` of the UDS servers of ``deployment``, in file order."""
+        return [u.host_port for u in self.uds_servers if u.deployment == deployment]
 
     @property
     def deployment_names(self) -> list[str]:
         """``"Default deployment"`` followed by the other configured deployments."""
         return list(dict.fromkeys([DEFAULT_DEPLOYMENT, *self.deployments]))
 
+    @property
+    def domain_names(self) -> list[str]:
+        """The served domains (:attr:`MraDomain.key` form), every deployment."""
+        return [d.key for d in self.domains]
+
+    def deployment_of(self, domain: str) -> str | None:
+        """The deployment of ``domain`` (compared case-insensitively, a trailing dot ignored);
+        None when it is not one of ``domains`` (the caller answers 404)."""
+        key = domain.lower().rstrip(".")
+        return next((d.deployment for d in self.domains if d.key == key), None)
+
     @model_validator(mode="after")
-    def _allow_list_checks(self) -> "MraConfig":
+    def _deployment_checks(self) -> "MraConfig":
         problems: list[tuple[str, Any, str]] = []
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for i, d in enumerate(self.deployments):
-            if d in seen:
-                problems.append((f"deployments[{i}]", d, "must be unique"))
-            seen.add(d)
+            low = d.lower()
+            if d != DEFAULT_DEPLOYMENT and low == DEFAULT_DEPLOYMENT.lower():
+                problems.append((f"deployments[{i}]", d, f"clashes with the built-in {DEFAULT_DEPLOYMENT!r} (case ignored)"))
+                continue
+            if low in seen:
+                first = self.deployments[seen[low]]
+                problems.append((f"deployments[{i}]", d, "must be unique" + (
+                    "" if first == d else f" (clashes with {first!r}, case ignored)")))
+            seen.setdefault(low, i)
         known = set(self.deployment_names)
-        for key, items in (("allow_rules", self.allow_rules), ("internal_servers", self.internal_servers)):
+        members: list[tuple[str, list[Any]]] = [("domains", self.domains), ("uds_servers", self.uds_servers),
+                                                ("internal_servers", self.internal_servers),
+                                                ("allow_rules", self.allow_rules)]
+        for key, items in members:
             for i, item in enumerate(items):
                 if item.deployment not in known:
                     problems.append((f"{key}[{i}].deployment", item.deployment,
                                      "must be 'Default deployment' or one of mra.deployments"))
+        domains: dict[str, int] = {}
+        for i, d in enumerate(self.domains):
+            j = domains.setdefault(d.key, i)
+            if j != i:
+                first = self.domains[j]
+                where = ("already listed" if first.deployment == d.deployment
+                         else f"already in deployment {first.deployment!r}")
+                rule = (f"must be listed once: {where} at mra.domains[{j}] "
+                        "(a domain belongs to exactly one deployment, seed 002 §3)")
+                problems.append((f"domains[{i}]", d.name, rule))
+        servers: dict[str, tuple[str, str]] = {}
+        located = [(f"internal_servers[{i}]", s.host, s) for i, s in enumerate(self.internal_servers)]
+        located += [(f"uds_servers[{i}]", s.host_port[0], s) for i, s in enumerate(self.uds_servers)]
+        for where, host, item in located:
+            first_dep, first_where = servers.setdefault(_server_key(host), (item.deployment, where))
+            if first_dep == item.deployment:
+                continue
+            why = f"mra.{first_where} has server {host!r} in {first_dep!r} (a server belongs to exactly one deployment, seed 002 §3)"
+            if "deployment" in item.model_fields_set:
+                problems.append((f"{where}.deployment", item.deployment, f"puts a server in a second deployment: {why}"))
+            elif isinstance(item, UdsServer):
+                problems.append((where, item.address, f"is in {DEFAULT_DEPLOYMENT!r} (no deployment given) but {why}"))
+            else:
+                problems.append((f"{where}.host", item.host, f"is in {DEFAULT_DEPLOYMENT!r} (no deployment given) but {why}"))
         if problems:
             raise ConfigProblems(problems)
         return self

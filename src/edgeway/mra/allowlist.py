@@ -265,7 +265,8 @@ class AllowList:
     @classmethod
     def from_config(cls, mra: MraConfig) -> AllowList:
         """The allow list of an ``[mra]`` section: automatic rules for each internal server
-        (:data:`AUTOMATIC_RULES`), then the editable ``allow_rules`` in file order."""
+        (:data:`AUTOMATIC_RULES`) in the server's deployment, then the editable ``allow_rules``
+        in file order, each in its deployment (seed 002 §3, §8.5–§8.6)."""
         out = cls(default_methods=frozenset(mra.default_methods), deployments=tuple(mra.deployment_names))
         for server in mra.internal_servers:
             out.rules += automatic_rules(server.type, server.host, ports=server.ports, scheme=server.scheme,

@@ -11,9 +11,16 @@ Requests (one HTTP/2 stream each):
 
 - ``/<base64(domain)>/get_edge_config…`` → :func:`~edgeway.mra.edge_config.answer_edge_config`;
 - anything else is a proxied request: :meth:`Gate.decide <edgeway.mra.gate.Gate.decide>` (400
-  undecodable, 403 blocked), then forwarded to the normalised URL the allow list returned,
-  with aiohttp's client bound to the core's address; bodies stream both ways. The internal
-  service not answering in ``mra.request_timeout_s`` → 504, unreachable → 502.
+  undecodable, 404 domain not served, 403 blocked), then forwarded to the normalised URL the
+  allow list returned, with aiohttp's client bound to the core's address; bodies stream both
+  ways. The internal service not answering in ``mra.request_timeout_s`` → 504, unreachable → 502.
+
+Deployments (seed 002 §3; issue 9 item 7): both kinds of request are answered for the
+deployment of the domain in the path's first segment: ``get_edge_config`` lists that
+deployment's UDS servers, a proxied request is checked against that deployment's rules, and
+its credentials against that deployment's call control (its first UDS server), with access
+tokens that are valid in that deployment only (seed 002 §3: the UCM resources a client
+reaches are in the same deployment as its domain).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import ssl
 import aiohttp
 from yarl import URL
 
-from ..config.models import NodeConfig, TraversalClientZone
+from ..config.models import DEFAULT_DEPLOYMENT, NodeConfig, TraversalClientZone
 from ..diag.events import EventLog
 from .auth import TokenStore, basic_user
 from .edge_config import answer_edge_config, is_edge_config_path
@@ -38,6 +45,8 @@ __all__ = ["CoreMra"]
 READ_CHUNK = 64 * 1024
 #: Headers the core never forwards to an internal service (the edge's own view of the client).
 _DROP_INWARD = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+#: Bodies of the core's refusals of a proxied request, by status.
+_REFUSALS = {400: "400 Bad Request\n", 403: "403 Forbidden\n", 404: "404 Not Found: unknown domain\n"}
 
 
 class CoreTunnelLink(TunnelLink):
@@ -86,9 +95,10 @@ class CoreMra:
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
         m = cfg.mra
-        #: Verified credentials and issued access tokens (issue 9 item 4).
-        self.tokens = TokenStore(m.credentials_refresh_min * 60, m.credentials_cleanup_min * 60,
-                                 m.max_authorizations, m.authorization_period_s)
+        #: Verified credentials and issued access tokens (issue 9 item 4), one store per
+        #: deployment: a token issued for a domain of one deployment is unknown in another.
+        self.tokens = {d: TokenStore(m.credentials_refresh_min * 60, m.credentials_cleanup_min * 60,
+                                     m.max_authorizations, m.authorization_period_s) for d in m.deployment_names}
 
     # -- lifecycle ---------------------------------------------------------------------------------
     #: Maintenance mode (seed 002 §16): new requests get 503 while those under way finish.
@@ -162,12 +172,12 @@ class CoreMra:
             verdict = self.gate.decide(req.method, req.path)
             if verdict.status != 200 or verdict.url is None:
                 self.events.emit("mra request blocked", status=verdict.status, method=req.method, path=req.path[:200],
-                                 reason=verdict.reason, rule=verdict.rule)
+                                 reason=verdict.reason, rule=verdict.rule, deployment=verdict.deployment)
                 await self._drain(link, ex)
-                text = f"{verdict.status} {'Forbidden' if verdict.status == 403 else 'Bad Request'}\n".encode()
+                text = _REFUSALS.get(verdict.status, f"{verdict.status} Forbidden\n").encode()
                 self._reply(link, ex, verdict.status, [("content-type", "text/plain")], text)
                 return
-            headers, token, denial = await self._authorize(req)
+            headers, token, denial = await self._authorize(req, verdict.deployment or DEFAULT_DEPLOYMENT)
             if denial is not None:
                 await self._drain(link, ex)
                 self._reply(link, ex, *denial)
@@ -199,46 +209,50 @@ class CoreMra:
         link.flush()
         ex.done = True
 
-    async def _authorize(self, req: RequestReceived) -> tuple[list[tuple[str, str]], str | None, tuple | None]:
-        """Credentials of a proxied request (seed 002 §10; issue 9 item 4): the headers to
-        forward, a newly issued access token (or None) and a denial ``(status, headers,
-        body)`` (or None). Basic credentials are checked once against the call-control
-        service (UDS, ``mra.uds_servers``) and rate-controlled per user (429); a bearer
-        token Edgeway issued stands for them (401 when unknown or expired). Requests
-        without credentials go as they are (the inside answers them)."""
+    async def _authorize(self, req: RequestReceived, deployment: str = DEFAULT_DEPLOYMENT
+                         ) -> tuple[list[tuple[str, str]], str | None, tuple | None]:
+        """Credentials of a proxied request for a domain of ``deployment`` (seed 002 §10, §3;
+        issue 9 items 4, 7): the headers to forward, a newly issued access token (or None)
+        and a denial ``(status, headers, body)`` (or None). Basic credentials are checked once
+        against the deployment's call-control service (UDS, the first of its
+        ``mra.uds_servers``) and rate-controlled per user (429); a bearer token Edgeway issued
+        in that deployment stands for them (401 when unknown there or expired). Requests
+        without credentials, or for a deployment without a UDS server, go as they are (the
+        inside answers them)."""
         headers = forwardable_headers(req.headers, _DROP_INWARD)
         auth = next((v for k, v in headers if k == "authorization"), None)
-        if auth is None or not self.mra.uds_servers:
+        uds = self.mra.uds_addresses_of(deployment)
+        if auth is None or not uds:
             return headers, None, None
+        tokens = self.tokens[deployment]
         now = asyncio.get_running_loop().time()
-        self.tokens.maybe_purge(now)
+        tokens.maybe_purge(now)
         scheme = auth.strip().partition(" ")[0].lower()
         if scheme == "bearer":
-            grant = self.tokens.resolve(auth.strip().partition(" ")[2].strip(), now)
+            grant = tokens.resolve(auth.strip().partition(" ")[2].strip(), now)
             if grant is None:
                 return headers, None, (401, [("www-authenticate", 'Bearer error="invalid_token"')],
                                        b"401 Unauthorized: unknown or expired access token\n")
             return [(k, grant[1] if k == "authorization" else v) for k, v in headers], None, None
         user = basic_user(auth)
-        if user is None or self.tokens.verified(auth, now) is not None:
+        if user is None or tokens.verified(auth, now) is not None:
             return headers, None, None
-        if not self.tokens.allow_check(user, now):
+        if not tokens.allow_check(user, now):
             self.events.emit("mra authorization rate limited", user=user, limit=self.mra.max_authorizations,
-                             period_s=self.mra.authorization_period_s)
+                             period_s=self.mra.authorization_period_s, deployment=deployment)
             return headers, None, (429, [("retry-after", str(int(self.mra.authorization_period_s)))],
                                    b"429 Too Many Requests: authorization rate control\n")
-        status = await self._check_credentials(user, auth)
+        status = await self._check_credentials(user, auth, *uds[0])
         if status == 200:
-            return headers, self.tokens.issue(user, auth, now), None
+            return headers, tokens.issue(user, auth, now), None
         if status == 401:
             return headers, None, (401, [("www-authenticate", 'Basic realm="edgeway"')], b"401 Unauthorized\n")
         return headers, None, (502, [], b"502 Bad Gateway: credentials could not be checked\n")
 
-    async def _check_credentials(self, user: str, auth: str) -> int:
-        """The call-control service's verdict on ``auth`` for ``user`` (UDS user lookup):
-        its status, or 502 when it cannot be asked."""
+    async def _check_credentials(self, user: str, auth: str, host: str, port: int) -> int:
+        """The verdict of the call-control service at ``host``:``port`` on ``auth`` for
+        ``user`` (UDS user lookup): its status, or 502 when it cannot be asked."""
         assert self._session is not None
-        host, port = self.mra.uds_addresses[0]
         scheme = next((srv.scheme for srv in self.mra.internal_servers
                        if srv.type == "call_control" and srv.host == host and srv.scheme), "https")
         url = f"{scheme}://{host}:{port}/cucm-uds/user/{user}"

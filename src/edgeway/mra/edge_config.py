@@ -26,7 +26,10 @@ and ``edgeConfig`` (``sipEdgeServer``, ``sipRequest`` route, ``httpEdgeServer``,
     </getEdgeConfigResponse>
 
 The path's first segment is the domain in base64 (standard or URL-safe alphabet, padding
-optional, ``%3D`` accepted); a domain not in ``mra.domains`` gets 404.
+optional, ``%3D`` accepted); a domain not in ``mra.domains`` gets 404. The answer is per
+deployment (seed 002 §3; issue 9 item 7): ``_cisco-uds`` lists only the UDS servers of the
+domain's deployment (:meth:`MraConfig.deployment_of`, :meth:`MraConfig.uds_addresses_of`);
+the edge's SIP and HTTPS addresses and the TURN servers are the same for every deployment.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import re
 from urllib.parse import parse_qs, unquote
 from xml.etree import ElementTree as ET
 
-from ..config.models import MraConfig
+from ..config.models import DEFAULT_DEPLOYMENT, MraConfig
 
 __all__ = ["EDGE_CONFIG_SEGMENT", "is_edge_config_path", "decode_domain", "edge_config_xml", "answer_edge_config"]
 
@@ -78,16 +81,17 @@ def _el(parent: ET.Element, tag: str, text: object | None = None) -> ET.Element:
     return e
 
 
-def edge_config_xml(mra: MraConfig, edge_host: str, services: list[str]) -> bytes:
-    """The document for one domain: ``services`` the requested ``service_name`` values (in
-    request order, unknown ones listed empty); ``edge_host`` the edge's public name."""
+def edge_config_xml(mra: MraConfig, edge_host: str, services: list[str], deployment: str = DEFAULT_DEPLOYMENT) -> bytes:
+    """The document for one domain of ``deployment``: ``services`` the requested
+    ``service_name`` values (in request order, unknown ones listed empty; ``_cisco-uds`` lists
+    the UDS servers of ``deployment`` only); ``edge_host`` the edge's public name."""
     root = ET.Element("getEdgeConfigResponse", version="1.0")
     sc = _el(root, "serviceConfig")
     for name in dict.fromkeys(services):
         svc = _el(sc, "service")
         _el(svc, "name", name)
         if name == "_cisco-uds":
-            for host, port in mra.uds_addresses:
+            for host, port in mra.uds_addresses_of(deployment):
                 srv = _el(svc, "server")
                 _el(srv, "priority", 1)
                 _el(srv, "weight", 1)
@@ -116,14 +120,15 @@ def edge_config_xml(mra: MraConfig, edge_host: str, services: list[str]) -> byte
 def answer_edge_config(mra: MraConfig, edge_host: str, method: str, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
     """Answer a ``/<base64(domain)>/get_edge_config[?service_name=…]`` request:
     ``(status, headers, body)``. 405 for a method other than GET/HEAD, 404 for a domain that
-    does not decode or is not in ``mra.domains``; 200 with :func:`edge_config_xml` otherwise
-    (no ``service_name``: both known services)."""
+    does not decode or is not in ``mra.domains``; 200 with :func:`edge_config_xml` for the
+    domain's deployment otherwise (no ``service_name``: both known services)."""
     if method not in ("GET", "HEAD"):
         return 405, [("allow", "GET, HEAD"), ("content-type", "text/plain")], b"405 Method Not Allowed\n"
     raw, _, query = path.partition("?")
     domain = decode_domain(raw.split("/")[1])
-    if domain is None or domain not in {d.lower().rstrip(".") for d in mra.domains}:
+    deployment = None if domain is None else mra.deployment_of(domain)
+    if deployment is None:
         return 404, [("content-type", "text/plain")], b"404 Not Found: unknown domain\n"
     services = parse_qs(query).get("service_name") or list(KNOWN_SERVICES)
-    body = edge_config_xml(mra, edge_host, services)
+    body = edge_config_xml(mra, edge_host, services, deployment)
     return 200, [("content-type", "application/xml; charset=utf-8"), ("cache-control", "no-store")], body
