@@ -78,7 +78,8 @@ def test_configs_validate_and_follow_the_plan(built):
         assert cfg.tls.cert_file == str(built.workdir / "pki" / f"{node}.pem")
         assert cfg.tls.ca_file == str(built.ca)
         assert (cfg.media.port_min, cfg.media.port_max, cfg.media.inactivity_timeout_s) == (36000, 59999, 30.0)
-        assert cfg.dns.nameservers == [("127.0.0.10", 5300)]
+        # Split DNS: the core resolves in the inside view (seed 002 §12.2).
+        assert cfg.dns.nameservers == [("127.0.0.11" if node == "core" else "127.0.0.10", 5300)]
         assert cfg.log.file == str(built.workdir / f"{node}.events.jsonl") == str(built.events(node))
 
     ts, dz, hz = edge.zones

@@ -17,7 +17,7 @@ import time
 import dns.resolver
 import pytest
 
-from edgeway.lab.topology import CORP_DOMAIN, DNS_IP, DNS_PORT, EDGE_FQDN, EDGE_IP
+from edgeway.lab.topology import CORP_DOMAIN, DNS_IP, DNS_PORT, EDGE_FQDN, EDGE_IP, INSIDE_DNS_IP
 from edgeway.lab.webservice import LAB_USERS
 from support.harness import LabUp
 
@@ -40,6 +40,15 @@ def test_discovery_allowed_blocked_and_tunnel_down(lab: LabUp) -> None:
     r.nameservers, r.port = [DNS_IP], DNS_PORT
     [srv] = r.resolve(f"_collab-edge._tls.{CORP_DOMAIN}", "SRV")
     assert (srv.port, str(srv.target).rstrip(".")) == (8443, EDGE_FQDN)
+    # Split DNS (seed 002 §8.1, §12.2): _cisco-uds._tcp only in the inside view.
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        r.resolve(f"_cisco-uds._tcp.{CORP_DOMAIN}", "SRV")
+    inside = dns.resolver.Resolver(configure=False)
+    inside.nameservers, inside.port = [INSIDE_DNS_IP], DNS_PORT
+    [uds] = inside.resolve(f"_cisco-uds._tcp.{CORP_DOMAIN}", "SRV")
+    assert (uds.port, str(uds.target).rstrip(".")) == (8443, f"cucm.{CORP_DOMAIN}")
+    [edge_srv] = inside.resolve(f"_collab-edge._tls.{CORP_DOMAIN}", "SRV")
+    assert edge_srv.port == 8443
 
     code, body = curl(lab, "/get_edge_config?service_name=_cisco-uds&service_name=_cuplogin")
     assert code == 200 and EDGE_FQDN in body and "8443" in body, body

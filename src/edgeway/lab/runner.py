@@ -123,6 +123,7 @@ class Lab:
         self.start_nodes = start_nodes
         self.files: LabFiles | None = None
         self.dns: LabDnsServer | None = None
+        self.inside_dns: LabDnsServer | None = None
         self.web = None  # the internal web services stand-in (edgeway.lab.webservice)
         self.procs: dict[str, subprocess.Popen] = {}
         self.started_at: dict[str, float] = {}
@@ -168,7 +169,16 @@ class Lab:
             self.dns = None
             raise LabError(f"cannot start the lab DNS server on {t.dns_ip}:{t.dns_port} (udp+tcp): {exc.strerror or exc}"
                            " — is another lab running?") from None
-        self.progress(f"lab DNS server answering for {', '.join(zones)} on {t.dns_ip}:{self.dns.port} (udp+tcp)")
+        # Split DNS: the inside view adds _cisco-uds._tcp (seed 002 §12.2); the core uses it.
+        self.inside_dns = LabDnsServer(t.inside_dns_records(), host=t.inside_dns_ip, port=self.dns.port, zones=zones)
+        try:
+            await self.inside_dns.start()
+        except OSError as exc:
+            self.inside_dns = None
+            raise LabError(f"cannot start the lab's inside DNS view on {t.inside_dns_ip}:{self.dns.port} (udp+tcp): "
+                           f"{exc.strerror or exc} — is another lab running?") from None
+        self.progress(f"lab DNS server answering for {', '.join(zones)} on {t.dns_ip}:{self.dns.port} (udp+tcp), "
+                      f"inside view on {t.inside_dns_ip}:{self.inside_dns.port}")
 
     async def _start_web(self) -> None:
         """The internal web services stand-in behind the core (:mod:`edgeway.lab.webservice`)."""
@@ -291,6 +301,9 @@ class Lab:
         if self.dns is not None:
             await self.dns.close()
             self.dns = None
+        if self.inside_dns is not None:
+            await self.inside_dns.close()
+            self.inside_dns = None
         if self.web is not None:
             await self.web.close()
             self.web = None

@@ -30,7 +30,7 @@ from edgeway.lab.dns_server import Record, records_from_text
 from edgeway.security.pki import write_lab_pki
 
 __all__ = [
-    "EDGE_IP", "CORE_IP", "CALL_CONTROL_IP", "PARTNER_IP", "DNS_IP", "DNS_PORT",
+    "EDGE_IP", "CORE_IP", "CALL_CONTROL_IP", "PARTNER_IP", "DNS_IP", "DNS_PORT", "INSIDE_DNS_IP",
     "SIP_PORT", "TLS_PORT", "TRAVERSAL_PORT", "ZONE_APEX", "CORP_DOMAIN", "PARTNER_DOMAIN",
     "EDGE_FQDN", "CORE_FQDN", "PARTNER_UA_FQDN", "ALICE", "BOB",
     "TRAVERSAL_ZONE", "DNS_ZONE", "CALL_CONTROL_ZONE", "TRAVERSAL_USERNAME", "HOST_NAMES",
@@ -47,9 +47,12 @@ CORE_IP = "127.0.0.3"
 CALL_CONTROL_IP = "127.0.0.4"
 #: The outside world (bob's user agent at ua.partner.edgeway.test).
 PARTNER_IP = "127.0.0.5"
-#: Lab DNS server address and port (UDP and TCP).
+#: Lab DNS server address and port (UDP and TCP): the outside view.
 DNS_IP = "127.0.0.10"
 DNS_PORT = 5300
+#: The inside view (split DNS, seed 002 §8.1, §12.2): the same zones plus
+#: ``_cisco-uds._tcp``, which must not resolve outside. The core resolves here.
+INSIDE_DNS_IP = "127.0.0.11"
 #: SIP UDP/TCP port used by every lab host.
 SIP_PORT = 5060
 #: SIP TLS port of the nodes.
@@ -252,6 +255,7 @@ class LabTopology:
     partner_port: int = SIP_PORT
     dns_ip: str = DNS_IP
     dns_port: int = DNS_PORT
+    inside_dns_ip: str = INSIDE_DNS_IP
     dns_timeout_s: float = 2.0
     sip_port: int = SIP_PORT
     tls_port: int = TLS_PORT
@@ -351,8 +355,8 @@ class LabTopology:
             f"_sip._tcp   SRV   10 10 {self.sip_port} edge\n"
             f"_sip._udp   SRV   10 10 {self.sip_port} edge\n"
             f'@           TXT   "edgeway-site-verification={self.verification_token}"\n'
-            # MRA discovery (seed 002 §12.1). _cisco-uds._tcp is not published: the lab DNS
-            # has one view and serves the outside, where it must not resolve (§8.1, §12.2).
+            # MRA discovery (seed 002 §12.1). _cisco-uds._tcp is only in the inside view
+            # (inside_zone_text): outside it must not resolve (§8.1, §12.2).
             f"_collab-edge._tls SRV 10 10 {self.https_port} edge\n"
             f"\n"
             f"$ORIGIN {p}.\n"
@@ -375,6 +379,22 @@ class LabTopology:
         """:meth:`zone_text` parsed into records for :class:`~edgeway.lab.dns_server.LabDnsServer`."""
         return records_from_text(self.zone_text())
 
+    def inside_zone_text(self) -> str:
+        """The inside view (split DNS): :meth:`zone_text` plus call control's name and the
+        UDS SRV record ``_cisco-uds._tcp.<domain>`` (seed 002 §12.2), which only inside
+        clients (and the core) may resolve."""
+        from edgeway.lab.webservice import UDS_PORT
+
+        return self.zone_text() + (
+            f"\n$ORIGIN {self.domain}.\n"
+            f"cucm        A     {self.call_control_ip}\n"
+            f"_cisco-uds._tcp SRV 10 10 {UDS_PORT} cucm\n"
+        )
+
+    def inside_dns_records(self) -> list[Record]:
+        """:meth:`inside_zone_text` parsed into records."""
+        return records_from_text(self.inside_zone_text())
+
     def _common(self, node: str, workdir: Path, certs: dict[str, Path]) -> dict[str, Any]:
         ip = self.edge_ip if node == "edge" else self.core_ip
         return {
@@ -385,7 +405,9 @@ class LabTopology:
             "tls": {"cert_file": str(certs["cert"]), "key_file": str(certs["key"]), "ca_file": str(certs["ca"])},
             "media": {"port_min": self.media_port_min, "port_max": self.media_port_max,
                       "inactivity_timeout_s": float(self.media_inactivity_timeout_s)},
-            "dns": {"servers": [f"{self.dns_ip}:{self.dns_port}"], "timeout_s": float(self.dns_timeout_s)},
+            # The core resolves in the inside view, the edge in the outside one.
+            "dns": {"servers": [f"{self.inside_dns_ip if node == 'core' else self.dns_ip}:{self.dns_port}"],
+                    "timeout_s": float(self.dns_timeout_s)},
             "log": {"file": str(workdir / f"{node}.events.jsonl"), "level": self.log_level,
                     "sip_messages": self.sip_messages, "max_events_per_s": self.max_events_per_s},
             # ``edgeway blocked list -c lab-run/edge.toml`` (a Unix socket path has at most
