@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEB_TEST_PEERS := sip-tester kamailio kamailio-tls-modules baresip openssl curl
 DEB_TEST_BINS := sipp kamailio baresip openssl curl
 # bench/calls_bench.py also needs stunnel (TLS legs in front of SIPp, which has no TLS).
-DEB_BENCH_PEERS := stunnel4
+DEB_BENCH_PEERS := stunnel4 nghttp2-client
 
 .PHONY: lab lab-up test venv debdeps benchdeps bench clean
 
@@ -40,14 +40,14 @@ lab-up: $(STAMP)
 test: $(STAMP) debdeps
 	$(BIN)/python -m pytest -q
 
-# Bench peers (stunnel): installed with apt-get when running as root and missing.
+# Bench peers (stunnel, h2load): installed with apt-get when running as root and missing.
 benchdeps: debdeps
-	@if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then \
+	@if ! command -v h2load >/dev/null || { ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; }; then \
 	  if [ "$$(id -u)" = "0" ]; then \
 	    echo "installing Debian bench peers: $(DEB_BENCH_PEERS)"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_BENCH_PEERS) >/dev/null; \
-	  else echo "warning: stunnel missing and not root; the calls bench skips its TLS rows"; fi; \
+	  else echo "warning: stunnel or h2load missing and not root; the calls bench skips its TLS rows, the HTTPS bench uses its Python client"; fi; \
 	fi
 
 bench: $(STAMP) benchdeps

@@ -6,7 +6,13 @@ this process's child, then runs ``--clients`` keep-alive HTTPS clients (aiohttp,
 process) each sending GETs of a small body for ``--seconds`` (bounded by ``--max-requests``).
 Prints requests/s, p50/p99 latency and errors. A number, not a test.
 
-    flock /tmp/edgeway-loopback.lock python bench/https_bench.py [--clients 32] [--seconds 10]
+    flock /tmp/edgeway-loopback.lock python bench/https_bench.py [--clients 32] [--seconds 10] [--client h2load]
+
+``--client h2load`` (Debian ``nghttp2-client``, HTTP/1.1 with ``--h1``; the default when it is
+installed) loads the edge from a C client, so the two cores go to edge, core and internal
+service rather than to a Python client; ``--client aiohttp`` keeps the load in this process
+(and reports p50/p99). Either way the bench prints the CPU milliseconds the edge and the core
+spent per request (``/proc/<pid>/stat``), which does not depend on the client.
 
 Until the HTTP allow list (``edgeway.mra.allowlist``) is merged the core's gate is closed, so
 this bench uses ``get_edge_config`` (answered by the core through the tunnel) unless
@@ -19,7 +25,11 @@ import argparse
 import asyncio
 import base64
 import multiprocessing as mp
+import os
+import re
+import shutil
 import ssl
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -73,6 +83,25 @@ def _run_node(data: dict, seconds: float) -> None:
         await asyncio.sleep(seconds)
         await node.close()
 
+    prof_dir = os.environ.get("HTTPS_BENCH_PROFILE")  # a directory: <role>.prof (cProfile) per node
+    if prof_dir:
+        import cProfile
+        import signal
+
+        def stop(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        pr = cProfile.Profile()
+        pr.enable()
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            pr.disable()
+            pr.dump_stats(str(Path(prof_dir) / f"{data['role']}.prof"))
+        return
     asyncio.run(main())
 
 
@@ -128,12 +157,39 @@ async def _load(ca: Path, path: str, clients: int, seconds: float, max_requests:
     return lat, errors, elapsed
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _h2load(path: str, clients: int, seconds: float) -> tuple[int, int, float, float]:
+    """Run h2load (HTTP/1.1, keep-alive) for ``seconds``: (requests done, failures or
+    non-2xx, elapsed s, mean ms per request)."""
+    url = f"https://{EDGE_IP}:{HTTPS_PORT}{path}"
+    out = subprocess.run(["h2load", "--h1", "-c", str(clients), "-D", str(int(seconds)), "--warm-up-time=1", url],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    ok2xx = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    elapsed = float(re.search(r"finished in ([\d.]+)s", out).group(1))
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    mean_ms = float("nan")
+    if mean:
+        v = mean.group(1)
+        mean_ms = float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+    print(f"  h2load: {done} done, {ok2xx} 2xx, {failed} failed")
+    return done, failed + max(0, done - ok2xx), elapsed, mean_ms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--max-requests", type=int, default=100_000)
     ap.add_argument("--proxied", action="store_true", help="proxied UDS GET (needs edgeway.mra.allowlist)")
+    ap.add_argument("--client", choices=["h2load", "aiohttp"], default="h2load" if shutil.which("h2load") else "aiohttp",
+                    help="load generator (default: h2load when installed)")
     a = ap.parse_args()
     from edgeway.config.models import MraConfig
 
@@ -155,18 +211,29 @@ def main() -> None:
             path = (f"/{B64}/http/{INTERNAL_IP}/{INTERNAL_PORT}/cucm-uds/user/alice" if a.proxied
                     else f"/{B64}/get_edge_config?service_name=_cisco-uds")
             kind = "proxied GET (edge → tunnel → core → internal)" if a.proxied else "get_edge_config (edge → tunnel → core)"
-            print(f"https_bench: {kind}, {a.clients} keep-alive clients, {a.seconds:g} s")
-            lat, errors, elapsed = asyncio.run(_load(ca, path, a.clients, a.seconds, a.max_requests))
+            print(f"https_bench: {kind}, {a.clients} keep-alive clients ({a.client}), {a.seconds:g} s")
+            cpu0 = {name: _cpu_s(p.pid) for name, p in (("edge", procs[1]), ("core", procs[2]))}
+            if a.client == "h2load":
+                n, errors, elapsed, mean_ms = _h2load(path, a.clients, a.seconds)
+                lat = []
+            else:
+                lat, errors, elapsed = asyncio.run(_load(ca, path, a.clients, a.seconds, a.max_requests))
+                n = len(lat)
+            cpu = {name: _cpu_s(p.pid) - c for name, c in cpu0.items() for p in [procs[1] if name == "edge" else procs[2]]}
         finally:
             for p in procs:
                 p.terminate()
             for p in procs:
                 p.join(5)
+    per = ", ".join(f"{name} {cpu[name] * 1000 / max(n, 1):.3f}" for name in ("edge", "core"))
+    if a.client == "h2load":
+        print(f"  requests {n}, errors {errors}, {n / elapsed:.0f} req/s, mean {mean_ms:.1f} ms; CPU ms/request: {per}")
+        return
     lat.sort()
-    n = len(lat)
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p99 = lat[min(n - 1, int(n * 0.99))] * 1000 if lat else float("nan")
-    print(f"  requests {n}, errors {errors}, {n / elapsed:.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"  requests {n}, errors {errors}, {n / elapsed:.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+          f"CPU ms/request: {per}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ ports with leading zeros, non-ASCII digits, an empty port, 0 or above 65535.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -93,12 +94,29 @@ class NormalisedUrl:
         return f"{self.base}?{self.query}" if self.query else self.base
 
 
+#: URLs up to this many characters have their normalised form memoised (clients repeat
+#: the same few targets; the bound keeps what hostile input can pin small).
+_MEMO_MAX_LEN = 512
+
+
 def normalise_url(url: str, *, allow_port_zero: bool = False) -> NormalisedUrl:
     """Normalise an absolute ``http``/``https`` URL (module docstring lists every step).
 
     ``allow_port_zero``: accept ``:0`` (seed 002 §8.7 lets a *rule* name port 0–65535;
     no request can use port 0, so such a rule never matches). Raises :class:`TargetError`.
+    Pure: results for short URLs are memoised (4,096 entries, least recently used out).
     """
+    if isinstance(url, str) and len(url) <= _MEMO_MAX_LEN:
+        return _normalise_memo(url, allow_port_zero)
+    return _normalise(url, allow_port_zero)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalise_memo(url: str, allow_port_zero: bool) -> NormalisedUrl:
+    return _normalise(url, allow_port_zero)
+
+
+def _normalise(url: str, allow_port_zero: bool) -> NormalisedUrl:
     if not isinstance(url, str):
         raise TargetError("URL must be text")
     if len(url) > MAX_URL_LENGTH:
