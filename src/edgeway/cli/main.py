@@ -89,6 +89,15 @@ def _register_call() -> None:
 _register_call()
 
 
+def _register_check_pattern() -> None:
+    from .checkpattern import check_pattern_command
+
+    app.command("check-pattern")(check_pattern_command)
+
+
+_register_check_pattern()
+
+
 def _register_domain() -> None:
     from .domain import domain_app
 
