@@ -98,6 +98,15 @@ def _register_check_pattern() -> None:
 _register_check_pattern()
 
 
+def _register_doctor() -> None:
+    from .doctor import doctor_command
+
+    app.command("doctor")(doctor_command)
+
+
+_register_doctor()
+
+
 def _register_domain() -> None:
     from .domain import domain_app
 

@@ -330,7 +330,9 @@ class LabTopology:
         """``nodes`` argument for :func:`~edgeway.security.pki.write_lab_pki`
         (serverAuth + clientAuth: traversal is mutual TLS)."""
         return {
-            "edge": {"common_name": self.edge_fqdn, "dns_sans": [self.edge_fqdn], "ip_sans": [self.edge_ip],
+            # collab-edge.<domain>: the MRA domain as a CollabEdgeDNS SAN (seed 002 §11.2).
+            "edge": {"common_name": self.edge_fqdn, "dns_sans": [self.edge_fqdn, f"collab-edge.{self.domain}"],
+                     "ip_sans": [self.edge_ip],
                      "server": True, "client": True},
             "core": {"common_name": self.core_fqdn, "dns_sans": [self.core_fqdn], "ip_sans": [self.core_ip],
                      "server": True, "client": True},
