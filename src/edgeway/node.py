@@ -109,6 +109,51 @@ class Node:
                 self.mra.maintenance = on
         return {"maintenance": bool(self.proxy and self.proxy.core.maintenance)}
 
+    async def _locate(self, req: dict) -> dict:
+        """Control command ``locate``: ``{"alias": str, "zone": str, "from": str?}`` → the
+        routing pipeline's steps (:func:`edgeway.proxy.locate.locate_plan`) with what this
+        running node knows of each target: a neighbour's address, a traversal zone's
+        connections, the registrar's bindings, the DNS queries and answers (through the
+        node's own servers). No call is placed."""
+        from .proxy.locate import locate_plan
+        from .registrar import aor_of
+        from .routing.resolver import resolve
+        from .sip.uri import parse_uri
+
+        res = locate_plan(self.cfg, str(req.get("alias", "")), str(req.get("zone", "DefaultZone")), str(req.get("from", "")))
+        core = self.proxy.core if self.proxy is not None else None
+        now = asyncio.get_running_loop().time()
+        for t in res.targets:
+            z = next((z for z in self.cfg.zones if z.name == t.zone), None)
+            if t.zone_type == "neighbour" and z is not None:
+                t.hops = [f"{z.transport}:{z.host}:{z.port}"]
+            elif t.zone_type in ("traversal_client", "traversal_server") and core is not None:
+                flows = [f for f in core.zone_flows.get(t.zone, ()) if f.conn_id in core.conns]
+                t.hops = [f"{f.transport}:{f.remote[0]}:{f.remote[1]}" for f in flows]
+                t.detail.append(f"{len(flows)} traversal connection(s) up" if flows else "zone not connected")
+            elif t.zone_type == "local" and core is not None and core.registrar is not None:
+                try:
+                    bindings = core.registrar.lookup(aor_of(t.ruri), now)
+                except ValueError:
+                    bindings = []
+                t.hops = [b.contact for b in bindings]
+                t.detail.append(f"{len(bindings)} registered binding(s) of {t.ruri}")
+            elif t.zone_type == "dns" and self.resolver is not None and z is not None:
+                uri = parse_uri(t.ruri)
+                trace: list = []
+                override = z.dns_request_domain if z.modify_dns_request else None
+                try:
+                    targets = await resolve(uri.host, uri.port, uri.transport, uri.scheme == "sips", self.resolver,
+                                            default_transport=z.default_transport, srv_override_domain=override,
+                                            trace=trace)
+                except Exception as exc:  # noqa: BLE001 - report, do not fail the command
+                    targets = []
+                    t.detail.append(f"lookup failed: {exc or type(exc).__name__}")
+                t.detail += [f"{n} {rt}: {o}" for n, rt, o in trace]
+                t.hops = [f"{x.transport}:{x.host}:{x.port}" for x in targets]
+            t.found = bool(t.hops)
+        return {"locate": res.as_dict()}
+
     def intrusion_failure(self, category: str, ip: str) -> None:
         """Count one failure of ``category`` from ``ip``; report a resulting ban once."""
         if self.intrusion is None:
@@ -144,6 +189,7 @@ class Node:
                                         "intrusion_protection": self.intrusion is not None},
                 "unblock": lambda req: {"unblocked": bool(self.intrusion and self.intrusion.unblock(str(req.get("address"))))},
                 "maintenance": self._maintenance,
+                "locate": self._locate,
             })
             await self.control.start()
         self._wire_inbound_chain()

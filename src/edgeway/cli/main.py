@@ -107,6 +107,15 @@ def _register_doctor() -> None:
 _register_doctor()
 
 
+def _register_locate() -> None:
+    from .locate import locate_command
+
+    app.command("locate")(locate_command)
+
+
+_register_locate()
+
+
 def _register_domain() -> None:
     from .domain import domain_app
 
