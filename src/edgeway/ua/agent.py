@@ -37,6 +37,7 @@ could be read gets a 400. Times are seconds unless a name says ``_ms``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import secrets
@@ -155,6 +156,11 @@ class _Reg:
     result: RegistrationResult
     flow: Flow | None = None
     task: asyncio.Task | None = None
+
+
+def _snapshot(result: RegistrationResult) -> RegistrationResult:
+    """A copy of a registration's report that later rounds leave alone."""
+    return dataclasses.replace(result, ladder=list(result.ladder), tls_peer_names=list(result.tls_peer_names))
 
 
 class _Events(EventLog):
@@ -946,7 +952,7 @@ class UserAgent:
         ``proxy`` = ``(host, port, transport)`` (RFC 3261 §10.2; preloaded Route, Contact
         of this UA, ``Supported: path``), answering a digest challenge with ``username``
         (default ``user``) and ``password``. Returns once the first round ended: bound
-        (``ok``) or why not. While bound the UA refreshes the binding before it expires
+        (``ok``) or why not (a snapshot; :attr:`registrations` has the live state). While bound the UA refreshes the binding before it expires
         (:func:`~edgeway.ua.register.refresh_after`); :meth:`unregister` and
         :meth:`close` remove it. The registration's requests and the requests sent to it
         use the connection it was made on. Never raises for network problems; raises
@@ -966,13 +972,14 @@ class UserAgent:
                                user_agent=f"{USER_AGENT}/{self.name}")
         t0, lines = self._call_logs.setdefault(machine.call_id, (self._now, []))
         reg = _Reg(machine, (host, pport, ptrans), timer_t1,
-                   RegistrationResult(aor=aor, contact=contact, transport=ptrans, ladder=lines))
+                   RegistrationResult(aor=aor, contact=contact, call_id=machine.call_id, transport=ptrans,
+                                      ladder=lines))
         self._regs[aor] = reg
         outcome = await self._reg_round(reg, machine.register(self._now))
         reg.result.duration_ms = (self._now - t0) * 1000
         if isinstance(outcome, Registered):
             reg.task = self._spawn(self._refresher(reg))
-        return reg.result
+        return _snapshot(reg.result)
 
     async def unregister(self, aor: str | None = None) -> dict[str, RegistrationResult]:
         """Remove the binding of ``aor`` (default: every registration) with ``Expires: 0``
@@ -988,7 +995,7 @@ class UserAgent:
             action = reg.machine.unregister(self._now)
             if action is not None:
                 await self._reg_round(reg, action)
-            out[key] = reg.result
+            out[key] = _snapshot(reg.result)
         return out
 
     async def _refresher(self, reg: _Reg) -> None:

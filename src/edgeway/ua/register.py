@@ -96,11 +96,13 @@ class RegistrationResult:
     """What :meth:`~edgeway.ua.agent.UserAgent.register` reports: ``ok`` when bound,
     ``status``/``reason`` of the last final response (0 when none came), ``error`` why
     not, ``expires`` granted, ``challenges`` answered, ``algorithm`` of the digest
-    answer, the ``contact`` registered, the connection it was made on (``transport``,
-    ``local``, ``remote``, ``tls_peer_names``) and the ladder of its messages."""
+    answer, the ``contact`` registered, the ``call_id`` its REGISTERs share, the
+    connection it was made on (``transport``, ``local``, ``remote``, ``tls_peer_names``),
+    the ``path`` the registrar echoed and the ladder of its messages."""
 
     aor: str
     contact: str = ""
+    call_id: str = ""
     ok: bool = False
     status: int = 0
     reason: str = ""
