@@ -88,6 +88,8 @@ TRAVERSAL_USERNAME = "core"
 REMOTE_DOMAIN = "remote.edgeway.test"
 #: The registrar's lab user store: username → password.
 REMOTE_USERS = {"carol": "carol-lab-secret", "dave": "dave-lab-secret"}
+#: The remote (MRA) client of ``edgeway lab``'s demo: carol's phone, outside, over TLS.
+REMOTE_UA_IP = "127.0.0.8"
 #: Token the lab DNS publishes as TXT ``edgeway-site-verification=<token>`` on the corp
 #: domain, for ``edgeway domain verify`` (seed 000: domain verification).
 VERIFICATION_TOKEN = "edgeway-lab-7f3c2a"
@@ -304,9 +306,12 @@ class LabTopology:
 
     @property
     def host_names(self) -> dict[str, str]:
-        """IP → lab host name (edge, core, alice, bob, dns)."""
-        return {self.edge_ip: "edge", self.core_ip: "core", self.call_control_ip: "alice",
-                self.partner_ip: "bob", self.dns_ip: "dns"}
+        """IP → lab host name (edge, core, alice, bob, dns; carol, the remote client, with MRA)."""
+        names = {self.edge_ip: "edge", self.core_ip: "core", self.call_control_ip: "alice",
+                 self.partner_ip: "bob", self.dns_ip: "dns"}
+        if self.mra:
+            names[REMOTE_UA_IP] = "carol"
+        return names
 
     @property
     def dns_server(self) -> tuple[str, int]:
@@ -393,6 +398,9 @@ class LabTopology:
         (``{"cert", "key", "ca"}``)."""
         data = self._common("edge", workdir, certs)
         data["sip"].update(mtls_enabled=True, mtls_port=MTLS_PORT)
+        # The edge's public name: get_edge_config gives remote clients the SIP route
+        # <sip:edge.<domain>:5061;transport=tls;lr>, which the edge must know as its own.
+        data["sip"]["hostname"] = self.edge_fqdn
         data["credentials"] = [{"username": self.traversal_username, "password": password}]
         data["zones"] = [
             {"type": "traversal_server", "name": TRAVERSAL_ZONE, "port": self.traversal_port,
