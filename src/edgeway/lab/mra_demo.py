@@ -108,16 +108,17 @@ class MraRun:
             step.ok = False
             step.result = f"FAILED: {step.result}: the core logged no 'mra request blocked' for it"
 
-    def _ladder(self, result: Any, wall: float | None, node_events: list[Mapping[str, Any]],
-                host_names: Mapping[str, str]) -> list[str]:
+    def _ladder(self, result: Any, node_events: list[Mapping[str, Any]], host_names: Mapping[str, str]) -> list[str]:
         """The registration's hop-by-hop ladder (carol's record and the nodes'), up to
-        the un-registration (same Call-ID, RFC 3261 §10.2.4)."""
+        the un-registration (same Call-ID, RFC 3261 §10.2.4). carol's lines are placed on
+        the nodes' clock by her first REGISTER as the edge logged it (a wall-clock start
+        taken beside hers could put her receiving a response before the edge sent it)."""
         call_id = _reg_call_id(result)
         until = self.unregistration_wall or float("inf")
         evs = [dict(e) for e in node_events if call_id and e.get("call_id") == call_id
                and float(e.get("ts", 0.0)) < until]
         return format_ladder(_merged_ladder(evs, host_names, [REMOTE_USER], call_id,
-                                            [(REMOTE_USER, list(result.ladder), wall)]))
+                                            [(REMOTE_USER, list(result.ladder), None)]))
 
     def _registration_step(self, node_events: list[Mapping[str, Any]], host_names: Mapping[str, str]) -> MraStep:
         r, t0 = self.registration, self.registration_wall or 0.0
@@ -135,7 +136,7 @@ class MraRun:
         details = [f"REGISTER {aor} (Contact <{r.contact}>) to the SIP edge get_edge_config named"
                    + (f": {self.edge_sip[0]}:{self.edge_sip[2]} = {self.edge_sip[1]} (lab DNS)" if self.edge_sip else ""),
                    f"the edge's certificate names: {names}"]
-        details += self._ladder(r, t0, node_events, host_names)
+        details += self._ladder(r, node_events, host_names)
         if bound:
             b = bound[0]
             details.append(f"core registrar: registered {b.get('aor')} ({b.get('contacts')} binding) from "
