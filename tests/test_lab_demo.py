@@ -71,7 +71,7 @@ def _step(mra: str, title: str) -> str:
 
 def _check_mra_section(out: str) -> None:
     """The MRA steps after the calls, each with its result (from a real lab run)."""
-    start = out.index("Mobile and remote access: carol@remote.edgeway.test's phone at 127.0.0.8")
+    start = out.index("Mobile and remote access (carol, outside at 127.0.0.8)")
     mra = out[start: out.index("· configs, certificates and logs")]
     assert start > out.index("call 4: hybrid outbound")
 
@@ -109,7 +109,7 @@ def _check_mra_section(out: str) -> None:
     assert re.search(r"Path \(the edge's flow token for carol's connection\): <sip:[\w.]+@127\.0\.0\.2:5061;"
                      r"transport=tls;lr>", reg), reg
 
-    call = _step(mra, "call 5: inside → remote client (alice → core → edge → carol, registered over TLS)")
+    call = _step(mra, "call 5: inside → remote client (alice → core → edge → carol)")
     assert "alice calls sip:carol@remote.edgeway.test: 200 OK" in call, call
     for hop in ("alice(127.0.0.4) → core  INVITE sip:carol@remote.edgeway.test", "core → edge  INVITE sip:carol@",
                 "edge → carol(127.0.0.8)  INVITE sip:carol@", "carol(127.0.0.8) → edge  200 OK (INVITE)",

@@ -397,7 +397,7 @@ async def run_mra_demo(lab: Any, alice: Any, *, media_seconds: float, call_timeo
             progress(f"MRA: alice → {target} via core {t.core_ip}:{t.sip_port}/{t.call_control_transport}")
             run.call = await lab.place_call(alice, carol, target, (t.core_ip, t.sip_port, t.call_control_transport),
                                         "alice", {"media_seconds": media_seconds, "timeout_s": call_timeout_s})
-            run.call["title"] = "call 5: inside → remote client (alice → core → edge → carol, registered over TLS)"
+            run.call["title"] = "call 5: inside → remote client (alice → core → edge → carol)"
     finally:
         if run.registration is not None and run.registration.ok:
             run.unregistration_wall = time.time()

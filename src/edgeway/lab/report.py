@@ -890,7 +890,8 @@ class MraReport:
         return f"MRA {ok}/{max(len(self.steps), self.EXPECTED_STEPS)} steps passed"
 
     def render(self, console: Console, host_names: Mapping[str, str]) -> None:
-        console.rule(f"Mobile and remote access: {self.user or 'remote user'}'s phone at {self.client or '?'} (outside)")
+        who = self.user.partition("@")[0] or "remote user"
+        console.rule(f"Mobile and remote access ({who}, outside at {self.client or '?'})")
         for step in self.steps:
             step.render(console, host_names)
         if len(self.steps) < self.EXPECTED_STEPS:
