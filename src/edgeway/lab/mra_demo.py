@@ -241,7 +241,7 @@ async def _discover(dns: _LabDns, domain: str) -> tuple[MraStep, tuple[str, int]
     where = f"lab DNS {dns.server[0]}:{dns.server[1]}"
     try:
         records = await dns.srv(name)
-        prio, weight, port, target = records[0]
+        _prio, _weight, port, target = records[0]  # the best: lowest priority, highest weight
         ip = await dns.a(target)
     except Exception as exc:  # noqa: BLE001 - a demo step reports, it does not crash
         return MraStep("SRV discovery", False, f"FAILED: {name} SRV ({where}): {type(exc).__name__}: {exc}", []), None

@@ -82,15 +82,6 @@ from .call import (
     uas_dialog,
 )
 from .media import MediaEndpoint
-from .register import (
-    DEFAULT_EXPIRES_S,
-    Registered,
-    Registration,
-    RegistrationFailed,
-    RegistrationResult,
-    SendRegister,
-    Unregistered,
-)
 from .offer import (
     OFFER_PTS,
     SdpInfo,
@@ -101,6 +92,15 @@ from .offer import (
     offer_problem,
     parse_sdp,
     srtp_answer,
+)
+from .register import (
+    DEFAULT_EXPIRES_S,
+    Registered,
+    Registration,
+    RegistrationFailed,
+    RegistrationResult,
+    SendRegister,
+    Unregistered,
 )
 
 __all__ = ["UserAgent"]
