@@ -95,6 +95,8 @@ REMOTE_USERS = {"carol": "carol-lab-secret", "dave": "dave-lab-secret"}
 #: of call control ("SIP registrations on Unified CM", seed 002 §2.2): the core forwards
 #: their REGISTERs to the Call Control zone, Contact rewritten or with Path (§2.3).
 UCM_DOMAIN = "ucm.edgeway.test"
+#: The remote (MRA) client of ``edgeway lab``'s demo: carol's phone, outside, over TLS.
+REMOTE_UA_IP = "127.0.0.8"
 #: Token the lab DNS publishes as TXT ``edgeway-site-verification=<token>`` on the corp
 #: domain, for ``edgeway domain verify`` (seed 000: domain verification).
 VERIFICATION_TOKEN = "edgeway-lab-7f3c2a"
@@ -315,9 +317,12 @@ class LabTopology:
 
     @property
     def host_names(self) -> dict[str, str]:
-        """IP → lab host name (edge, core, alice, bob, dns)."""
-        return {self.edge_ip: "edge", self.core_ip: "core", self.call_control_ip: "alice",
-                self.partner_ip: "bob", self.dns_ip: "dns"}
+        """IP → lab host name (edge, core, alice, bob, dns; carol, the remote client, with MRA)."""
+        names = {self.edge_ip: "edge", self.core_ip: "core", self.call_control_ip: "alice",
+                 self.partner_ip: "bob", self.dns_ip: "dns"}
+        if self.mra:
+            names[REMOTE_UA_IP] = "carol"
+        return names
 
     @property
     def dns_server(self) -> tuple[str, int]:
@@ -424,6 +429,9 @@ class LabTopology:
         (``{"cert", "key", "ca"}``)."""
         data = self._common("edge", workdir, certs)
         data["sip"].update(mtls_enabled=True, mtls_port=MTLS_PORT)
+        # The edge's public name: get_edge_config gives remote clients the SIP route
+        # <sip:edge.<domain>:5061;transport=tls;lr>, which the edge must know as its own.
+        data["sip"]["hostname"] = self.edge_fqdn
         data["credentials"] = [{"username": self.traversal_username, "password": password}]
         data["zones"] = [
             {"type": "traversal_server", "name": TRAVERSAL_ZONE, "port": self.traversal_port,
