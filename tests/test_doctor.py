@@ -111,6 +111,14 @@ def test_doctor_on_the_lab(lab: LabUp) -> None:
     assert dns == {"SRV _sips._tcp.corp.edgeway.test": "ok", "SRV _collab-edge._tls.corp.edgeway.test": "ok",
                    "SRV _cisco-uds._tcp.corp.edgeway.test": "ok"}, edge
     assert not any(f["check"] == "peer" for f in edge)  # the edge never connects inward
+    assert [f["level"] for f in edge if f["check"] == "hostname"] == ["ok"]
+
+    # MRA on without the edge knowing its own name (clients' REGISTERs would get 404).
+    def no_hostname(d):
+        d["sip"].pop("hostname", None)
+    _, found = _doctor(_variant(lab, "edge", "nohost", no_hostname))
+    [f] = [f for f in found if f["check"] == "hostname"]
+    assert f["level"] == "fail" and "[sip] hostname" in f["fix"], f
 
     # A blocked port: the core's traversal peer on a port nothing listens on.
     def closed_port(d):

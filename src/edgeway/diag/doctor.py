@@ -311,6 +311,11 @@ async def run_doctor(cfg: NodeConfig, *, port_range_file: str = "/proc/sys/net/i
     h = check_hostname(cfg.sip.hostname)
     if h is not None:
         out.append(h)
+    elif cfg.role == "edge" and cfg.mra.enabled:
+        out.append(Finding("hostname", "fail", "MRA is enabled but [sip] hostname is not set: remote clients route their "
+                                               "REGISTERs via the edge's name from get_edge_config, and the edge does not "
+                                               "know that name as its own (404)",
+                           "set [sip] hostname to the edge's FQDN (the core's mra.edge_hostname)"))
     traversal = [z for z in cfg.zones if z.type in ("traversal_client", "traversal_server")]
     t = cfg.tls
     names: list[str | tuple[str, ...]] = []
