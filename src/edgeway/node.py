@@ -15,6 +15,7 @@ import asyncio
 
 from .config.models import DnsZone, NodeConfig
 from .diag.control import ControlServer
+from .diag.history import History
 from .diag.events import FLUSH_INTERVAL_S, EventLog
 from .media.relay import MediaRelay
 from .proxy.driver import ProxyDriver
@@ -45,6 +46,10 @@ class Node:
         log = cfg.log
         self.events = events or EventLog(cfg.name, log.file, sip_messages=log.sip_messages, max_bytes=log.max_bytes,
                                          backup_count=log.backup_count, max_events_per_s=log.max_events_per_s)
+        #: The last 500 searches and calls (seed 002 §1.7), fed by every emitted event.
+        self.history = History()
+        if self.events.observer is None:
+            self.events.observer = self.history.record
         self.tl = TransportLayer(self.events)
         self.relay: MediaRelay | None = None
         self.proxy: ProxyDriver | None = None
@@ -190,6 +195,8 @@ class Node:
                 "unblock": lambda req: {"unblocked": bool(self.intrusion and self.intrusion.unblock(str(req.get("address"))))},
                 "maintenance": self._maintenance,
                 "locate": self._locate,
+                "history": lambda req: {"searches": self.history.search_list(int(req.get("limit", 500))),
+                                        "calls": self.history.call_list(int(req.get("limit", 500)))},
             })
             await self.control.start()
         self._wire_inbound_chain()

@@ -116,6 +116,15 @@ def _register_locate() -> None:
 _register_locate()
 
 
+def _register_history() -> None:
+    from .history import history_app
+
+    app.add_typer(history_app, name="history")
+
+
+_register_history()
+
+
 def _register_domain() -> None:
     from .domain import domain_app
 

@@ -112,6 +112,9 @@ class EventLog:
             self._fh = stream if stream is not None else sys.stderr
             self._own = False
         self.counts: dict[str, int] = {}
+        #: Called with ``(event, fields)`` for every emit, before the rate cap (the node's
+        #: search and call history, :mod:`edgeway.diag.history`); None: nobody.
+        self.observer: Any = None
         self._buffered = bool(path)
         self._flush_at = _monotonic() + FLUSH_INTERVAL_S
         self._max_bytes = max_bytes if path else 0
@@ -146,6 +149,11 @@ class EventLog:
         drop is not encoded.
         """
         line = now = None
+        if self.observer is not None:
+            try:
+                self.observer(event, fields)
+            except Exception:  # noqa: BLE001 - an observer must not break logging
+                pass
         if self._fh is not None:
             if self._rate:  # the cap's decision, before the line is built
                 now = _monotonic()
