@@ -16,6 +16,7 @@ import asyncio
 from .config.models import DnsZone, NodeConfig
 from .diag.control import ControlServer
 from .diag.history import History
+from .diag.status import EventCounters, StatusServer, StatusSource
 from .diag.events import FLUSH_INTERVAL_S, EventLog
 from .media.relay import MediaRelay
 from .proxy.driver import ProxyDriver
@@ -48,8 +49,16 @@ class Node:
                                          backup_count=log.backup_count, max_events_per_s=log.max_events_per_s)
         #: The last 500 searches and calls (seed 002 §1.7), fed by every emitted event.
         self.history = History()
+        #: Event counts the Prometheus endpoint needs by cause (diag.status).
+        self.counters = EventCounters()
         if self.events.observer is None:
-            self.events.observer = self.history.record
+            def observe(event: str, fields: dict) -> None:
+                self.history.record(event, fields)
+                self.counters.record(event, fields)
+
+            self.events.observer = observe
+        #: The status page / JSON / metrics server (``[status] listen``), or None.
+        self.status: StatusServer | None = None
         self.tl = TransportLayer(self.events)
         self.relay: MediaRelay | None = None
         self.proxy: ProxyDriver | None = None
@@ -199,6 +208,16 @@ class Node:
                                         "calls": self.history.call_list(int(req.get("limit", 500)))},
             })
             await self.control.start()
+        if cfg.status.listen:
+            from .config.models import split_hostport
+
+            host, port = split_hostport(cfg.status.listen, 8090)
+            src = StatusSource(cfg.name, cfg.role, list(cfg.zones), core=self.proxy.core, traversal=self.traversal,
+                               relay=self.relay, tl=self.tl, history=self.history, counters=self.counters, intrusion=self.intrusion,
+                               now=loop.time)
+            st = cfg.status
+            self.status = StatusServer(src, host, port, username=st.username, password=st.password, token=st.token)
+            await self.status.start()
         self._wire_inbound_chain()
         if s.udp_port:
             await self.tl.listen_udp(s.listen_ip, s.udp_port)
@@ -319,6 +338,8 @@ class Node:
     async def close(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
+        if self.status is not None:
+            await self.status.close()
         if self.control is not None:
             await self.control.close()
         if self.mra is not None:

@@ -382,6 +382,28 @@ class ControlConfig(_Model):
     socket: str | None = None
 
 
+class StatusConfig(_Model):
+    """The node's status page, JSON status API and Prometheus endpoint (issue 11 item 6;
+    :mod:`edgeway.diag.status`). ``listen``: ``"ip:port"`` on the management address (None
+    = off); every request needs HTTP Basic ``username``/``password`` or ``Authorization:
+    Bearer <token>``, so at least one of them must be set."""
+
+    listen: HostPort | None = None
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _protected(self) -> StatusConfig:
+        if self.listen and not ((self.username and self.password) or self.token):
+            raise ConfigProblems([("listen", self.listen, "needs username and password, or token: the status page is "
+                                                          "never served unauthenticated")])
+        if bool(self.username) != bool(self.password):
+            raise ConfigProblems([("password" if self.username else "username", None,
+                                   "username and password go together")])
+        return self
+
+
 class RegistrarUser(_Model):
     """One user of the node's own registrar (digest credentials)."""
 
@@ -912,6 +934,7 @@ class NodeConfig(_Model):
     flood: FloodConfig = Field(default_factory=FloodConfig)
     intrusion_protection: IntrusionConfig = Field(default_factory=IntrusionConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
     registrar: RegistrarConfig = Field(default_factory=RegistrarConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     credentials: list[Credential] = []

@@ -167,6 +167,9 @@ def up(
         False, "--sip-path-headers/--no-sip-path-headers",
         help="the core forwards remote registrations for ucm.edgeway.test to call control with its Path "
              "(seed 002 §2.3) instead of rewriting Contact"),
+    status_token: str | None = typer.Option(
+        None, "--status-token",
+        help="serve each node's status page, /status.json and /metrics on <node ip>:8090, for this bearer token"),
 ) -> None:
     """Start DNS, edge and core and keep them running until Ctrl-C (no calls placed)."""
     console = Console()
@@ -176,6 +179,7 @@ def up(
     topology = LabTopology(call_control_transport=call_control_transport.value,
                            call_control_port=TLS_PORT if tls else SIP_PORT,
                            edge_overrides=dict(flood), core_overrides=dict(flood), sip_path_headers=sip_path_headers,
+                           status_token=status_token,
                            **({} if ladder else {"sip_messages": False, "max_events_per_s": LogConfig().max_events_per_s}))
     try:
         code = asyncio.run(_up(console, workdir, traversal_timeout, topology))

@@ -285,6 +285,10 @@ class LabTopology:
     #: The core's "SIP Path headers" (seed 002 §2.3) for registrations it forwards to
     #: call control (``UCM_DOMAIN``): off = Contact rewritten.
     sip_path_headers: bool = False
+    #: When set, each node serves its status page, JSON and metrics on ``<ip>:status_port``
+    #: for this bearer token (issue 11 item 6).
+    status_token: str | None = None
+    status_port: int = 8090
     edge_overrides: dict[str, Any] = field(default_factory=dict)
     core_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -404,7 +408,8 @@ class LabTopology:
 
     def _common(self, node: str, workdir: Path, certs: dict[str, Path]) -> dict[str, Any]:
         ip = self.edge_ip if node == "edge" else self.core_ip
-        return {
+        status = {"status": {"listen": f"{ip}:{self.status_port}", "token": self.status_token}} if self.status_token else {}
+        return {**status, 
             "role": node,
             "name": node,
             "sip": {"listen_ip": ip, "udp_port": self.sip_port, "tcp_port": self.sip_port,
