@@ -12,6 +12,7 @@ one explicit inbound chain and stops them all on :meth:`Node.close`::
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from .config.models import DnsZone, NodeConfig
 from .diag.control import ControlServer
@@ -42,8 +43,10 @@ class Node:
     """A running node. ``await start()`` binds every listener; ``await close()``
     releases every socket and task it opened."""
 
-    def __init__(self, cfg: NodeConfig, events: EventLog | None = None):
+    def __init__(self, cfg: NodeConfig, events: EventLog | None = None, config_path: str | None = None):
         self.cfg = cfg
+        #: The file the configuration came from (``edgeway reload`` and SIGHUP read it again).
+        self.config_path = config_path
         log = cfg.log
         self.events = events or EventLog(cfg.name, log.file, sip_messages=log.sip_messages, max_bytes=log.max_bytes,
                                          backup_count=log.backup_count, max_events_per_s=log.max_events_per_s)
@@ -122,6 +125,74 @@ class Node:
             if self.mra is not None and hasattr(self.mra, "maintenance"):
                 self.mra.maintenance = on
         return {"maintenance": bool(self.proxy and self.proxy.core.maintenance)}
+
+    #: Sections a reload applies to the running node (issue 11 item 7).
+    LIVE_SECTIONS = ("search_rules", "transforms", "call_policy", "credentials", "tls")
+
+    def reload(self, new: NodeConfig) -> dict:
+        """Apply a changed configuration without dropping calls or the traversal connection
+        (issue 11 item 7). Applied live: search rules, transforms, call policy (the next
+        request routes by them), credentials (the next traversal or tunnel login), TLS
+        certificate, key and CA bundle (the next handshake; connections up keep theirs),
+        ``[sip] domains``. Other changed sections are reported as needing a restart and
+        keep their running values. Refused whole (nothing changes) when ``role`` or
+        ``name`` differ, when a search rule would target a zone the running node does not
+        have, or when the new certificate files cannot be loaded. Returns ``{"applied":
+        [...], "restart_needed": [...], "unchanged": bool}``; raises ValueError when refused."""
+        from .security.tls import reload_identity
+
+        old = self.cfg
+        if (new.role, new.name) != (old.role, old.name):
+            raise ValueError(f"role/name changed ({old.role} {old.name!r} → {new.role} {new.name!r}): restart the node")
+        changed = [k for k in type(old).model_fields if getattr(old, k) != getattr(new, k)]
+        running_zones = {z.name for z in old.zones} | {"LocalZone", "DefaultZone"}
+        missing = sorted({r.target_zone for r in new.search_rules} - running_zones)
+        if missing:
+            raise ValueError(f"search rules target zone(s) {', '.join(missing)} that the running node does not have: "
+                             "add zones with a restart")
+        applied: list[str] = []
+        restart: list[str] = []
+        if "tls" in changed and new.tls.cert_file:
+            t = new.tls
+            reload_identity(t.cert_file, t.key_file, t.ca_file)  # raises before anything changes
+        for k in changed:
+            if k in ("search_rules", "transforms", "call_policy", "tls"):
+                setattr(old, k, getattr(new, k))
+                applied.append(k)
+            elif k == "credentials":
+                old.credentials = new.credentials
+                creds = {c.username: c.password for c in new.credentials}
+                if self.traversal is not None:
+                    self.traversal.credentials = creds
+                if self.mra is not None and hasattr(self.mra, "credentials"):
+                    self.mra.credentials = creds
+                applied.append(k)
+            elif k == "sip" and old.sip.model_copy(update={"domains": new.sip.domains}) == new.sip:
+                old.sip.domains = new.sip.domains
+                applied.append("sip.domains")
+            else:
+                restart.append(k)
+        self.events.emit("config reloaded", applied=applied, restart_needed=restart)
+        return {"applied": applied, "restart_needed": restart, "unchanged": not changed}
+
+    def reload_file(self) -> dict:
+        """Reload from :attr:`config_path` (control command ``reload``, SIGHUP). A file that
+        fails validation is refused whole: the running configuration stays (ValueError
+        naming every problem)."""
+        from .config import ConfigError, load_config
+
+        if self.config_path is None:
+            raise ValueError("the node was not started from a file: nothing to reload")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.events.emit("config reload refused", reason=str(exc)[:2000])
+            raise ValueError(f"{self.config_path}: {exc}") from None
+        try:
+            return self.reload(new)
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            self.events.emit("config reload refused", reason=str(exc)[:2000])
+            raise ValueError(str(exc)) from None
 
     async def _locate(self, req: dict) -> dict:
         """Control command ``locate``: ``{"alias": str, "zone": str, "from": str?}`` → the
@@ -204,6 +275,7 @@ class Node:
                 "unblock": lambda req: {"unblocked": bool(self.intrusion and self.intrusion.unblock(str(req.get("address"))))},
                 "maintenance": self._maintenance,
                 "locate": self._locate,
+                "reload": lambda req: self.reload_file(),
                 "history": lambda req: {"searches": self.history.search_list(int(req.get("limit", 500))),
                                         "calls": self.history.call_list(int(req.get("limit", 500)))},
             })

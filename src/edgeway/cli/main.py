@@ -30,14 +30,14 @@ def _load(path: Path, role: str | None):
     return cfg
 
 
-def run_node(cfg) -> None:
-    """Run a node until SIGINT/SIGTERM."""
+def run_node(cfg, config_path: str | None = None) -> None:
+    """Run a node until SIGINT/SIGTERM; SIGHUP reloads ``config_path`` (issue 11 item 7)."""
     from ..node import Node
 
     install_event_loop_policy()
 
     async def main() -> None:
-        node = Node(cfg)
+        node = Node(cfg, config_path=config_path)
         await node.start()
         loop = asyncio.get_running_loop()
         gc_policy = GcPolicy()
@@ -45,6 +45,14 @@ def run_node(cfg) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+
+        def hup() -> None:
+            try:
+                node.reload_file()
+            except ValueError:
+                pass  # refused: the node logged why ("config reload refused")
+
+        loop.add_signal_handler(signal.SIGHUP, hup)
         profile = os.environ.get("EDGEWAY_PROFILE")  # bench/: a cProfile dump of the running node
         if profile:
             import cProfile
@@ -64,13 +72,13 @@ def run_node(cfg) -> None:
 @app.command()
 def edge(config: Path = typer.Option(..., "-c", "--config", help="edge TOML configuration")) -> None:
     """Run an edge node (traversal server, DMZ side)."""
-    run_node(_load(config, "edge"))
+    run_node(_load(config, "edge"), str(config))
 
 
 @app.command()
 def core(config: Path = typer.Option(..., "-c", "--config", help="core TOML configuration")) -> None:
     """Run a core node (traversal client, inside)."""
-    run_node(_load(config, "core"))
+    run_node(_load(config, "core"), str(config))
 
 
 @app.command("check-config")
@@ -123,6 +131,15 @@ def _register_history() -> None:
 
 
 _register_history()
+
+
+def _register_reload() -> None:
+    from .reload import reload_command
+
+    app.command("reload")(reload_command)
+
+
+_register_reload()
 
 
 def _register_domain() -> None:
