@@ -50,6 +50,10 @@ class Node:
         log = cfg.log
         self.events = events or EventLog(cfg.name, log.file, sip_messages=log.sip_messages, max_bytes=log.max_bytes,
                                          backup_count=log.backup_count, max_events_per_s=log.max_events_per_s)
+        from .diag.events import LEVELS
+
+        self.events.level = LEVELS[log.level]
+        self.events.module_levels = {m: LEVELS[lv] for m, lv in log.modules.items()}
         #: The last 500 searches and calls (seed 002 §1.7), fed by every emitted event.
         self.history = History()
         #: Event counts the Prometheus endpoint needs by cause (diag.status).
@@ -194,6 +198,27 @@ class Node:
             self.events.emit("config reload refused", reason=str(exc)[:2000])
             raise ValueError(str(exc)) from None
 
+    def _log_level(self, req: dict) -> dict:
+        """Control command ``log-level``: ``{"module": str, "level": str}`` sets one module's
+        level (``"default"`` as level: back to the node's ``[log] level``); without them it
+        only reports. Returns ``{"level": str, "modules": {module: level}}``."""
+        from .diag.events import LEVELS, MODULES
+
+        names = {v: k for k, v in LEVELS.items()}
+        if "module" in req:
+            module, level = str(req["module"]), str(req.get("level", "")).upper()
+            if module not in MODULES:
+                raise ValueError(f"unknown module {module!r}; known: {', '.join(MODULES)}")
+            if level == "DEFAULT":
+                self.events.module_levels.pop(module, None)
+            elif level in LEVELS:
+                self.events.module_levels[module] = LEVELS[level]
+            else:
+                raise ValueError(f"unknown level {level!r}; one of {', '.join(LEVELS)} or default")
+            self.events.emit("log level changed", module=module, level=level)
+        return {"level": names.get(self.events.level, "DEBUG"),
+                "modules": {m: names[v] for m, v in sorted(self.events.module_levels.items())}}
+
     async def _locate(self, req: dict) -> dict:
         """Control command ``locate``: ``{"alias": str, "zone": str, "from": str?}`` → the
         routing pipeline's steps (:func:`edgeway.proxy.locate.locate_plan`) with what this
@@ -276,6 +301,7 @@ class Node:
                 "maintenance": self._maintenance,
                 "locate": self._locate,
                 "reload": lambda req: self.reload_file(),
+                "log-level": self._log_level,
                 "history": lambda req: {"searches": self.history.search_list(int(req.get("limit", 500))),
                                         "calls": self.history.call_list(int(req.get("limit", 500)))},
             })

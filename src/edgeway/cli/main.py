@@ -142,6 +142,15 @@ def _register_reload() -> None:
 _register_reload()
 
 
+def _register_log_level() -> None:
+    from .loglevel import log_level_command
+
+    app.command("log-level")(log_level_command)
+
+
+_register_log_level()
+
+
 def _register_domain() -> None:
     from .domain import domain_app
 

@@ -237,6 +237,11 @@ class DnsConfig(_Model):
         return [split_hostport(s, 53) for s in self.servers]
 
 
+#: Modules of the event log (issue 11 item 1; :func:`edgeway.diag.events.event_class`).
+LOG_MODULES = ("sip", "tls", "zone", "traversal", "search", "policy", "call", "media", "dns", "http", "security",
+               "registrar", "node")
+
+
 class LogConfig(_Model):
     """Event log (:class:`~edgeway.diag.events.EventLog`): destination (``None`` =
     stderr), level name (normalised to upper case), whether every SIP message is
@@ -263,6 +268,18 @@ class LogConfig(_Model):
     #: of lines); lines over it are counted, not written, and one ``events dropped``
     #: line per type and second says how many. 0 = no cap.
     max_events_per_s: Annotated[int, _between(0, 1_000_000, " (0 = no cap)")] = 200
+    #: Level per module (``sip``, ``tls``, ``zone``, ``traversal``, ``search``, ``policy``,
+    #: ``call``, ``media``, ``dns``, ``http``, ``security``, ``registrar``, ``node``);
+    #: modules not listed use ``level``. Changeable at run time: ``edgeway log-level``.
+    modules: dict[str, Annotated[str, AfterValidator(_log_level)]] = {}
+
+    @field_validator("modules")
+    @classmethod
+    def _known_modules(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(LOG_MODULES))
+        if unknown:
+            raise ValueError(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(LOG_MODULES)}")
+        return v
 
 
 def _cidr(v: str) -> str:
