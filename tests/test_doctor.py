@@ -138,3 +138,43 @@ def test_doctor_on_the_lab(lab: LabUp) -> None:
     peer = [f for f in found if f["check"] == "peer"]
     assert code == 1 and peer and all(f["level"] == "fail" and "TLS handshake failed" in f["cause"] for f in peer), peer
     assert any(f["check"] == "certificate" and "does not chain" in f["cause"] for f in found)
+
+
+# ------------------------------------------------------------------ configuration (seed 003 §12.4)
+
+
+def _lab_edge(tmp_path: Path, **overrides):
+    from edgeway.config import parse_config
+    from edgeway.lab.topology import LabTopology
+
+    topo = LabTopology(edge_overrides=overrides)
+    files = topo.build(tmp_path / "lab")
+    return parse_config(tomllib.loads(files.edge_config.read_text()))
+
+
+def test_the_lab_edge_configuration_is_clean(tmp_path: Path) -> None:
+    from edgeway.diag.doctor import check_hybrid, check_search_rules
+
+    cfg = _lab_edge(tmp_path)
+    assert check_search_rules(cfg) == [] and check_hybrid(cfg) == []
+
+
+def test_seed_003_configuration_symptoms(tmp_path: Path) -> None:
+    from edgeway.diag.doctor import check_hybrid, check_search_rules
+
+    cfg = _lab_edge(tmp_path)
+    # Row 15: the catch-all "Outbound to DNS" (100, stop) before the cloud rule moved to 101.
+    for r in cfg.search_rules:
+        if r.name == "Hybrid outbound":
+            r.priority = 101
+    [f] = check_search_rules(cfg)
+    assert f.level == "warn" and "'Hybrid outbound' (priority 101) is shadowed: 'Outbound to DNS'" in f.cause, f
+    assert "lower priority number than 100" in f.fix
+    # Rows 10, 11, 13 on the hybrid zone and the edge.
+    cfg = _lab_edge(tmp_path)
+    cfg.sip.mtls_enabled = False
+    hz = next(z for z in cfg.zones if z.name == "Hybrid Call Services DNS")
+    hz.modify_dns_request = False
+    next(z for z in cfg.zones if z.type == "traversal_server").preloaded_routes = "reject"
+    got = {f.fix.rpartition("row ")[2].rstrip(")"): f.level for f in check_hybrid(cfg)}
+    assert got == {"10": "fail", "13": "warn", "11": "fail"}, got

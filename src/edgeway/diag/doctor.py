@@ -116,6 +116,93 @@ def check_hostname(hostname: str | None) -> Finding | None:
     return Finding("hostname", "ok", f"host name {hostname!r} is valid")
 
 
+# ------------------------------------------------------------------------------ configuration
+
+
+def _sample_alias(rule) -> str | None:
+    """An alias the rule's pattern should match, to test whether an earlier rule takes it
+    first: the pattern itself for exact/prefix/suffix (a user or host added), a crude
+    instance of a regex (``.*`` → ``a``, escapes and groups dropped); None when unsure."""
+    p = rule.pattern
+    if rule.pattern_type == "exact":
+        return p
+    if rule.pattern_type == "prefix":
+        return p + "a@example.invalid"
+    if rule.pattern_type == "suffix":
+        return ("a" if p.startswith("@") else "a@") + p
+    import re
+
+    text = re.sub(r"\(\?[!=<][^)]*\)", "", p)  # lookarounds
+    text = text.replace(".*", "a").replace(".+", "a")
+    text = re.sub(r"\\(.)", r"\1", text)
+    text = text.replace("(", "").replace(")", "").replace("?", "").replace("^", "").replace("$", "")
+    return text if text and not any(c in text for c in "[]{}|*+") else None
+
+
+def check_search_rules(cfg: NodeConfig) -> list[Finding]:
+    """Seed 003 §12.4 row 15: a rule that an earlier rule with ``progress = stop`` takes
+    every alias from (a catch-all at priority 100 shadowing the cloud rule at 101). Tested
+    on an alias the later rule matches: when an earlier stopping rule from the same (or
+    any) source zone matches it too, the later rule is shadowed for it."""
+    from ..routing.transforms import match_pattern
+
+    out = []
+    rules = sorted((r for r in cfg.search_rules if r.enabled), key=lambda r: r.priority)
+    domains = cfg.sip.domains
+    for i, r in enumerate(rules):
+        if r.mode == "any_alias":
+            sample = "a@example.invalid"
+        else:
+            sample = _sample_alias(r)
+            if sample is None or match_pattern(sample, r.pattern_type, r.pattern, domains) is None:
+                continue
+        for e in rules[:i]:
+            if e.progress != "stop" or e.priority >= r.priority:
+                continue
+            if e.source_zone is not None and e.source_zone != r.source_zone:
+                continue
+            if e.mode == "any_alias" or match_pattern(sample, e.pattern_type, e.pattern, domains) is not None:
+                out.append(Finding("search rules", "warn",
+                                   f"search rule {r.name!r} (priority {r.priority}) is shadowed: {e.name!r} (priority "
+                                   f"{e.priority}, stop) takes an alias such as {sample!r} first",
+                                   f"give {r.name!r} a lower priority number than {e.priority} (seed 003 §12.4 row 15)"))
+                break
+    return out
+
+
+def check_hybrid(cfg: NodeConfig) -> list[Finding]:
+    """Seed 003 §12.4 rows 10–13 on a node with a cloud (hybrid) DNS zone — one with TLS
+    verify mode on: the edge's mutual-TLS listener (5062) must be on, Modify DNS request
+    should name the cloud's SRV domain, and preloaded routes and parameter preservation
+    must be on along the path."""
+    hybrid = [z for z in cfg.zones if z.type == "dns" and z.tls_verify_mode]
+    if not hybrid:
+        return []
+    out = []
+    if cfg.role == "edge" and any(z.inbound_classification for z in hybrid) and not cfg.sip.mtls_enabled:
+        out.append(Finding("hybrid", "fail", "the cloud connects to the edge on mutual TLS (5062), but sip.mtls_enabled "
+                                             "is off: the edge resets it right after SYN",
+                           "set [sip] mtls_enabled = true, mtls_port = 5062 (seed 003 §12.4 row 10)"))
+    for z in hybrid:
+        if not z.modify_dns_request:
+            out.append(Finding("hybrid", "warn", f"DNS zone {z.name!r}: Modify DNS request is off, so outbound calls look "
+                                                 "up _sips._tcp.<the caller's cloud domain> (port 5061) instead of the "
+                                                 "call service's mutual-TLS SRV",
+                               f"set modify_dns_request = true, dns_request_domain = {z.tls_verify_subject_name!r} "
+                               "(seed 003 §12.4 row 13)"))
+    for z in cfg.zones:
+        if z.type in ("traversal_client", "traversal_server") or z in hybrid:
+            if z.preloaded_routes != "accept":
+                out.append(Finding("hybrid", "fail", f"zone {z.name!r} rejects preloaded routes: the cloud's INVITEs carry "
+                                                     "Route and get 404 Policy Response with no search",
+                                   "set preloaded_routes = \"accept\" (seed 003 §12.4 row 11)"))
+            if not z.parameter_preservation and z in hybrid:
+                out.append(Finding("hybrid", "warn", f"zone {z.name!r} does not preserve Request-URI parameters "
+                                                     "(call-type=squared is stripped: two toasts in the app)",
+                                   "set parameter_preservation = true on every zone of the path (seed 003 §12.4 row 12)"))
+    return out
+
+
 # ------------------------------------------------------------------------------ certificates
 
 
@@ -316,6 +403,8 @@ async def run_doctor(cfg: NodeConfig, *, port_range_file: str = "/proc/sys/net/i
                                                "REGISTERs via the edge's name from get_edge_config, and the edge does not "
                                                "know that name as its own (404)",
                            "set [sip] hostname to the edge's FQDN (the core's mra.edge_hostname)"))
+    out += check_search_rules(cfg)
+    out += check_hybrid(cfg)
     traversal = [z for z in cfg.zones if z.type in ("traversal_client", "traversal_server")]
     t = cfg.tls
     names: list[str | tuple[str, ...]] = []
