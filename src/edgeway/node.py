@@ -12,13 +12,15 @@ one explicit inbound chain and stops them all on :meth:`Node.close`::
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+from pathlib import Path
 
 from .config.models import DnsZone, NodeConfig
 from .diag.control import ControlServer
+from .diag.events import FLUSH_INTERVAL_S, EventLog
 from .diag.history import History
 from .diag.status import EventCounters, StatusServer, StatusSource
-from .diag.events import FLUSH_INTERVAL_S, EventLog
 from .media.relay import MediaRelay
 from .proxy.driver import ProxyDriver
 from .routing.zones import classify_by_tls_identity
@@ -198,6 +200,51 @@ class Node:
             self.events.emit("config reload refused", reason=str(exc)[:2000])
             raise ValueError(str(exc)) from None
 
+    def _diag_start(self, req: dict) -> dict:
+        """Control command ``diag-start``: ``{"dir": str?, "tcpdump": bool?}`` starts a
+        diagnostic capture (:mod:`edgeway.diag.capture`) into ``dir`` (default: beside the
+        event log, else the system's temporary directory). One at a time."""
+        import tempfile
+        import time as _time
+
+        from .diag.capture import Capture
+
+        if self.proxy is None:
+            raise ValueError("the node is not running")
+        if self.proxy.capture is not None:
+            raise ValueError("a diagnostic capture is already running (edgeway diag stop)")
+        base = req.get("dir") or (os.path.dirname(self.cfg.log.file) if self.cfg.log.file else tempfile.gettempdir())
+        work = Path(base) / f"diag-{self.cfg.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+        s = self.cfg.sip
+        ports = [p for p in (s.udp_port, s.tcp_port, s.tls_port, s.mtls_port if s.mtls_enabled else 0) if p]
+        ports += [z.port for z in self.cfg.zones if z.type in ("traversal_server", "traversal_client")]
+        cap = Capture(self.cfg.name, work, self.cfg.log.file, ports if req.get("tcpdump") else None)
+        cap.start()
+        self.proxy.capture = cap
+        self.events.emit("diag started", dir=str(work), tcpdump=cap.tcpdump_note or None)
+        return {"dir": str(work), "tcpdump": cap.tcpdump_note}
+
+    def _diag_mark(self, req: dict) -> dict:
+        """Control command ``diag-mark``: ``{"text": str}`` puts a mark in the event log and
+        the capture's marks."""
+        text = str(req.get("text", ""))[:500]
+        self.events.emit("diag mark", text=text)
+        if self.proxy is not None and self.proxy.capture is not None:
+            self.proxy.capture.mark(text)
+        return {"marked": text}
+
+    def _diag_stop(self, req: dict) -> dict:
+        """Control command ``diag-stop``: ends the capture; returns ``{"archive": path,
+        "messages": n}``."""
+        cap = self.proxy.capture if self.proxy is not None else None
+        if cap is None:
+            raise ValueError("no diagnostic capture is running (edgeway diag start)")
+        self.proxy.capture = None
+        self.events.emit("diag stopped", messages=cap.messages)
+        self.events.flush()
+        archive = cap.stop()
+        return {"archive": str(archive), "messages": cap.messages}
+
     def _log_level(self, req: dict) -> dict:
         """Control command ``log-level``: ``{"module": str, "level": str}`` sets one module's
         level (``"default"`` as level: back to the node's ``[log] level``); without them it
@@ -302,6 +349,9 @@ class Node:
                 "locate": self._locate,
                 "reload": lambda req: self.reload_file(),
                 "log-level": self._log_level,
+                "diag-start": self._diag_start,
+                "diag-mark": self._diag_mark,
+                "diag-stop": self._diag_stop,
                 "history": lambda req: {"searches": self.history.search_list(int(req.get("limit", 500))),
                                         "calls": self.history.call_list(int(req.get("limit", 500)))},
             })

@@ -151,6 +151,15 @@ def _register_log_level() -> None:
 _register_log_level()
 
 
+def _register_diag() -> None:
+    from .diag import diag_app
+
+    app.add_typer(diag_app, name="diag")
+
+
+_register_diag()
+
+
 def _register_domain() -> None:
     from .domain import domain_app
 
