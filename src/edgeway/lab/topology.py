@@ -286,7 +286,7 @@ class LabTopology:
     #: call control (``UCM_DOMAIN``): off = Contact rewritten.
     sip_path_headers: bool = False
     #: When set, each node serves its status page, JSON and metrics on ``<ip>:status_port``
-    #: for this bearer token (issue 11 item 6).
+    #: for this bearer token, or HTTP Basic ``admin`` with it as password (issue 11 item 6).
     status_token: str | None = None
     status_port: int = 8090
     edge_overrides: dict[str, Any] = field(default_factory=dict)
@@ -408,7 +408,9 @@ class LabTopology:
 
     def _common(self, node: str, workdir: Path, certs: dict[str, Path]) -> dict[str, Any]:
         ip = self.edge_ip if node == "edge" else self.core_ip
-        status = {"status": {"listen": f"{ip}:{self.status_port}", "token": self.status_token}} if self.status_token else {}
+        # The status page for a browser (Basic admin:<token>) and for scripts (Bearer <token>).
+        status = {"status": {"listen": f"{ip}:{self.status_port}", "token": self.status_token, "username": "admin",
+                             "password": self.status_token}} if self.status_token else {}
         return {**status, 
             "role": node,
             "name": node,
