@@ -78,6 +78,7 @@ class _StreamConn(asyncio.Protocol):
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.key: tuple | None = None
+        self.pad = 0  # padding bytes that may follow the last ChannelData
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -102,7 +103,28 @@ class _StreamConn(asyncio.Protocol):
         now = time.time()
         pos = 0
         n = len(buf)
-        while n - pos >= 4:
+        while True:
+            if self.pad:
+                # RFC 8656 §12.5 pads ChannelData on streams, RFC 5766 clients may not
+                # (coturn's uclient pads only with -D): take the padding when it is there.
+                # A client's next frame starts 0x00 0x01-0x16 (STUN) or 0x40-0x7F, so
+                # zero bytes followed by such a start can only be padding.
+                k = min(self.pad, n - pos)
+                if k == 0:
+                    break
+                if any(buf[pos:pos + k]):
+                    self.pad = 0
+                elif k < self.pad:
+                    pos += k
+                    self.pad -= k
+                    break
+                else:
+                    nxt = buf[pos + k] if pos + k < n else 0x40
+                    if 0x40 <= nxt < 0x80 or (nxt == 0 and (pos + k + 1 >= n or 0 < buf[pos + k + 1] < 0x40)):
+                        pos += k
+                    self.pad = 0
+            if n - pos < 4:
+                break
             b0 = buf[pos]
             if b0 < 0x40:
                 size = 20 + ((buf[pos + 2] << 8) | buf[pos + 3])
@@ -113,7 +135,6 @@ class _StreamConn(asyncio.Protocol):
                 srv._stun(msg, self.key, now, self.write)
             elif b0 < 0x80:
                 ln = (buf[pos + 2] << 8) | buf[pos + 3]
-                size = 4 + ((ln + 3) & ~3)
                 if n - pos < 4 + ln:
                     break
                 ch = (b0 << 8) | buf[pos + 1]
@@ -126,7 +147,8 @@ class _StreamConn(asyncio.Protocol):
                         alloc.to_peer_bytes += ln
                     except OSError:
                         alloc.dropped += 1
-                pos += min(size, n - pos)
+                pos += 4 + ln
+                self.pad = -ln & 3
             else:  # neither STUN nor ChannelData: the stream is out of sync
                 self.transport.close()
                 buf.clear()
