@@ -403,3 +403,85 @@ def test_interop_node_tls_and_events(tmp_path):
     assert stats["allocations_created"] >= 1 and ("tls", "127.0.31.1", 53490) in stats["listening"]
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
     assert "turn started" in events and "turn allocation created" in events and "turn allocation deleted" in events
+
+
+def test_dont_fragment_is_420():
+    """RFC 8656 §7.2: relay sockets do not set DF, so DONT-FRAGMENT is unknown."""
+    c = Client(core())
+    msg, _ = c.call(3, {"REQUESTED-TRANSPORT": 17 << 24}, raw_attrs=[(S.DONT_FRAGMENT, b"")])
+    assert msg.error_code == 420
+
+
+def test_auth_failure_detail():
+    cr = core()
+    Client(cr, password="nope").allocate()
+    assert cr.last_auth_failure == ("192.0.2.7", "alice", 401)
+
+
+class _FakeSock:
+    def __init__(self):
+        self.sent = []
+
+    def sendto(self, data, addr):
+        self.sent.append((bytes(data), addr))
+
+
+class _FakeTransport:
+    def __init__(self):
+        self.out = []
+
+    def write(self, data):
+        self.out.append(bytes(data))
+
+    def is_closing(self):
+        return False
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def close(self):
+        self.out.append(b"<closed>")
+
+    def get_extra_info(self, name):
+        return ("192.0.2.7", 40000)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_stream_framing_channeldata_with_and_without_padding(padded):
+    """TCP/TLS: ChannelData and STUN back to back, split at every byte; the padding of
+    RFC 8656 §12.5 is taken when present and not required (RFC 5766 clients)."""
+    from edgeway.turn.server import TurnServer, _StreamConn
+
+    cr = core()
+    key = ("tcp", ("192.0.2.7", 40000), ("127.0.31.1", 3478))
+    c = Client(cr, key=key)
+    c.allocate()
+    c.call(9, {"CHANNEL-NUMBER": 0x4001, **xpeer()})
+    sock = _FakeSock()
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.sock = sock
+    cr.allocations[key].ctx = ctx
+    srv = TurnServer(cr.binding, cr, ports=object(), relay_ip="127.0.31.1", loop=object())
+    conn = _StreamConn(srv, "tcp", key[2])
+    t = _FakeTransport()
+    conn.connection_made(t)
+
+    def cd(payload):
+        pad = b"\x00" * (-len(payload) & 3) if padded else b""
+        return struct.pack("!HH", 0x4001, len(payload)) + payload + pad
+
+    binding = bytes(A.Message(A.Method.BINDING, A.Class.REQUEST))
+    stream = cd(b"a") + cd(b"bcdef") + binding + cd(b"\x00\x00") + cd(b"ghij") + cd(b"k")
+    for i in range(len(stream)):  # one byte at a time: the worst split
+        conn.data_received(stream[i:i + 1])
+    assert [d for d, _ in sock.sent] == [b"a", b"bcdef", b"\x00\x00", b"ghij", b"k"]
+    assert all(addr == PEER for _, addr in sock.sent)
+    assert len(t.out) == 1 and A.parse_message(t.out[0]).attributes["XOR-MAPPED-ADDRESS"] == key[1]
+    # whole stream at once, too
+    sock.sent.clear()
+    conn.data_received(stream)
+    assert [d for d, _ in sock.sent] == [b"a", b"bcdef", b"\x00\x00", b"ghij", b"k"]

@@ -189,6 +189,8 @@ class TurnCore:
         self.allocations_created = 0
         self.allocations_deleted = 0
         self.auth_failures = 0
+        #: ``(client ip, username, error code)`` of the last authentication failure.
+        self.last_auth_failure: tuple[str, str, int] = ("", "", 0)
         self.quota_rejections = 0
         self.requests = 0
         self.errors = 0
@@ -234,12 +236,12 @@ class TurnCore:
         res = self.auth.check(data, attrs, key[1][0], now)
         if not res.ok:
             if any(a.type in (S.MESSAGE_INTEGRITY, S.MESSAGE_INTEGRITY_SHA256) for a in attrs) and res.code in (400, 401):
-                self.auth_failures += 1
+                self._auth_failed(key, attrs, res.code)
             return self._error(key, method, tid, res.code, res.reason, list(res.extra))
         alloc = self.allocations.get(key)
         if alloc is not None and alloc.username != res.username:
             # RFC 8656 §5: requests on an allocation use the credentials that created it.
-            self.auth_failures += 1
+            self._auth_failed(key, attrs, 441)
             return self._error(key, method, tid, 441, "Wrong Credentials")
         by = {a.type: a.value for a in attrs}
         if method == ALLOCATE:
@@ -251,6 +253,11 @@ class TurnCore:
         if method == CREATE_PERMISSION:
             return self._create_permission(alloc, attrs, key, tid, res, now)
         return self._channel_bind(alloc, by, key, tid, res, now)
+
+    def _auth_failed(self, key: Key, attrs: list[Attr], code: int) -> None:
+        user = next((a.value.decode("utf-8", "replace")[:128] for a in attrs if a.type == S.USERNAME), "")
+        self.auth_failures += 1
+        self.last_auth_failure = (key[1][0], user, code)
 
     def _error(self, key: Key, method: int, tid: bytes, code: int, reason: str,
                extra: list[tuple[int, bytes]] = (), auth: AuthResult | None = None) -> list[Any]:

@@ -41,6 +41,9 @@ _BUF_SIZE = 65536
 #: Largest buffered partial message on a stream connection (bytes): a STUN message
 #: or ChannelData is at most 4 + 65535 bytes.
 _MAX_STREAM_BUF = 70000
+#: Bytes that may wait in a TCP/TLS client connection's send buffer before data
+#: relayed toward it is dropped (about 2 s of a 2 Mbit/s video stream).
+MAX_STREAM_BACKLOG = 512 * 1024
 #: Seconds between expiry sweeps (allocations, permissions, channels).
 SWEEP_INTERVAL_S = 1.0
 
@@ -92,8 +95,15 @@ class _StreamConn(asyncio.Protocol):
             self.server._run(self.server.core.delete(self.key, "closed"))
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        """Queue ``data`` to the client; raises ``BlockingIOError`` (counted as a drop by
+        the relay) while more than :data:`MAX_STREAM_BACKLOG` bytes wait to be sent, so a
+        client that does not read cannot make the server buffer without bound."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if t.get_write_buffer_size() > MAX_STREAM_BACKLOG:
+            raise BlockingIOError("client connection backlog full")
+        t.write(data)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -107,21 +117,23 @@ class _StreamConn(asyncio.Protocol):
             if self.pad:
                 # RFC 8656 §12.5 pads ChannelData on streams, RFC 5766 clients may not
                 # (coturn's uclient pads only with -D): take the padding when it is there.
-                # A client's next frame starts 0x00 0x01-0x16 (STUN) or 0x40-0x7F, so
-                # zero bytes followed by such a start can only be padding.
-                k = min(self.pad, n - pos)
-                if k == 0:
+                # A client's next frame starts 0x00 0x01-0x3F (STUN) or 0x40-0x7F
+                # (ChannelData), so zero bytes followed by such a start are padding, and
+                # anything else is the next frame.  Undecided until those bytes are here.
+                p = self.pad
+                avail = n - pos
+                if avail == 0:
                     break
-                if any(buf[pos:pos + k]):
+                if any(buf[pos:pos + min(p, avail)]):
                     self.pad = 0
-                elif k < self.pad:
-                    pos += k
-                    self.pad -= k
+                elif avail < p + 1:
                     break
                 else:
-                    nxt = buf[pos + k] if pos + k < n else 0x40
-                    if 0x40 <= nxt < 0x80 or (nxt == 0 and (pos + k + 1 >= n or 0 < buf[pos + k + 1] < 0x40)):
-                        pos += k
+                    nxt = buf[pos + p]
+                    if nxt == 0 and avail < p + 2:
+                        break
+                    if 0x40 <= nxt < 0x80 or (nxt == 0 and 0 < buf[pos + p + 1] < 0x40):
+                        pos += p
                     self.pad = 0
             if n - pos < 4:
                 break
@@ -269,8 +281,8 @@ class TurnServer:
                     keys[src] = key
                 self._run(core.handle(bytes(buf[:n]), key, now), u)
             elif b0 < 0x80 and core is not None:
-                key = keys.get(src)
-                r = core.channel_peer(key, (b0 << 8) | buf[1], now) if key is not None else None
+                key = keys.get(src) or ("udp", src, local)
+                r = core.channel_peer(key, (b0 << 8) | buf[1], now)
                 ln = (buf[2] << 8) | buf[3]
                 if r is None or 4 + ln > n:
                     dropped += 1
@@ -325,7 +337,10 @@ class TurnServer:
         if self.core is None:
             out = self.binding.respond(msg, key[1], key[2], now)
             if out is not None:
-                write(out)
+                try:
+                    write(out)
+                except OSError:
+                    pass
             return
         self._run(self.core.handle(msg, key, now), write=write)
 
@@ -334,7 +349,10 @@ class TurnServer:
         for act in actions:
             if type(act) is Reply:
                 if write is not None:
-                    write(act.data)
+                    try:
+                        write(act.data)
+                    except OSError:
+                        pass
                 elif udp is not None:
                     try:
                         udp.sock.sendto(act.data, act.key[1])
@@ -353,7 +371,8 @@ class TurnServer:
                 self._free(act.allocation, act.reason)
         if core is not None and core.auth_failures != self._auth_failures_seen:
             self._auth_failures_seen = core.auth_failures
-            self._emit("turn auth failure", total=core.auth_failures)
+            ip, user, code = core.last_auth_failure
+            self._emit("turn auth failure", source=ip, user=user, code=code, total=core.auth_failures)
 
     def _allocate(self, act: NeedRelay, udp: _Udp | None, write: Any) -> list[Any]:
         assert self.core is not None and self.ports is not None
