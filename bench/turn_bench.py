@@ -59,7 +59,7 @@ def server_proc(conn, loop_kind: str) -> None:
     from edgeway.turn.stun import Auth
 
     async def main():
-        core = TurnCore(Auth(REALM, {USER: PASSWORD}), max_allocations_per_user=1000)
+        core = TurnCore(Auth(REALM, {USER: PASSWORD}), max_allocations_per_user=1000, denied_peers=())
         srv = TurnServer(core.binding, core, PortAllocator(SERVER_IP, 43000, 43999))
         addr = await srv.listen_udp(SERVER_IP, 0)
         samples: list = []

@@ -66,6 +66,7 @@ class Client:
 
 
 def core(**kw) -> TurnCore:
+    kw.setdefault("denied_peers", ())  # the interop peers are on loopback
     return TurnCore(Auth("edgeway.test", {"alice": "pw", "bob": "pw2"}, shared_secret="s3cret", nonce_secret=b"k"), **kw)
 
 
@@ -206,6 +207,18 @@ def test_permissions_gate_send_and_data():
     assert data_ind.attributes["XOR-PEER-ADDRESS"] == ("198.51.100.9", 7777) and data_ind.attributes["DATA"] == b"back"
     # permissions last 300 s (RFC 8656 §9)
     assert alloc.frame_to_client(PEER, b"x", NOW + 301) is None
+
+
+def test_denied_peers_403():
+    from edgeway.turn.allocations import DEFAULT_DENIED_PEERS
+
+    c = Client(core(denied_peers=DEFAULT_DENIED_PEERS + ("10.0.0.0/8",)))
+    c.allocate()
+    for peer in (("127.0.0.1", 22), ("10.1.2.3", 5060), ("224.0.0.1", 9)):
+        assert c.call(8, xpeer(peer))[0].error_code == 403
+        assert c.call(9, {"CHANNEL-NUMBER": 0x4000, **xpeer(peer)})[0].error_code == 403
+    assert c.call(8, xpeer())[0].message_class == A.Class.RESPONSE
+    assert c.core.stats()["denied_peers"] == 6
 
 
 def test_create_permission_needs_peer_address():
@@ -374,7 +387,8 @@ def test_interop_node_tls_and_events(tmp_path):
         "tls": {"cert_file": str(pki["cert"]), "key_file": str(pki["key"])},
         "media": {"port_min": 42000, "port_max": 42199},
         "turn": {"enabled": True, "udp_ports": [34780], "tcp_ports": [], "tls_ports": [53490],
-                 "users": [{"username": "alice", "password": "pw"}], "realm": "edgeway.test"},
+                 "users": [{"username": "alice", "password": "pw"}], "realm": "edgeway.test",
+                 "denied_peer_ips": ["10.0.0.0/8"]},
     })
     log = tmp_path / "edge.jsonl"
 

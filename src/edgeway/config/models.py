@@ -923,6 +923,9 @@ class TurnConfig(_Model):
     - ``default_lifetime_s`` / ``max_lifetime_s``: allocation lifetime (RFC 8656 §7.2:
       600 s default, requests capped at the max), seconds.
     - ``nonce_lifetime_s``: seconds a NONCE stays valid (438 Stale Nonce after).
+    - ``denied_peer_ips``: CIDRs clients may not relay to (403 to CreatePermission and
+      ChannelBind): by default this-network, loopback, multicast and broadcast; add the
+      inside networks the edge can reach so TURN cannot be used to get behind it.
     """
 
     enabled: bool = False
@@ -940,6 +943,8 @@ class TurnConfig(_Model):
     default_lifetime_s: PosInt = 600
     max_lifetime_s: PosInt = 3600
     nonce_lifetime_s: PosInt = 600
+    denied_peer_ips: list[Annotated[str, AfterValidator(_cidr)]] = [
+        "0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32", "::/128", "::1/128", "ff00::/8"]
     software: str = "Edgeway"
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ lifetimes are seconds.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 from dataclasses import dataclass, field
@@ -35,8 +36,15 @@ from .stun import Attr, Auth, AuthResult, BindingResponder, StunError
 
 __all__ = [
     "TurnCore", "Allocation", "Reply", "NeedRelay", "ToPeer", "FreeRelay",
-    "PERMISSION_LIFETIME_S", "CHANNEL_LIFETIME_S", "CHANNEL_MIN", "CHANNEL_MAX",
+    "PERMISSION_LIFETIME_S", "CHANNEL_LIFETIME_S", "CHANNEL_MIN", "CHANNEL_MAX", "DEFAULT_DENIED_PEERS",
 ]
+
+#: Peer networks no permission may name by default (RFC 8656 §21.3.5 on abuse of the
+#: relay to reach hosts it should not): "this network", loopback (the edge's own
+#: services), multicast, limited broadcast and their IPv6 counterparts.  An edge
+#: should add its inside networks (``[turn] denied_peer_ips``).
+DEFAULT_DENIED_PEERS = ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32", "::/128", "::1/128",
+                        "ff00::/8")
 
 #: RFC 8656 §9: a permission lasts 300 s unless refreshed.
 PERMISSION_LIFETIME_S = 300.0
@@ -168,6 +176,8 @@ class TurnCore:
         max_allocations: total allocations at once (486 past it).
         max_allocations_per_user: per username (486 past it).
         software: SOFTWARE attribute value in responses.
+        denied_peers: CIDRs a CreatePermission or ChannelBind may not name (403
+            Forbidden, RFC 8656 §10.2/§11.2); default :data:`DEFAULT_DENIED_PEERS`.
 
     Counters (ints): ``allocations_created``, ``allocations_deleted``,
     ``auth_failures``, ``quota_rejections``, ``requests``, ``errors``; relay
@@ -176,7 +186,7 @@ class TurnCore:
 
     def __init__(self, auth: Auth, binding: BindingResponder | None = None, *, default_lifetime_s: float = 600.0,
                  max_lifetime_s: float = 3600.0, max_allocations: int = 1000, max_allocations_per_user: int = 10,
-                 software: str = "Edgeway") -> None:
+                 software: str = "Edgeway", denied_peers: Any = DEFAULT_DENIED_PEERS) -> None:
         self.auth = auth
         self.binding = binding or BindingResponder(software)
         self.default_lifetime_s = default_lifetime_s
@@ -184,6 +194,9 @@ class TurnCore:
         self.max_allocations = max_allocations
         self.max_allocations_per_user = max_allocations_per_user
         self.software = software.encode() if software else b""
+        self.denied_peers = [ipaddress.ip_network(n, strict=False) for n in denied_peers]
+        #: Permissions and channel bindings refused because the peer is in ``denied_peers``.
+        self.denied = 0
         self.allocations: dict[Key, Allocation] = {}
         self.per_user: dict[str, int] = {}
         self.allocations_created = 0
@@ -359,6 +372,9 @@ class TurnCore:
             return self._error(key, CREATE_PERMISSION, tid, 400, "Bad Request", auth=res)
         if any(":" in ip for ip, _ in peers):
             return self._error(key, CREATE_PERMISSION, tid, 443, "Peer Address Family Mismatch", auth=res)
+        if any(self.peer_denied(ip) for ip, _ in peers):
+            self.denied += 1
+            return self._error(key, CREATE_PERMISSION, tid, 403, "Forbidden", auth=res)
         for ip, _ in peers:
             alloc.permissions[ip] = now + PERMISSION_LIFETIME_S
         return [self._success(key, CREATE_PERMISSION, tid, [], res)]
@@ -380,6 +396,9 @@ class TurnCore:
             return self._error(key, CHANNEL_BIND, tid, 400, "Bad Request", auth=res)
         if ":" in peer[0]:
             return self._error(key, CHANNEL_BIND, tid, 443, "Peer Address Family Mismatch", auth=res)
+        if self.peer_denied(peer[0]):
+            self.denied += 1
+            return self._error(key, CHANNEL_BIND, tid, 403, "Forbidden", auth=res)
         bound = alloc.channels.get(number)
         if bound is not None and bound[0] != peer and bound[1] >= now:
             return self._error(key, CHANNEL_BIND, tid, 400, "Bad Request", auth=res)
@@ -413,6 +432,11 @@ class TurnCore:
             alloc.dropped += 1
             return []
         return [ToPeer(alloc, peer, data)]
+
+    def peer_denied(self, ip: str) -> bool:
+        """Whether ``ip`` is in one of ``denied_peers``."""
+        addr = ipaddress.ip_address(ip)
+        return any(addr in net for net in self.denied_peers)
 
     # -- hot path helpers --------------------------------------------------------------------
 
@@ -469,7 +493,7 @@ class TurnCore:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``allocations`` (open), ``allocations_created``/``_deleted``,
-        ``auth_failures``, ``quota_rejections``, ``requests``, ``errors``, and relayed
+        ``auth_failures``, ``quota_rejections``, ``requests``, ``errors``, ``denied_peers``, and relayed
         ``to_peer_packets``/``_bytes``, ``to_client_packets``/``_bytes``, ``dropped``
         (over open and deleted allocations; dropped over open ones)."""
         t = list(self._closed_totals)
@@ -484,6 +508,7 @@ class TurnCore:
             "allocations": len(self.allocations), "allocations_created": self.allocations_created,
             "allocations_deleted": self.allocations_deleted, "auth_failures": self.auth_failures,
             "quota_rejections": self.quota_rejections, "requests": self.requests, "errors": self.errors,
+            "denied_peers": self.denied,
             "to_peer_packets": t[0], "to_peer_bytes": t[1], "to_client_packets": t[2], "to_client_bytes": t[3],
             "dropped": dropped,
         }

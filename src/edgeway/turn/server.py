@@ -494,7 +494,8 @@ async def start_from_config(cfg: Any, ports: PortAllocator | None, events: Any =
     if t.relay:
         core = TurnCore(auth, binding, default_lifetime_s=float(t.default_lifetime_s),
                         max_lifetime_s=float(t.max_lifetime_s), max_allocations=t.max_allocations,
-                        max_allocations_per_user=t.max_allocations_per_user, software=t.software)
+                        max_allocations_per_user=t.max_allocations_per_user, software=t.software,
+                        denied_peers=t.denied_peer_ips)
     srv = TurnServer(binding, core, ports if core is not None else None, relay_ip=cfg.media.public_ip, events=events)
     try:
         for port in t.udp_ports:
