@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = ["TurnServer", "start_from_config"]
 log = logging.getLogger(__name__)
 
 _BUF_SIZE = 65536
+_CD_HDR = struct.Struct("!HH")
 #: Largest buffered partial message on a stream connection (bytes): a STUN message
 #: or ChannelData is at most 4 + 65535 bytes.
 _MAX_STREAM_BUF = 70000
@@ -51,13 +53,15 @@ SWEEP_INTERVAL_S = 1.0
 class _Relay:
     """Adapter context of an allocation: its port pair and how to reach its client."""
 
-    __slots__ = ("pair", "sock", "fd", "send", "client")
+    __slots__ = ("pair", "sock", "fd", "send", "udp_send", "client")
 
-    def __init__(self, pair: PortPair, send: Any, client: tuple[str, int]) -> None:
+    def __init__(self, pair: PortPair, send: Any, client: tuple[str, int], udp_send: Any = None) -> None:
         self.pair = pair
         self.sock = pair.rtp_sock
         self.fd = pair.rtp_sock.fileno()
         self.send = send
+        #: The UDP listener's ``sendto`` (None for a TCP/TLS client).
+        self.udp_send = udp_send
         self.client = client
 
 
@@ -198,6 +202,10 @@ class TurnServer:
         self.max_batch = max_batch
         self._buf = bytearray(_BUF_SIZE)
         self._mv = memoryview(self._buf)
+        # Relay buffer: datagrams from peers land 4 bytes in, room for a ChannelData header.
+        self._rbuf = bytearray(_BUF_SIZE + 4)
+        self._rmv = memoryview(self._rbuf)
+        self._rmv_in = self._rmv[4:]
         self._udp: list[_Udp] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: set[_StreamConn] = set()
@@ -301,34 +309,59 @@ class TurnServer:
             self.dropped += dropped
 
     def _on_relay(self, alloc: Allocation) -> None:
-        """Datagrams from peers on a relayed transport address, framed to the client."""
+        """Datagrams from peers on a relayed transport address, framed to the client.
+
+        Each datagram is received 4 bytes into the relay buffer; when the peer has a live
+        channel toward a UDP client its ChannelData header (RFC 8656 §12.4) is written in
+        front in place and the datagram goes out without a copy.  Otherwise
+        :meth:`Allocation.frame_to_client` builds the message (Data indication, padded
+        ChannelData on streams) or drops it for want of a permission."""
         ctx = alloc.ctx
         recv_into = ctx.sock.recvfrom_into
-        buf = self._buf
+        rbuf = self._rbuf
+        rmv = self._rmv
+        into = self._rmv_in
         send = ctx.send
+        udp_send = ctx.udp_send
+        client = ctx.client
+        perms = alloc.permissions
+        peer_channels = alloc.peer_channels
+        channels = alloc.channels
         frame = alloc.frame_to_client
+        pack_into = _CD_HDR.pack_into
         now = time.time()
-        packets = nbytes = 0
+        packets = nbytes = dropped = 0
         for _ in range(self.max_batch):
             try:
-                n, src = recv_into(buf)
+                n, src = recv_into(into)
             except BlockingIOError:
                 break
             except OSError:
                 continue
-            out = frame(src, buf[:n], now)
-            if out is None:
+            exp = perms.get(src[0])
+            if exp is None or exp < now:
+                dropped += 1
                 continue
+            ch = peer_channels.get(src)
             try:
-                send(out)
+                if ch is not None and udp_send is not None and channels[ch][1] >= now:
+                    pack_into(rbuf, 0, ch, n)
+                    udp_send(rmv[:4 + n], client)
+                else:
+                    out = frame(src, bytes(rmv[4:4 + n]), now)
+                    if out is None:
+                        continue
+                    send(out)
             except OSError:
-                alloc.dropped += 1
+                dropped += 1
                 continue
             packets += 1
             nbytes += n
         if packets:
             alloc.to_client_packets += packets
             alloc.to_client_bytes += nbytes
+        if dropped:
+            alloc.dropped += dropped
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -383,12 +416,13 @@ class TurnServer:
         except (PortsExhausted, OSError) as exc:
             self._emit("turn allocation failed", client=f"{client[0]}:{client[1]}", reason=str(exc))
             return self.core.relay_ready(req, None)
+        udp_send = None
         if write is not None:
             send = write
         else:
-            sendto = udp.sock.sendto  # type: ignore[union-attr]
-            send = lambda data, _s=sendto, _c=client: _s(data, _c)  # noqa: E731
-        ctx = _Relay(pair, send, client)
+            udp_send = udp.sock.sendto  # type: ignore[union-attr]
+            send = lambda data, _s=udp_send, _c=client: _s(data, _c)  # noqa: E731
+        ctx = _Relay(pair, send, client, udp_send)
         out = self.core.relay_ready(req, (self.relay_ip or pair.ip, pair.rtp_port), ctx)
         alloc = self.core.allocations.get(req.key)
         if alloc is None or alloc.ctx is not ctx:
