@@ -183,3 +183,84 @@ def test_interop_turnutils_stunclient():
     out, stats = asyncio.run(main())
     assert "127.0.31.9" in out, out  # the mapped address it reports is ours
     assert stats["binding_requests"] >= 1
+
+
+def test_stun_only_server_over_a_stream_connection():
+    """STUN over TCP/TLS (RFC 8489 §6.2.2): messages framed by their length, answered
+    on the connection, several per segment and split across segments."""
+    from edgeway.turn.server import TurnServer, _StreamConn
+
+    class T:
+        def __init__(self):
+            self.out = []
+
+        def write(self, data):
+            self.out.append(bytes(data))
+
+        def is_closing(self):
+            return False
+
+        def get_write_buffer_size(self):
+            return 0
+
+        def close(self):
+            self.out.append(b"<closed>")
+
+        def get_extra_info(self, name):
+            return SRC
+
+    srv = TurnServer(BindingResponder(), loop=object())
+    conn = _StreamConn(srv, "tls", LOCAL)
+    t = T()
+    conn.connection_made(t)
+    a, _ = binding()
+    b, _ = binding(fingerprint=False)
+    stream = a + b
+    conn.data_received(stream[:7])
+    conn.data_received(stream[7:30])
+    conn.data_received(stream[30:])
+    assert len(t.out) == 2
+    assert all(A.parse_message(o).attributes["XOR-MAPPED-ADDRESS"] == SRC for o in t.out)
+    conn.data_received(b"\xff\xff\xff\xff")  # neither STUN nor ChannelData: the connection is closed
+    assert t.out[-1] == b"<closed>"
+
+
+@pytest.mark.skipif(STUNCLIENT is None, reason="coturn (turnutils_stunclient) not installed")
+def test_interop_node_stun_only(tmp_path):
+    """An edge node with ``[turn] enabled, relay = false``: STUN Binding on two UDP ports
+    (3478-style and a media-node 5004-style extra port) for turnutils_stunclient."""
+    from edgeway.config.load import parse_config
+    from edgeway.diag.events import EventLog
+    from edgeway.node import Node
+
+    cfg = parse_config({
+        "role": "edge", "name": "edge",
+        "sip": {"listen_ip": "127.0.31.1", "udp_port": 0, "tcp_port": 0, "tls_port": 0},
+        "media": {"port_min": 42200, "port_max": 42299},
+        "turn": {"enabled": True, "relay": False, "udp_ports": [34790, 50040], "tcp_ports": [34790],
+                 "tls_ports": []},
+    })
+
+    async def main():
+        node = Node(cfg, EventLog("edge", str(tmp_path / "edge.jsonl")))
+        outs = []
+        try:
+            await node.start()
+            for port in (34790, 50040):
+                p = await asyncio.create_subprocess_exec(STUNCLIENT, "-p", str(port), "-L", "127.0.31.9",
+                                                         "127.0.31.1", stdout=subprocess.PIPE,
+                                                         stderr=subprocess.STDOUT)
+                try:
+                    out, _ = await asyncio.wait_for(p.communicate(), 10)
+                finally:
+                    if p.returncode is None:
+                        p.kill()
+                        await p.wait()
+                outs.append(out.decode())
+            return outs, node.turn.stats()
+        finally:
+            await node.close()
+
+    outs, stats = asyncio.run(main())
+    assert all("127.0.31.9" in o for o in outs), outs
+    assert stats["binding_requests"] >= 2 and "allocations" not in stats
