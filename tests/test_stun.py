@@ -79,6 +79,11 @@ def test_classic_rfc3489_request_gets_mapped_address():
     assert attrs[S.MAPPED_ADDRESS] == struct.pack("!BBH", 0, 1, SRC[1]) + socket.inet_aton(SRC[0])
     assert S.SOURCE_ADDRESS in attrs and S.FINGERPRINT not in attrs and S.XOR_MAPPED_ADDRESS not in attrs
     assert r.classic == 1
+    # a classic CHANGE-REQUEST for another address gets no answer (no alternate address here)
+    change = struct.pack("!HH", 0x0001, 8) + tid16 + struct.pack("!HHI", S.CHANGE_REQUEST, 4, 6)
+    assert r.respond(change, SRC, LOCAL, NOW) is None
+    same = struct.pack("!HH", 0x0001, 8) + tid16 + struct.pack("!HHI", S.CHANGE_REQUEST, 4, 0)
+    assert r.respond(same, SRC, LOCAL, NOW) is not None
 
 
 def test_unknown_comprehension_required_attribute_420():

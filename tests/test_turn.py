@@ -499,3 +499,23 @@ def test_stream_framing_channeldata_with_and_without_padding(padded):
     sock.sent.clear()
     conn.data_received(stream)
     assert [d for d, _ in sock.sent] == [b"a", b"bcdef", b"\x00\x00", b"ghij", b"k"]
+
+
+def test_fuzz_core_never_raises():
+    """Arbitrary bytes (and mutated valid requests) in: actions or nothing out, never an exception."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    cr = core()
+    Client(cr).allocate()
+    valid = bytes(A.Message(A.Method.ALLOCATE, A.Class.REQUEST, attributes={"REQUESTED-TRANSPORT": 17 << 24}))
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=200), st.integers(0, 200), st.binary(min_size=1, max_size=8))
+    def check(data, at, patch):
+        for msg in (data, valid[:at] + patch + valid[at + len(patch):], b"\x00\x01" + data[2:]):
+            cr.handle(msg, KEY, NOW)
+            cr.binding.respond(msg, KEY[1], KEY[2], NOW)
+            cr.channel_peer(KEY, int.from_bytes(msg[:2].ljust(2, b"\0"), "big"), NOW)
+
+    check()

@@ -489,9 +489,22 @@ class BindingResponder:
             msg = append_attr(msg, SOFTWARE, sw)
         return finish(msg, key, sha256=sha256)
 
-    def _classic(self, data: bytes, source: tuple[str, int], local: tuple[str, int]) -> bytes:
+    def _classic(self, data: bytes, source: tuple[str, int], local: tuple[str, int]) -> bytes | None:
         """RFC 3489 §8.2/§11.2: MAPPED-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS (ours:
-        no alternate address), the 16-byte transaction ID echoed, no FINGERPRINT."""
+        no alternate address), the 16-byte transaction ID echoed, no FINGERPRINT.
+
+        A CHANGE-REQUEST asking for another IP or port is not answered: this server has
+        no alternate address, and an answer from the same address would make an RFC 3489
+        client's NAT-type test believe its NAT lets anything in (§10.1 test II), where
+        silence gives the cautious verdict."""
+        try:
+            attrs = scan(data)
+        except StunError:
+            self.dropped += 1
+            return None
+        if any(a.type == CHANGE_REQUEST and len(a.value) == 4 and a.value[3] & 0x06 for a in attrs):
+            self.dropped += 1
+            return None
         self.requests += 1
         self.classic += 1
         msg = b"\x01\x01\x00\x00" + bytes(data[4:20])
