@@ -147,6 +147,17 @@ def test_quota_486_total_and_per_user():
     assert cr.quota_rejections == 2
 
 
+def test_rest_names_of_one_user_share_a_quota():
+    cr = core(max_allocations_per_user=1)
+    a, b = f"{int(NOW) + 60}:dave", f"{int(NOW) + 120}:dave"
+    assert Client(cr, a, S.rest_password("s3cret", a)).allocate()[0].message_class == A.Class.RESPONSE
+    c = Client(cr, b, S.rest_password("s3cret", b), key=("udp", ("192.0.2.7", 9), KEY[2]))
+    assert c.allocate()[0].error_code == 486
+    assert cr.per_user == {"dave": 1}
+    cr.delete(KEY, "test")
+    assert cr.per_user == {}
+
+
 def test_rest_credentials_allocate_and_expired():
     cr = core()
     user = f"{int(NOW) + 60}:carol"

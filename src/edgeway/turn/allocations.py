@@ -317,7 +317,7 @@ class TurnCore:
         if S.RESERVATION_TOKEN in by:
             return self._error(key, ALLOCATE, tid, 508, "Insufficient Capacity", auth=res)
         if len(self.allocations) + len(self._pending) >= self.max_allocations or \
-                self.per_user.get(res.username, 0) >= self.max_allocations_per_user:
+                self.per_user.get(self.quota_name(res.username), 0) >= self.max_allocations_per_user:
             self.quota_rejections += 1
             return self._error(key, ALLOCATE, tid, 486, "Allocation Quota Reached", auth=res)
         lifetime = self._lifetime(by) or self.default_lifetime_s
@@ -343,7 +343,8 @@ class TurnCore:
         alloc.allocate_tid = req.tid
         alloc.allocate_response = reply.data
         self.allocations[key] = alloc
-        self.per_user[req.username] = self.per_user.get(req.username, 0) + 1
+        q = self.quota_name(req.username)
+        self.per_user[q] = self.per_user.get(q, 0) + 1
         self.allocations_created += 1
         return [reply]
 
@@ -433,6 +434,16 @@ class TurnCore:
             return []
         return [ToPeer(alloc, peer, data)]
 
+    def quota_name(self, username: str) -> str:
+        """Whom an allocation counts against for ``max_allocations_per_user``: the user
+        part of a REST username (``"<expiry>:<user>"``), so that one user holding several
+        time-limited names still has one quota; else the username itself."""
+        if self.auth.shared_secret and username not in self.auth.users:
+            exp, sep, user = username.partition(":")
+            if sep and exp.isdigit():
+                return user
+        return username
+
     def peer_denied(self, ip: str) -> bool:
         """Whether ``ip`` is in one of ``denied_peers``."""
         addr = ipaddress.ip_address(ip)
@@ -460,11 +471,12 @@ class TurnCore:
         self._pending.discard(key)
         if alloc is None:
             return []
-        n = self.per_user.get(alloc.username, 1) - 1
+        q = self.quota_name(alloc.username)
+        n = self.per_user.get(q, 1) - 1
         if n > 0:
-            self.per_user[alloc.username] = n
+            self.per_user[q] = n
         else:
-            self.per_user.pop(alloc.username, None)
+            self.per_user.pop(q, None)
         self.allocations_deleted += 1
         t = self._closed_totals
         t[0] += alloc.to_peer_packets
