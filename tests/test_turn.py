@@ -29,6 +29,7 @@ class Client:
         self.core, self.user, self.password, self.key = core, user, password, key
         self.nonce = None
         self.realm = core.auth.realm
+        self.needs = []
 
     def request(self, method: int, attrs: dict | None = None, raw_attrs=(), now=NOW, sha256=False, sign=True):
         m = A.Message(A.Method(method), A.Class.REQUEST, attributes=dict(attrs or {}))
@@ -43,7 +44,10 @@ class Client:
         out = []
         for a in acts:
             if isinstance(a, NeedRelay):
-                out += self.core.relay_ready(a.request, RELAYED, ctx="relay")
+                self.needs.append(a.request)
+                port = RELAYED[1] + (1 if a.request.reserved is not None else 0)
+                out += self.core.relay_ready(a.request, (RELAYED[0], port), ctx="relay",
+                                             reservation=f"held:{RELAYED[1] + 1}" if a.request.reserve else None)
             else:
                 out.append(a)
         return out, m.transaction_id
@@ -165,6 +169,30 @@ def test_rest_credentials_allocate_and_expired():
     old = f"{int(NOW) - 1}:carol"
     c = Client(cr, old, S.rest_password("s3cret", old), key=("udp", ("192.0.2.7", 5), KEY[2]))
     assert c.allocate()[0].error_code == 401
+
+
+def test_even_port_reservation_token():
+    """RFC 8656 §7.2, §14.6, §14.9: EVEN-PORT with R reserves the next port; an Allocate
+    with the RESERVATION-TOKEN gets it; a token with EVEN-PORT is 400, an unknown one 508."""
+    from edgeway.turn.allocations import ReleaseReservation
+
+    cr = core()
+    c = Client(cr)
+    msg, _ = c.call(3, {"REQUESTED-TRANSPORT": 17 << 24}, raw_attrs=[(S.EVEN_PORT, b"\x80")])
+    token = next(a.value for a in S.scan(c.core.allocations[KEY].allocate_response) if a.type == S.RESERVATION_TOKEN)
+    assert msg.attributes["XOR-RELAYED-ADDRESS"] == RELAYED and len(token) == 8
+    c2 = Client(cr, key=("udp", ("192.0.2.7", 40001), KEY[2]))
+    both = c2.call(3, {"REQUESTED-TRANSPORT": 17 << 24}, raw_attrs=[(S.RESERVATION_TOKEN, token), (S.EVEN_PORT, b"\x00")])
+    assert both[0].error_code == 400
+    assert c2.call(3, {"REQUESTED-TRANSPORT": 17 << 24}, raw_attrs=[(S.RESERVATION_TOKEN, b"x" * 8)])[0].error_code == 508
+    msg, _ = c2.call(3, {"REQUESTED-TRANSPORT": 17 << 24}, raw_attrs=[(S.RESERVATION_TOKEN, token)])
+    assert msg.attributes["XOR-RELAYED-ADDRESS"] == (RELAYED[0], RELAYED[1] + 1)
+    assert c2.needs[-1].reserved == f"held:{RELAYED[1] + 1}" and not cr.reservations
+    # an unredeemed reservation is released after ~30 s
+    c3 = Client(cr, key=("udp", ("192.0.2.7", 40002), KEY[2]))
+    c3.call(3, {"REQUESTED-TRANSPORT": 17 << 24}, raw_attrs=[(S.EVEN_PORT, b"\x80")])
+    assert cr.expire(NOW + 10) == []
+    assert [type(a) for a in cr.expire(NOW + 31)] == [ReleaseReservation]
 
 
 def test_requested_transport_checks():
@@ -298,7 +326,7 @@ def _received(out: str) -> tuple[int, int]:
 
 @pytest.mark.skipif(UCLIENT is None or PEER_BIN is None, reason="coturn tools not installed")
 @pytest.mark.parametrize("mode", ["udp-channels", "udp-send", "tcp-channels", "tcp-unpadded-odd", "tcp-padded-odd",
-                                  "rest-udp"])
+                                  "rest-udp", "udp-client-to-client", "udp-rtcp-pairs"])
 def test_interop_turnutils_uclient(mode):
     from edgeway.media.ports import PortAllocator
     from edgeway.turn.server import TurnServer
@@ -313,7 +341,12 @@ def test_interop_turnutils_uclient(mode):
             peer = await asyncio.create_subprocess_exec(PEER_BIN, "-L", "127.0.31.2", "-p", "3480",
                                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(0.2)
-            args = ["-e", "127.0.31.2", "-r", "3480", "-n", "10", "-m", "1", "-z", "5", "-c", "-L", "127.0.31.3"]
+            if mode == "udp-client-to-client":  # -y: two clients relay to each other's relayed address
+                args = ["-y", "-n", "10", "-m", "1", "-z", "5", "-c", "-L", "127.0.31.3"]
+            elif mode == "udp-rtcp-pairs":  # no -c: RTP+RTCP allocations (EVEN-PORT)
+                args = ["-e", "127.0.31.2", "-r", "3480", "-n", "10", "-m", "1", "-z", "5", "-L", "127.0.31.3"]
+            else:
+                args = ["-e", "127.0.31.2", "-r", "3480", "-n", "10", "-m", "1", "-z", "5", "-c", "-L", "127.0.31.3"]
             if mode == "rest-udp":
                 args += ["-u", "carol", "-W", "s3cret"]
             else:
@@ -338,8 +371,12 @@ def test_interop_turnutils_uclient(mode):
 
     out, stats = asyncio.run(main())
     sent, recv = _received(out)
-    assert sent == 10 and recv >= 9, out[-2000:]
-    assert stats["allocations_created"] >= 1 and stats["to_peer_packets"] >= 9 and stats["to_client_packets"] >= 9
+    # -y runs two clients (each sends 10) and without -c each client has an RTP and an
+    # RTCP allocation, the RTCP one on the odd port reserved by EVEN-PORT's R bit.
+    want = {"udp-client-to-client": 20, "udp-rtcp-pairs": 20}.get(mode, 10)
+    assert sent == want and recv >= want - 1, out[-2000:]
+    assert stats["allocations_created"] >= 1 and stats["to_peer_packets"] >= want - 1
+    assert stats["to_client_packets"] >= want - 1
 
 
 # ---- configuration -----------------------------------------------------------------------------

@@ -35,7 +35,8 @@ from . import stun as S
 from .stun import Attr, Auth, AuthResult, BindingResponder, StunError
 
 __all__ = [
-    "TurnCore", "Allocation", "Reply", "NeedRelay", "ToPeer", "FreeRelay",
+    "TurnCore", "Allocation", "Reply", "NeedRelay", "ToPeer", "FreeRelay", "ReleaseReservation",
+    "RESERVATION_LIFETIME_S",
     "PERMISSION_LIFETIME_S", "CHANNEL_LIFETIME_S", "CHANNEL_MIN", "CHANNEL_MAX", "DEFAULT_DENIED_PEERS",
 ]
 
@@ -48,6 +49,8 @@ DEFAULT_DENIED_PEERS = ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "255.255.255.
 
 #: RFC 8656 §9: a permission lasts 300 s unless refreshed.
 PERMISSION_LIFETIME_S = 300.0
+#: RFC 8656 §7.2: a port reserved by EVEN-PORT's R bit is kept about 30 s.
+RESERVATION_LIFETIME_S = 30.0
 #: RFC 8656 §12: a channel binding lasts 600 s unless refreshed.
 CHANNEL_LIFETIME_S = 600.0
 #: Channel numbers accepted in ChannelBind.  RFC 8656 §12 allows 0x4000 through 0x4FFF;
@@ -84,6 +87,11 @@ class ToPeer(NamedTuple):
     data: bytes
 
 
+class ReleaseReservation(NamedTuple):
+    """A reservation (RFC 8656 §14.9) expired unredeemed: drop the adapter's ``handle``."""
+    handle: Any
+
+
 class FreeRelay(NamedTuple):
     """``allocation`` ended (``reason``: refresh, expired, closed, shutdown): release its relay."""
     allocation: "Allocation"
@@ -99,6 +107,10 @@ class _PendingAllocate:
     sha256: bool
     lifetime: float
     now: float
+    #: EVEN-PORT with the R bit (RFC 8656 §14.6): reserve the next port and answer a token.
+    reserve: bool = False
+    #: The adapter's handle of a reservation this Allocate redeems (RESERVATION-TOKEN).
+    reserved: Any = None
 
 
 @dataclass(eq=False, slots=True)
@@ -209,6 +221,8 @@ class TurnCore:
         self.errors = 0
         self._closed_totals = [0, 0, 0, 0]
         self._pending: set[Key] = set()
+        #: RESERVATION-TOKEN -> (expiry, adapter handle of the held port).
+        self.reservations: dict[bytes, tuple[float, Any]] = {}
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -314,20 +328,36 @@ class TurnCore:
         fam = by.get(S.REQUESTED_ADDRESS_FAMILY)
         if fam is not None and (len(fam) != 4 or fam[0] != 1):
             return self._error(key, ALLOCATE, tid, 440, "Address Family not Supported", auth=res)
-        if S.RESERVATION_TOKEN in by:
-            return self._error(key, ALLOCATE, tid, 508, "Insufficient Capacity", auth=res)
+        even = by.get(S.EVEN_PORT)
+        token = by.get(S.RESERVATION_TOKEN)
+        if token is not None and (even is not None or fam is not None):
+            return self._error(key, ALLOCATE, tid, 400, "Bad Request", auth=res)  # §7.2 steps 5-6
+        reserved = None
+        if token is not None:
+            entry = self.reservations.get(token)
+            if entry is None or entry[0] < now:
+                return self._error(key, ALLOCATE, tid, 508, "Insufficient Capacity", auth=res)
+            reserved = entry[1]
         if len(self.allocations) + len(self._pending) >= self.max_allocations or \
                 self.per_user.get(self.quota_name(res.username), 0) >= self.max_allocations_per_user:
             self.quota_rejections += 1
             return self._error(key, ALLOCATE, tid, 486, "Allocation Quota Reached", auth=res)
         lifetime = self._lifetime(by) or self.default_lifetime_s
+        if token is not None:
+            del self.reservations[token]
         self._pending.add(key)
-        return [NeedRelay(_PendingAllocate(key, tid, res.username, res.key, res.sha256, lifetime, now))]
+        reserve = even is not None and len(even) >= 1 and bool(even[0] & 0x80)
+        return [NeedRelay(_PendingAllocate(key, tid, res.username, res.key, res.sha256, lifetime, now,
+                                           reserve, reserved))]
 
-    def relay_ready(self, req: _PendingAllocate, relayed: tuple[str, int] | None, ctx: Any = None) -> list[Any]:
+    def relay_ready(self, req: _PendingAllocate, relayed: tuple[str, int] | None, ctx: Any = None,
+                    reservation: Any = None) -> list[Any]:
         """The adapter's answer to :class:`NeedRelay`: the relayed transport address
-        (``None``: no port could be had, answered 508 Insufficient Capacity) and its
-        context object.  Returns the Reply (and creates the allocation)."""
+        (``None``: no port could be had, answered 508 Insufficient Capacity), its context
+        object and, for ``req.reserve`` (EVEN-PORT R bit: the relayed port is even and the
+        next one is held), the adapter's handle of the held port, which a later Allocate
+        redeems with the RESERVATION-TOKEN answered here (RFC 8656 §7.2, §14.9).
+        Returns the Reply (and creates the allocation)."""
         key = req.key
         self._pending.discard(key)
         res = AuthResult(True, req.username, req.hmac_key, req.sha256)
@@ -335,11 +365,16 @@ class TurnCore:
             return self._error(key, ALLOCATE, req.tid, 508, "Insufficient Capacity", auth=res)
         alloc = Allocation(key, req.username, relayed, req.now + req.lifetime, req.hmac_key, req.sha256,
                            stream=key[0] != "udp", ctx=ctx)
-        reply = self._success(key, ALLOCATE, req.tid, [
+        attrs = [
             (S.XOR_RELAYED_ADDRESS, S.xor_address(relayed, req.tid)),
             (S.LIFETIME, struct.pack("!I", int(req.lifetime))),
-            (S.XOR_MAPPED_ADDRESS, S.xor_address(key[1], req.tid)),
-        ], res)
+        ]
+        if req.reserve and reservation is not None:
+            token = os.urandom(8)
+            self.reservations[token] = (req.now + RESERVATION_LIFETIME_S, reservation)
+            attrs.append((S.RESERVATION_TOKEN, token))
+        attrs.append((S.XOR_MAPPED_ADDRESS, S.xor_address(key[1], req.tid)))
+        reply = self._success(key, ALLOCATE, req.tid, attrs, res)
         alloc.allocate_tid = req.tid
         alloc.allocate_response = reply.data
         self.allocations[key] = alloc
@@ -489,6 +524,10 @@ class TurnCore:
         """Delete expired allocations and forget expired permissions and channels
         (RFC 8656 §7, §9, §12); returns the FreeRelay actions.  Call about once a second."""
         out: list[Any] = []
+        for token, (exp, handle) in list(self.reservations.items()):
+            if exp < now:
+                del self.reservations[token]
+                out.append(ReleaseReservation(handle))
         for key, alloc in list(self.allocations.items()):
             if alloc.expires < now:
                 out += self.delete(key, "expired")

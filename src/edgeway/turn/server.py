@@ -18,7 +18,9 @@ messages back to back, ChannelData padded to 4 bytes (§12.5).
 
 Relay sockets come from a :class:`~edgeway.media.ports.PortAllocator` (the node's
 media port pool): one RTP/RTCP pair per allocation, the even (RTP) port being the
-relayed transport address; the odd port stays bound and unused until release.
+relayed transport address, so EVEN-PORT is always met; the odd port stays bound and
+unused until release, unless EVEN-PORT's R bit asked to reserve it (RFC 8656 §7.2): it
+is then the relayed address of the Allocate that redeems the RESERVATION-TOKEN.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from typing import Any
 
 from ..media.ports import PortAllocator, PortPair, PortsExhausted
-from .allocations import Allocation, FreeRelay, NeedRelay, Reply, ToPeer, TurnCore
+from .allocations import Allocation, FreeRelay, NeedRelay, ReleaseReservation, Reply, ToPeer, TurnCore
 from .stun import BindingResponder
 
 __all__ = ["TurnServer", "start_from_config"]
@@ -50,15 +52,29 @@ MAX_STREAM_BACKLOG = 512 * 1024
 SWEEP_INTERVAL_S = 1.0
 
 
-class _Relay:
-    """Adapter context of an allocation: its port pair and how to reach its client."""
+class _PairRef:
+    """A port pair shared by up to two allocations and a reservation (EVEN-PORT R bit:
+    the even port relays one allocation, the odd one is held for a RESERVATION-TOKEN,
+    RFC 8656 §7.2); released to the allocator when the last user lets go."""
 
-    __slots__ = ("pair", "sock", "fd", "send", "udp_send", "client")
+    __slots__ = ("pair", "refs")
 
-    def __init__(self, pair: PortPair, send: Any, client: tuple[str, int], udp_send: Any = None) -> None:
+    def __init__(self, pair: PortPair) -> None:
         self.pair = pair
-        self.sock = pair.rtp_sock
-        self.fd = pair.rtp_sock.fileno()
+        self.refs = 1
+
+
+class _Relay:
+    """Adapter context of an allocation: its relay socket (one port of a pair) and how
+    to reach its client."""
+
+    __slots__ = ("ref", "sock", "fd", "send", "udp_send", "client")
+
+    def __init__(self, ref: _PairRef, sock: socket.socket, send: Any, client: tuple[str, int],
+                 udp_send: Any = None) -> None:
+        self.ref = ref
+        self.sock = sock
+        self.fd = sock.fileno()
         self.send = send
         #: The UDP listener's ``sendto`` (None for a TCP/TLS client).
         self.udp_send = udp_send
@@ -402,6 +418,8 @@ class TurnServer:
                 self._run(self._allocate(act, udp, write), udp, write)
             elif type(act) is FreeRelay:
                 self._free(act.allocation, act.reason)
+            elif type(act) is ReleaseReservation:
+                self._unref(act.handle)
         if core is not None and core.auth_failures != self._auth_failures_seen:
             self._auth_failures_seen = core.auth_failures
             ip, user, code = core.last_auth_failure
@@ -411,28 +429,46 @@ class TurnServer:
         assert self.core is not None and self.ports is not None
         req = act.request
         client = req.key[1]
-        try:
-            pair = self.ports.allocate_pair()
-        except (PortsExhausted, OSError) as exc:
-            self._emit("turn allocation failed", client=f"{client[0]}:{client[1]}", reason=str(exc))
-            return self.core.relay_ready(req, None)
+        reservation = None
+        if req.reserved is not None:  # RESERVATION-TOKEN: the odd port held by an earlier Allocate
+            ref = req.reserved  # the reservation's reference passes to this allocation
+            sock, port = ref.pair.rtcp_sock, ref.pair.rtcp_port
+        else:
+            try:
+                pair = self.ports.allocate_pair()
+            except (PortsExhausted, OSError) as exc:
+                self._emit("turn allocation failed", client=f"{client[0]}:{client[1]}", reason=str(exc))
+                return self.core.relay_ready(req, None)
+            ref = _PairRef(pair)
+            sock, port = pair.rtp_sock, pair.rtp_port  # even: EVEN-PORT is always satisfied
+            if req.reserve:
+                ref.refs += 1
+                reservation = ref
         udp_send = None
         if write is not None:
             send = write
         else:
             udp_send = udp.sock.sendto  # type: ignore[union-attr]
             send = lambda data, _s=udp_send, _c=client: _s(data, _c)  # noqa: E731
-        ctx = _Relay(pair, send, client, udp_send)
-        out = self.core.relay_ready(req, (self.relay_ip or pair.ip, pair.rtp_port), ctx)
+        ctx = _Relay(ref, sock, send, client, udp_send)
+        out = self.core.relay_ready(req, (self.relay_ip or ref.pair.ip, port), ctx, reservation)
         alloc = self.core.allocations.get(req.key)
         if alloc is None or alloc.ctx is not ctx:
-            self.ports.release(pair)
+            self._unref(ref)
+            if reservation is not None and reservation not in (h for _, h in self.core.reservations.values()):
+                self._unref(ref)
             return out
         self.loop.add_reader(ctx.fd, self._on_relay, alloc)
         self._emit("turn allocation created", user=alloc.username, transport=req.key[0],
                    client=f"{client[0]}:{client[1]}", relayed=f"{alloc.relayed[0]}:{alloc.relayed[1]}",
-                   lifetime_s=int(alloc.expires - req.now), allocations=len(self.core.allocations))
+                   lifetime_s=int(alloc.expires - req.now), allocations=len(self.core.allocations),
+                   reserved_next_port=reservation is not None)
         return out
+
+    def _unref(self, ref: _PairRef) -> None:
+        ref.refs -= 1
+        if ref.refs <= 0 and self.ports is not None:
+            self.ports.release(ref.pair)
 
     def _free(self, alloc: Allocation, reason: str) -> None:
         ctx = alloc.ctx
@@ -443,8 +479,7 @@ class TurnServer:
             self.loop.remove_reader(ctx.fd)
         except Exception:
             pass
-        if self.ports is not None:
-            self.ports.release(ctx.pair)
+        self._unref(ctx.ref)
         self._emit("turn allocation deleted", user=alloc.username, reason=reason,
                    relayed=f"{alloc.relayed[0]}:{alloc.relayed[1]}", to_peer_packets=alloc.to_peer_packets,
                    to_client_packets=alloc.to_client_packets, dropped=alloc.dropped)
@@ -490,6 +525,9 @@ class TurnServer:
         if self.core is not None:
             for key in list(self.core.allocations):
                 self._run(self.core.delete(key, "shutdown"))
+            for _, handle in self.core.reservations.values():
+                self._unref(handle)
+            self.core.reservations.clear()
         for u in self._udp:
             try:
                 self.loop.remove_reader(u.fd)
