@@ -10,7 +10,9 @@ adapter (:mod:`edgeway.turn.server`) owns the sockets:
   relayed transport address, which creates the allocation and returns the Reply;
 - ``ToPeer(allocation, peer, data)``: a Send indication's DATA for a permitted peer;
 - ``FreeRelay(allocation)``: an allocation ended (Refresh with LIFETIME 0, expiry,
-  close of its client connection); the adapter closes the relay socket.
+  close of its client connection); the adapter closes the relay socket;
+- ``ReleaseReservation(handle)``: a port held for a RESERVATION-TOKEN (EVEN-PORT R bit)
+  was not redeemed in time; the adapter lets it go.
 
 The relay hot path does not go through :meth:`TurnCore.handle`: the adapter asks
 :meth:`TurnCore.channel_peer` (ChannelData from the client, RFC 8656 §12.5) and
