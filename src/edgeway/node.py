@@ -81,6 +81,9 @@ class Node:
         self.intrusion: IntrusionProtection | None = None
         #: The local control socket (``[control] socket``), or None.
         self.control: ControlServer | None = None
+        #: The STUN/TURN server (:class:`~edgeway.turn.server.TurnServer`) of an edge with
+        #: ``turn.enabled``; its counters are ``turn.stats()``.
+        self.turn = None
 
     async def _resolve(self, uri, default_transport: str, zone: str) -> list[Hop]:
         """RFC 3263 targets of ``uri`` for DNS zone ``zone`` (or the zone a dialog party
@@ -390,6 +393,11 @@ class Node:
         self.traversal.start()
         if cfg.mra.enabled:
             await self._start_mra(client_ssl)
+        if cfg.turn.enabled and cfg.role == "edge":
+            from .turn.server import start_from_config
+
+            # Relay ports come from the media port pool the call relay uses.
+            self.turn = await start_from_config(cfg, self.proxy.media.alloc, self.events)
         self._flush_handle = loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
         self.events.emit("node started", role=cfg.role, listen_ip=s.listen_ip, udp=s.udp_port, tcp=s.tcp_port, tls=s.tls_port)
 
@@ -492,6 +500,8 @@ class Node:
             await self.control.close()
         if self.mra is not None:
             await self.mra.close()
+        if self.turn is not None:
+            await self.turn.close()
         if self.traversal:
             await self.traversal.close()
         if self.proxy:
