@@ -5,6 +5,7 @@ node with ``[status]`` on; the page and JSON list the zones, the metrics parse w
 from __future__ import annotations
 
 import base64
+import shutil
 import json
 import subprocess
 import sys
@@ -78,3 +79,31 @@ def test_status_json_metrics_and_page(lab_status: LabUp) -> None:
     assert attempted and attempted[0] >= 1
     code, page, ctype = _get("/", bearer)
     assert code == 200 and ctype.startswith("text/html") and b"status.json" in page
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium (Debian chromium) is not installed")
+def test_status_page_in_headless_chromium(lab_status: LabUp, tmp_path) -> None:
+    """The page, loaded in headless Chromium with Basic credentials, lists the lab's zones
+    and a call in progress (SIPp inside → core → edge → SIPp outside, held 6 s)."""
+    from support.harness import PCAP, SIPP_DIR, sipp_available, sipp_result, start_sipp
+
+    if not sipp_available():
+        pytest.skip("sipp (Debian sip-tester) is not installed")
+    uas = start_sipp(["-sf", str(SIPP_DIR / "uas_echo.xml"), "-i", "127.0.0.5", "-p", "5060", "-t", "u1",
+                      "-mi", "127.0.0.5", "-mp", "20000", "-rtp_echo", "-m", "1"], tmp_path, "uas")
+    try:
+        uac = start_sipp(["-sf", str(SIPP_DIR / "uac_pcap.xml"), "-i", "127.0.0.4", "-p", "5070", "-t", "t1",
+                          "-s", "bob", "-key", "domain", "partner.edgeway.test", "-key", "pcap", str(PCAP),
+                          "-mi", "127.0.0.4", "-mp", "30000", "-d", "6000", "-m", "1", "-timeout", "30",
+                          "127.0.0.3:5060"], tmp_path, "uac")
+        time.sleep(2.0)
+        page = subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                               f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=3000", "--dump-dom",
+                               f"http://admin:{TOKEN}@{STATUS}/"], capture_output=True, text=True, timeout=60)
+        res = sipp_result(uac, tmp_path, "uac", timeout_s=30)
+    finally:
+        sipp_result(uas, tmp_path, "uas", timeout_s=15)
+    dom = page.stdout
+    assert res.successful == 1, res.log
+    assert "<td>Traversal Zone</td><td>traversal_client</td><td class=\"active\">active</td>" in dom, dom[-2000:]
+    assert "1 active call(s)" in dom and "sip:bob@partner.edgeway.test" in dom and "<td>connected</td>" in dom, dom[-2000:]

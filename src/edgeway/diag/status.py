@@ -176,7 +176,10 @@ function cell(tr, text, cls){const td=document.createElement('td');td.textConten
 function fill(id, rows){const t=document.getElementById(id);while(t.rows.length>1)t.deleteRow(1);
   for(const r of rows){const tr=t.insertRow();for(const [v,c] of r)cell(tr,v,c);}}
 async function refresh(){
-  try{const r=await fetch('status.json',{credentials:'same-origin',cache:'no-store'});const s=await r.json();
+  // location.origin: a page opened as http://user:pass@host/ must not fetch a URL with credentials in it
+  try{const r=await fetch(location.origin+location.pathname.replace(/[^/]*$/,'')+'status.json',
+                          {credentials:'same-origin',cache:'no-store'});
+    if(!r.ok)throw new Error('HTTP '+r.status);const s=await r.json();
     document.getElementById('title').textContent='Edgeway '+s.role+' '+s.node;
     document.getElementById('updated').textContent='updated '+new Date(s.time*1000).toLocaleTimeString();
     fill('alarms', s.alarms.map(a=>[[a.severity,a.severity],[a.text]]));
