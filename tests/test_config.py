@@ -277,7 +277,7 @@ def with_(path: str, value, base=None) -> dict:
     ("transforms.0.pattern_type", "glob", "transforms[0].pattern_type",
      "input should be 'exact', 'prefix', 'suffix' or 'regex'"),
     ("bogus", 1, "bogus", "is not a known key"),
-    ("role", "proxy", "role", "input should be 'edge' or 'core'"),
+    ("role", "proxy", "role", "input should be 'edge', 'core' or 'media'"),
 ])
 def test_error_names_key_value_rule(path, value, key, rule):
     probs = problems(with_(path, value))

@@ -4,11 +4,14 @@ and interop with coturn's ``turnutils_stunclient`` on loopback (127.0.31.x)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
@@ -269,3 +272,52 @@ def test_interop_node_stun_only(tmp_path):
     outs, stats = asyncio.run(main())
     assert all("127.0.31.9" in o for o in outs), outs
     assert stats["binding_requests"] >= 2 and "allocations" not in stats
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(STUNCLIENT is None, reason="coturn (turnutils_stunclient) not installed")
+def test_media_node_role(tmp_path):
+    """``role = "media"`` (issue 10 item 5): ``edgeway media -c`` runs STUN + TURN + relay
+    only — no SIP listener — and answers turnutils_stunclient on seed 004's port 5004-style
+    port; a media node with SIP settings it cannot use is refused with the key named."""
+    from edgeway.config import ConfigError, parse_config
+    from edgeway.lab.topology import dump_toml
+
+    base = {"role": "media", "name": "media1", "sip": {"listen_ip": "127.0.31.2", "udp_port": 0, "tcp_port": 0,
+                                                        "tls_port": 0},
+            "media": {"port_min": 42400, "port_max": 42499}, "log": {"file": str(tmp_path / "media.jsonl")},
+            "turn": {"enabled": True, "udp_ports": [50041], "tcp_ports": [50041], "tls_ports": [],
+                     "users": [{"username": "u", "password": "p"}]}}
+    with pytest.raises(ConfigError) as e:
+        parse_config({**base, "turn": {"enabled": False},
+                      "search_rules": [{"name": "r", "priority": 1, "mode": "any_alias", "target_zone": "LocalZone"}]})
+    assert "turn.enabled" in str(e.value) and "search_rules" in str(e.value)
+    path = tmp_path / "media.toml"
+    path.write_text(dump_toml(base))
+    node = subprocess.Popen([sys.executable, "-m", "edgeway", "media", "-c", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and '"node started"' not in _read(tmp_path / "media.jsonl"):
+            time.sleep(0.1)  # the event log reaches its file within 0.1 s
+        r = subprocess.run([STUNCLIENT, "-p", "50041", "-L", "127.0.31.9", "127.0.31.2"], capture_output=True,
+                           text=True, timeout=15)
+        out = r.stdout + r.stderr
+        assert "127.0.31.9" in out, out
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.31.2", 5060)) != 0  # no SIP listener
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait(5)
+    events = [json.loads(x) for x in (tmp_path / "media.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "node started" and e["role"] == "media" for e in events)

@@ -111,7 +111,7 @@ class Node:
         on a core (the seed's recommendation). Bans are enforced by the transport at
         accept time and before a datagram is parsed."""
         ip_cfg = self.cfg.intrusion_protection
-        if not (ip_cfg.enabled if ip_cfg.enabled is not None else self.cfg.role == "edge"):
+        if not (ip_cfg.enabled if ip_cfg.enabled is not None else self.cfg.role != "core"):
             return
         cats = {name: Category(c.enabled, c.trigger_level, c.detection_window_s, c.ban_s)
                 for name, c in ip_cfg.categories.items()}
@@ -369,6 +369,9 @@ class Node:
             st = cfg.status
             self.status = StatusServer(src, host, port, username=st.username, password=st.password, token=st.token)
             await self.status.start()
+        if cfg.role == "media":
+            await self._start_media_node()
+            return
         self._wire_inbound_chain()
         if s.udp_port:
             await self.tl.listen_udp(s.listen_ip, s.udp_port)
@@ -393,13 +396,25 @@ class Node:
         self.traversal.start()
         if cfg.mra.enabled:
             await self._start_mra(client_ssl)
-        if cfg.turn.enabled and cfg.role == "edge":
+        if cfg.turn.enabled:
             from .turn.server import start_from_config
 
             # Relay ports come from the media port pool the call relay uses.
             self.turn = await start_from_config(cfg, self.proxy.media.alloc, self.events)
         self._flush_handle = loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
         self.events.emit("node started", role=cfg.role, listen_ip=s.listen_ip, udp=s.udp_port, tcp=s.tcp_port, tls=s.tls_port)
+
+    async def _start_media_node(self) -> None:
+        """A media node (``role = "media"``, issue 10 item 5; seed 004's media nodes): the
+        STUN/TURN server and its relay only, no SIP listener, zone or traversal."""
+        from .turn.server import start_from_config
+
+        cfg = self.cfg
+        self.turn = await start_from_config(cfg, self.proxy.media.alloc, self.events)
+        self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_INTERVAL_S, self._flush_events)
+        t = cfg.turn
+        self.events.emit("node started", role=cfg.role, listen_ip=t.listen_ip or cfg.sip.listen_ip, udp=t.udp_ports,
+                         tcp=t.tcp_ports, tls=t.tls_ports)
 
     async def _start_mra(self, client_ssl) -> None:
         """MRA HTTPS proxy (issue 9): the edge's HTTPS and tunnel listeners, or the core's

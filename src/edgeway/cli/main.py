@@ -81,6 +81,12 @@ def core(config: Path = typer.Option(..., "-c", "--config", help="core TOML conf
     run_node(_load(config, "core"), str(config))
 
 
+@app.command()
+def media(config: Path = typer.Option(..., "-c", "--config", help="media node TOML configuration")) -> None:
+    """Run a media node (STUN, TURN and relay only: a target of edgeway probe, seed 004)."""
+    run_node(_load(config, "media"), str(config))
+
+
 @app.command("check-config")
 def check_config(config: Path) -> None:
     """Validate a node configuration; print every problem (key, value, rule)."""

@@ -1007,10 +1007,11 @@ class TurnConfig(_Model):
 # ---- the node ----------------------------------------------------------------------------------
 
 class NodeConfig(_Model):
-    """Whole configuration of one node (``role`` edge = DMZ, core = inside).
+    """Whole configuration of one node (``role`` edge = DMZ, core = inside, media = a media
+    node: STUN, TURN and relay only, the targets of ``edgeway probe``, seed 004).
     ``name`` appears in Warning/Server headers."""
 
-    role: Literal["edge", "core"]
+    role: Literal["edge", "core", "media"]
     name: Text
     sip: SipConfig
     timers: TimerConfig = Field(default_factory=TimerConfig)
@@ -1046,7 +1047,16 @@ class NodeConfig(_Model):
     def _cross_checks(self) -> NodeConfig:
         problems: list[tuple[str, Any, str]] = []
         tokens: dict[str, str] = {}
-        forbidden = {"edge": "traversal_client", "core": "traversal_server"}[self.role]
+        forbidden = {"edge": "traversal_client", "core": "traversal_server", "media": None}[self.role]
+        if self.role == "media":
+            # A media node runs no SIP: STUN, TURN and the relay only (issue 10 item 5).
+            if not self.turn.enabled:
+                problems.append(("turn.enabled", self.turn.enabled, "must be true when role = 'media'"))
+            for key in ("zones", "search_rules", "transforms", "call_policy"):
+                if getattr(self, key):
+                    problems.append((key, f"{len(getattr(self, key))} entries", "must be empty when role = 'media'"))
+            if self.mra.enabled:
+                problems.append(("mra.enabled", True, "must be false when role = 'media'"))
         for i, z in enumerate(self.zones):
             tok = zone_token(z.name)
             if tok in {zone_token(b) for b in BUILTIN_ZONES}:
@@ -1065,8 +1075,9 @@ class NodeConfig(_Model):
                     problems.append((f"search_rules[{i}].{key}", val,
                                      "must name a configured zone or LocalZone/DefaultZone"))
         problems += self._mra_checks()
-        if self.turn.enabled and self.role != "edge":
-            problems.append(("turn.enabled", True, "is only allowed when role = 'edge' (the STUN/TURN server faces the internet)"))
+        if self.turn.enabled and self.role == "core":
+            problems.append(("turn.enabled", True, "is only allowed when role = 'edge' or 'media' (the STUN/TURN server "
+                                                   "faces the internet)"))
         if self.turn.enabled and self.turn.tls_ports and not (self.tls.cert_file and self.tls.key_file):
             problems.append(("turn.tls_ports", self.turn.tls_ports,
                              "need tls.cert_file and tls.key_file (or set turn.tls_ports = [])"))

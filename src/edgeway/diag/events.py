@@ -83,6 +83,9 @@ _PREFIX_MODULE = (("traversal", "traversal"), ("mra", "http"), ("config", "node"
                   ("maintenance", "node"), ("internal", "node"), ("events", "node"))
 
 
+_WARNING_WORDS = frozenset({"failed", "failure", "refused", "dropped", "blocked", "exhausted", "rejected", "shed"})
+
+
 def event_class(event: str) -> tuple[str, int]:
     """``(module, level number)`` of an event name: failures, refusals and drops are
     WARNING, ``internal error`` ERROR, the rest INFO."""
@@ -91,7 +94,7 @@ def event_class(event: str) -> tuple[str, int]:
         module = next((m for prefix, m in _PREFIX_MODULE if event.startswith(prefix)), "node")
     if event == "internal error":
         level = 40
-    elif any(w in event for w in ("failed", "refused", "dropped", "blocked", "exhausted", "rejected", "shed", "limit")):
+    elif _WARNING_WORDS.intersection(event.split()) or event in ("flood limit", "mra authorization rate limited"):
         level = 30
     else:
         level = 20
