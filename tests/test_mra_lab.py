@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import signal
 import socket
@@ -125,3 +126,30 @@ def test_discovery_allowed_blocked_and_tunnel_down(lab: LabUp) -> None:
         assert code == 502 and "Next Hop Connection Failed" in body, (code, body)
     finally:
         os.kill(core, signal.SIGCONT)
+
+
+@pytest.mark.skipif(shutil.which("turnutils_uclient") is None or shutil.which("turnutils_peer") is None,
+                    reason="coturn tools (turnutils_uclient, turnutils_peer) are not installed")
+def test_turn_on_the_lab_edge_advertised_and_relaying(lab: LabUp) -> None:
+    """Issue 10 item 3: the lab edge's TURN server is listed in get_edge_config
+    (turnEdgeServer) and relays for a remote user (carol's credentials) with channels."""
+    from edgeway.lab.topology import REMOTE_USERS
+
+    deadline = time.monotonic() + 20  # the test before leaves the tunnel down for a while
+    while (got := curl(lab, "/get_edge_config?service_name=_cisco-uds"))[0] == 502 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    code, body = got
+    assert code == 200 and "<turnEdgeServer>" in body and "<udpPort>3478</udpPort>" in body, body
+    peer = subprocess.Popen(["turnutils_peer", "-L", "127.0.0.30", "-p", "3480"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(0.2)
+        out = subprocess.run(["turnutils_uclient", "-e", "127.0.0.30", "-r", "3480", "-n", "10", "-m", "1", "-z", "5",
+                              "-c", "-L", "127.0.0.8", "-u", "carol", "-w", REMOTE_USERS["carol"], "-p", "3478",
+                              EDGE_IP], capture_output=True, text=True, timeout=30)
+    finally:
+        os.killpg(peer.pid, signal.SIGTERM)
+        peer.wait(5)
+    sent = [int(x) for x in re.findall(r"tot_send_msgs=(\d+)", out.stdout + out.stderr)]
+    recv = [int(x) for x in re.findall(r"tot_recv_msgs=(\d+)", out.stdout + out.stderr)]
+    assert sent and recv and sent[-1] == 10 and recv[-1] >= 9, (out.stdout + out.stderr)[-2000:]

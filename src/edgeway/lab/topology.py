@@ -57,6 +57,9 @@ INSIDE_DNS_IP = "127.0.0.11"
 SIP_PORT = 5060
 #: SIP TLS port of the nodes.
 TLS_PORT = 5061
+#: The edge's STUN/TURN ports (RFC 8656 §4: 3478 UDP/TCP, 5349 TLS).
+TURN_PORT = 3478
+TURN_TLS_PORT = 5349
 #: Edge traversal server port (mutual TLS).
 TRAVERSAL_PORT = 7001
 #: DNS zone the lab server is authoritative for.
@@ -457,6 +460,11 @@ class LabTopology:
         if self.mra:
             data["mra"] = {"enabled": True, "domains": [self.domain], "https_port": self.https_port,
                            "tunnel_port": self.mra_tunnel_port}
+            # STUN/TURN for remote clients (issue 10 items 2-3), advertised by the core's
+            # get_edge_config; the lab's users; peers on loopback are allowed in the lab.
+            data["turn"] = {"enabled": True, "udp_ports": [TURN_PORT], "tcp_ports": [TURN_PORT], "tls_ports": [TURN_TLS_PORT],
+                            "realm": self.domain, "denied_peer_ips": [],
+                            "users": [{"username": u, "password": p} for u, p in REMOTE_USERS.items()]}
         data["search_rules"] = [
             {"name": "Hybrid inbound", "priority": 5, "mode": "any_alias", "pattern_type": "prefix",
              "behaviour": "strip", "source_zone": HYBRID_ZONE, "target_zone": TRAVERSAL_ZONE, "progress": "stop"},
@@ -519,6 +527,7 @@ class LabTopology:
         mra: dict[str, Any] = {"enabled": True, "domains": [self.domain], "https_port": self.https_port,
                                "tunnel_port": self.mra_tunnel_port, "edge_hostname": self.edge_fqdn,
                                "uds_servers": [f"{ip}:{UDS_PORT}"],
+                               "turn_servers": [{"host": self.edge_fqdn, "udp_port": TURN_PORT, "tcp_port": TURN_PORT}],
                                "internal_servers": [
                                    {"type": "call_control", "host": ip, "ports": [UDS_PORT], "scheme": "http"},
                                    {"type": "tftp", "host": ip, "ports": [TFTP_PORT], "scheme": "http"},
