@@ -158,7 +158,8 @@ class Choice:
         text = (f"best: node {b.node} over {b.transport} (RTT min {fmt_rtt(b.rtt_min)}, "
                 f"median {fmt_rtt(b.rtt_median)}, {len(b.samples) - b.lost}/{len(b.samples)} answered)")
         if self.fallback:
-            text += "; fell back from " + ", ".join(f"{r.transport} ({r.text})" for r in self.fallback)
+            text += "; fell back from " + ", ".join(
+                f"{r.transport} ({r.text if r.verdict == 'failed' else f'{r.verdict}: {r.text}'})" for r in self.fallback)
         return text
 
     def to_dict(self) -> dict:
