@@ -172,10 +172,10 @@ def probe_command(
         if insecure:
             console.print("[yellow]warning:[/] TLS certificates are NOT verified (--insecure)")
         console.print(_table(results, choice))
-        console.print(choice.headline(), markup=False, style="bold" if choice.best else "bold red")
+        console.print(choice.headline(), markup=False, style="bold" if choice.best else "bold red", soft_wrap=True)
         for r in choice.reasons:
             if r.verdict != "not tried" or r.transport not in ("proxy-tls", "proxy-tcp") or proxy_url is not None:
-                console.print(f"  {r.node} {r.transport}: {r.verdict}: {r.text}", markup=False)
+                console.print(f"  {r.node} {r.transport}: {r.verdict}: {r.text}", markup=False, soft_wrap=True)
         if held is not None:
             console.print(f"held {choice.best.node} over {choice.best.transport} for {hold:g} s: "
                           f"{held.sent} keepalives (every ≤ {keepalive:g} s of silence), {held.answered} answered"

@@ -131,7 +131,7 @@ class ProbeConfig:
     def tls_note(self) -> str:
         if self.insecure:
             return "TLS certificate NOT verified (--insecure)"
-        return f"TLS certificate verified against {self.ca_file or 'the system CA store'}"
+        return f"TLS certificate checked against {self.ca_file or 'the system CA store'}"
 
 
 def local_address_toward(host: str, port: int) -> str:
@@ -322,8 +322,10 @@ async def open_stream(node: Node, transport: str, cfg: ProbeConfig):
             raise ProbeError(f"proxy {proxy.address}: not an HTTP answer to CONNECT: {status_line[:80]!r}")
         code = int(parts[1])
         if not 200 <= code < 300:
-            hint = {407: " (credentials missing or wrong)" if auth else " (the proxy wants credentials: "
-                    "http://user:pass@host:port)", 403: " (the proxy forbids this host or port)"}.get(code, "")
+            auth_hint = (" (credentials missing or wrong)" if auth
+                         else " (the proxy wants credentials: http://user:pass@host:port)")
+            # 401 instead of 407: tinyproxy answers a failed BasicAuth with 401 (RFC 9110 §15.5.8 says 407)
+            hint = {407: auth_hint, 401: auth_hint, 403: " (the proxy forbids this host or port)"}.get(code, "")
             raise ProbeError(f"proxy {proxy.address} refused CONNECT {target}: {status_line[9:].strip()}{hint}")
         if tls:
             await asyncio.wait_for(writer.start_tls(cfg.tls_context(), server_hostname=node.host), cfg.timeout)
