@@ -150,6 +150,14 @@ def test_cache_reused_refreshed_and_keyed_by_nodes(peers, tmp_path):
     assert second["source"] == "cache" and second["best"] == first["best"]
     third = json.loads(probe(*args, "--refresh").output)
     assert third["source"] == "probe" and "--refresh" in third["cache"]
+    # another network: the cached probe was made from another local address, so probe again
+    data = json.loads(cache.read_text())
+    data["entries"][0]["local_address"] = "192.0.2.99"
+    cache.write_text(json.dumps(data))
+    fourth = json.loads(probe(*args).output)
+    assert fourth["source"] == "probe" and "local address changed from 192.0.2.99 to 127.0.0.1" in fourth["cache"]
+    other = json.loads(probe(FULL, *ports(c), "--transports", "udp,tcp", "--cache", str(cache), "--json").output)
+    assert other["source"] == "probe"  # another probe set: its own entry
 
 
 def test_hold_sends_keepalives_on_the_chosen_flow(peers):

@@ -211,3 +211,42 @@ def test_keepalive_interval_must_fit_the_30s_pinhole():
         Keepalive(0.0, 31.0)
     with pytest.raises(ValueError):
         Keepalive(0.0, 0.0)
+
+
+# --- option parsing ---------------------------------------------------------------------------
+
+def test_parse_node_and_proxy():
+    from edgeway.probe.client import parse_node, parse_proxy
+
+    n = parse_node("media.example.com", 5004, 5004, 443)
+    assert (n.host, n.udp_port, n.tcp_port, n.tls_port) == ("media.example.com", 5004, 5004, 443)
+    n = parse_node("192.0.2.1:3478", 5004, 5004, 443)
+    assert (n.host, n.udp_port, n.tcp_port, n.tls_port, n.name) == ("192.0.2.1", 3478, 3478, 443, "192.0.2.1:3478")
+    assert parse_node("[2001:db8::1]:9", 1, 2, 3).host == "2001:db8::1"
+    assert parse_node("2001:db8::1", 1, 2, 3).udp_port == 1
+    for bad in ("h:0", "h:x", ":5", "[::1", "[::1]x"):
+        with pytest.raises(ValueError):
+            parse_node(bad, 1, 2, 3)
+    p = parse_proxy("http://us%20er:p%3A%40ss@proxy.corp:3128")
+    assert (p.host, p.port, p.user, p.password) == ("proxy.corp", 3128, "us er", "p:@ss")
+    import base64
+    assert base64.b64decode(p.authorization().split()[1]) == b"us er:p:@ss"  # RFC 7617 user-pass
+    with pytest.raises(ValueError, match="RFC 7617"):
+        parse_proxy("http://us%3Aer:x@proxy.corp:3128")
+    assert parse_proxy("proxy.corp").port == 8080 and parse_proxy("proxy.corp").authorization() is None
+    with pytest.raises(ValueError, match="only http://"):
+        parse_proxy("https://proxy.corp:443")
+
+
+def test_cli_rejects_bad_options_with_exit_2():
+    from typer.testing import CliRunner
+
+    from edgeway.cli.main import app
+
+    for args, text in ((["h", "--proxy-only"], "--proxy-only needs --proxy"),
+                       (["h", "--transports", "udp,sctp"], "sctp"),
+                       (["h", "--proxy", "https://p:1"], "only http://"),
+                       (["h:0"], "port must be 1-65535"),
+                       (["h", "--keepalive", "31"], "30")):
+        res = CliRunner().invoke(app, ["probe", *args])
+        assert res.exit_code == 2 and text in res.output, (args, res.output)

@@ -78,8 +78,10 @@ def parse_proxy(url: str) -> ProxyURL:
         port = u.port or 8080
     except ValueError as exc:
         raise ValueError(f"proxy {url!r}: {exc}") from None
-    return ProxyURL(u.hostname, port, unquote(u.username) if u.username is not None else None,
-                    unquote(u.password) if u.password is not None else None)
+    user = unquote(u.username) if u.username is not None else None
+    if user is not None and ":" in user:
+        raise ValueError(f"proxy {url!r}: the user name must not contain ':' (RFC 7617 §2)")
+    return ProxyURL(u.hostname, port, user, unquote(u.password) if u.password is not None else None)
 
 
 def parse_node(text: str, udp_port: int, tcp_port: int, tls_port: int) -> Node:
@@ -454,8 +456,11 @@ async def hold_flow(node: Node, transport: str, cfg: ProbeConfig, seconds: float
                     for msg in framer.feed(await asyncio.wait_for(reader.read(4096), cfg.timeout)):
                         if parse_binding_response(msg, tid):
                             report.answered += 1
-                except (asyncio.TimeoutError, ProbeError, OSError) as exc:
+                except asyncio.TimeoutError:
+                    pass  # unanswered keepalive: the flow may still be open; count and go on
+                except (ProbeError, OSError) as exc:
                     report.error = str(exc) or type(exc).__name__
+                    break  # the stream is broken: a further keepalive cannot help
     except ProbeError as exc:
         report.error = str(exc)
     except OSError as exc:
