@@ -64,7 +64,13 @@ def _table(results, choice):
                 "error / note"):
         table.add_column(col, overflow="fold")
     best = choice.best
+    from ..probe.choice import PROXY, RANK
+
+    order = {}
     for r in results:
+        order.setdefault(r.node, len(order))
+    shown = [r for r in results if not (r.transport in PROXY and r.skipped == "no --proxy given")]
+    for r in sorted(shown, key=lambda r: (order[r.node], RANK[r.transport])):
         if r.skipped:
             reach, style = "not tried", "dim"
         elif r.usable:
@@ -73,7 +79,7 @@ def _table(results, choice):
             reach, style = "no", "red"
         mark = " ★" if r is best else ""
         detail = r.error or ""
-        if r.note:
+        if r.note and r.usable:
             detail = f"{detail}; {r.note}" if detail else r.note
         table.add_row(r.node, r.transport + mark, str(r.port), Text(reach, style=style),
                       "-" if r.skipped else f"{len(r.samples) - r.lost}/{len(r.samples)}",

@@ -327,7 +327,9 @@ async def open_stream(node: Node, transport: str, cfg: ProbeConfig):
             auth_hint = (" (credentials missing or wrong)" if auth
                          else " (the proxy wants credentials: http://user:pass@host:port)")
             # 401 instead of 407: tinyproxy answers a failed BasicAuth with 401 (RFC 9110 §15.5.8 says 407)
-            hint = {407: auth_hint, 401: auth_hint, 403: " (the proxy forbids this host or port)"}.get(code, "")
+            unreachable = " (the proxy could not reach the node)"
+            hint = {407: auth_hint, 401: auth_hint, 403: " (the proxy forbids this host or port)",
+                    502: unreachable, 503: unreachable, 504: unreachable}.get(code, "")
             raise ProbeError(f"proxy {proxy.address} refused CONNECT {target}: {status_line[9:].strip()}{hint}")
         if tls:
             await asyncio.wait_for(writer.start_tls(cfg.tls_context(), server_hostname=node.host), cfg.timeout)
