@@ -158,6 +158,9 @@ def test_cache_reused_refreshed_and_keyed_by_nodes(peers, tmp_path):
     assert fourth["source"] == "probe" and "local address changed from 192.0.2.99 to 127.0.0.1" in fourth["cache"]
     other = json.loads(probe(FULL, *ports(c), "--transports", "udp,tcp", "--cache", str(cache), "--json").output)
     assert other["source"] == "probe"  # another probe set: its own entry
+    insecure = json.loads(probe(*args, "--insecure").output)
+    assert insecure["source"] == "probe"  # another TLS verification mode: its own entry
+    assert len(json.loads(cache.read_text())["entries"]) == 3
 
 
 def test_hold_sends_keepalives_on_the_chosen_flow(peers):

@@ -138,7 +138,9 @@ def probe_command(
     local = ",".join(sorted({local_address_toward(n.host, n.udp_port) for n in parsed}))
     key = probe_set_key([(n.host, n.udp_port, n.tcp_port, n.tls_port) for n in parsed],
                         proxy_url.address if proxy_url else None, proxy_only)
-    key += f" transports={','.join(cfg.transports)} proxy-port={proxy_port or ''}"
+    # what changes a verdict belongs in the key: the transports, the CONNECT port, how TLS is verified
+    tls_mode = "insecure" if insecure else f"ca={ca_file.resolve()}" if ca_file else "system-ca"
+    key += f" transports={','.join(cfg.transports)} proxy-port={proxy_port or ''} tls={tls_mode}"
     cache_path = cache_file or _default_cache()
     cache = None if no_cache else _load_cache(cache_path)
     now = time.time()
