@@ -303,7 +303,8 @@ async def open_stream(node: Node, transport: str, cfg: ProbeConfig):
             raise ProbeError("no proxy configured")
         port = (cfg.proxy_port or node.tls_port) if tls else node.tcp_port
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(proxy.host, proxy.port), cfg.timeout)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(proxy.host, proxy.port, limit=MAX_PROXY_HEADER), cfg.timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise ProbeError(_why(exc, f"proxy {proxy.address}")) from None
         target = f"[{node.host}]:{port}" if ":" in node.host else f"{node.host}:{port}"
@@ -318,7 +319,7 @@ async def open_stream(node: Node, transport: str, cfg: ProbeConfig):
             raise ProbeError(f"proxy {proxy.address}: CONNECT answer head too long") from None
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             raise ProbeError(_why(exc, f"proxy {proxy.address} CONNECT answer")) from None
-        status_line = answer[:MAX_PROXY_HEADER].split(b"\r\n", 1)[0].decode("latin-1")
+        status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             raise ProbeError(f"proxy {proxy.address}: not an HTTP answer to CONNECT: {status_line[:80]!r}")
