@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEB_TEST_PEERS := sip-tester kamailio kamailio-tls-modules baresip openssl curl coturn tinyproxy
-DEB_TEST_BINS := sipp kamailio baresip openssl curl turnutils_stunclient tinyproxy
+DEB_TEST_PEERS := sip-tester kamailio kamailio-tls-modules baresip openssl curl coturn tinyproxy tshark chromium
+DEB_TEST_BINS := sipp kamailio baresip openssl curl turnutils_stunclient tinyproxy tshark chromium
 # bench/calls_bench.py also needs stunnel (TLS legs in front of SIPp, which has no TLS).
 DEB_BENCH_PEERS := stunnel4 nghttp2-client
 

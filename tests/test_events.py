@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import json
 import math
 import pathlib
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeway.diag import events as ev
-from edgeway.diag.events import NULL_LOG, EventLog
+from edgeway.diag.events import NULL_LOG, EventLog, event_class
 
 TS = 1763700000.123456
 
@@ -47,7 +48,8 @@ def test_line_is_json_dumps_of_the_record(event, fields):
     log = EventLog("edge", stream=out)
     with pinned_time():
         log.emit(event, **fields)
-    rec = {"ts": TS, "node": "edge", "event": event}
+    module, level = event_class(event)
+    rec = {"ts": TS, "node": "edge", "event": event, "module": module, "level": logging.getLevelName(level)}
     rec.update(fields)
     assert out.getvalue() == json.dumps(rec, default=str, ensure_ascii=False) + "\n"
     assert log.counts == {event: 1}
@@ -69,7 +71,7 @@ def test_never_raises_and_still_counts():
     assert out.getvalue() == "" and log.counts == {"a": 3}
     with pinned_time():
         log.emit("b", ok=1)
-    assert json.loads(out.getvalue()) == {"ts": TS, "node": "edge", "event": "b", "ok": 1}
+    assert json.loads(out.getvalue()) == {"ts": TS, "node": "edge", "event": "b", "module": "node", "level": "INFO", "ok": 1}
 
     class Broken(io.StringIO):
         def write(self, s: str) -> int:
@@ -124,9 +126,10 @@ def test_sip_message_line_is_the_generic_one_and_buffered_lines_reach_the_file(t
     log.emit("flush me")  # the period passed: this write flushes everything
     got = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
     assert [{k: v for k, v in r.items() if k != "ts"} for r in got[:2]] == [
-        {"node": "edge", "event": "sip message", "dir": "in", "transport": "udp", "peer": "192.0.2.1:5060",
-         "call_id": 'c"1@x', "line": "INVITE sip:bob@é.test", "cseq": "1 INVITE"},
-        {"node": "edge", "event": "sip message", "dir": "out", "transport": "tls", "peer": "192.0.2.2:7001",
+        {"node": "edge", "event": "sip message", "module": "sip", "level": "INFO", "dir": "in", "transport": "udp",
+         "peer": "192.0.2.1:5060", "call_id": 'c"1@x', "line": "INVITE sip:bob@é.test", "cseq": "1 INVITE"},
+        {"node": "edge", "event": "sip message", "module": "sip", "level": "INFO", "dir": "out", "transport": "tls",
+         "peer": "192.0.2.2:7001",
          "call_id": "c2", "line": "SIP/2.0 200 OK", "cseq": None}]
     assert isinstance(got[0]["ts"], float) and log.counts["sip message"] == 2
     log.close()

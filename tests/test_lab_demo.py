@@ -1,5 +1,7 @@
 """``edgeway lab`` end to end: set-up, four calls with RTP (two plain, two hybrid with the
-cloud calling service stand-in over mutual TLS and SRTP), report, exit status 0."""
+cloud calling service stand-in over mutual TLS and SRTP), the mobile and remote access
+section (SRV discovery, HTTPS through the edge, a remote registration over TLS and a call
+to it), report, exit status 0."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def test_edgeway_lab_passes(tmp_path: Path) -> None:
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     out = proc.stdout
-    assert "4/4 calls passed" in out
+    assert "4/4 calls passed, MRA 9/9 steps passed" in out
     for hop in ("bob(127.0.0.5) → edge", "edge → core", "core → alice(127.0.0.4)", "edge → bob(127.0.0.5)"):
         assert hop in out, hop
 
@@ -54,7 +56,100 @@ def test_edgeway_lab_passes(tmp_path: Path) -> None:
     assert "(Modify DNS request): callservice.cloud.edgeway.test" in outbound and "tls:127.0.0.6:5062" in outbound
     assert "edge's client certificate names: edge.corp.edgeway.test" in outbound
     assert "encryption OK" in outbound
+    _check_mra_section(out)
     assert elapsed < 60
+
+
+def _step(mra: str, title: str) -> str:
+    """One MRA step: from its PASS/FAIL heading to the next heading."""
+    m = re.search(r"\n (PASS|FAIL)  " + re.escape(title), mra)
+    assert m is not None, (title, mra)
+    assert m.group(1) == "PASS", mra[m.start():m.start() + 3000]
+    nxt = re.search(r"\n (PASS|FAIL) ", mra[m.end():])
+    return mra[m.end(): m.end() + nxt.start()] if nxt else mra[m.end():]
+
+
+def _check_mra_section(out: str) -> None:
+    """The MRA steps after the calls, each with its result (from a real lab run)."""
+    start = out.index("Mobile and remote access (carol, outside at 127.0.0.8)")
+    mra = out[start: out.index("· configs, certificates and logs")]
+    assert start > out.index("call 4: hybrid outbound")
+
+    srv = _step(mra, "SRV discovery")
+    assert ("_collab-edge._tls.corp.edgeway.test SRV → 10 10 8443 edge.corp.edgeway.test; "
+            "A edge.corp.edgeway.test → 127.0.0.2 (lab DNS 127.0.0.10:5300") in srv, srv
+    cfg = _step(mra, "get_edge_config")
+    assert "/get_edge_config?service_name=_cisco-uds&service_name=_cuplogin (no credentials) → 200 OK" in cfg, cfg
+    assert "SIP edge edge.corp.edgeway.test:5061 (TLS), HTTP edge edge.corp.edgeway.test:8443, UDS 127.0.0.4:8443" in cfg
+    uds = _step(mra, "allowed request: UDS user lookup")
+    assert "…/http/127.0.0.4/8443/cucm-uds/user/carol (Basic carol) → 200 OK" in uds, uds
+    assert "<userName>carol</userName>; access token issued" in uds
+    vm = _step(mra, "allowed request: voicemail with the access token")
+    assert "…/http/127.0.0.4/8080/vmrest/mailbox (Bearer token) → 200 OK" in vm and "carol's mailbox" in vm, vm
+    tftp = _step(mra, "allowed request: configuration file (TFTP over HTTP)")
+    assert "…/http/127.0.0.4/6970/jabber-config.xml (no credentials) → 200 OK" in tftp, tftp
+    blocked = _step(mra, "blocked request (no allow-list rule)")
+    assert "…/http/127.0.0.4/8443/admin/secrets (Basic carol) → 403 Forbidden" in blocked, blocked
+    assert "core: mra request blocked (no rule of deployment 'Default deployment' allows " \
+           "http://127.0.0.4:8443/admin/secrets): nothing sent inside" in blocked
+
+    reg = _step(mra, "remote registration (TLS, through edge and core)")
+    assert re.search(r"200 OK after a digest challenge \(MD5, 1 answered\); bound for 600 s over "
+                     r"TLS 127\.0\.0\.8:\d+ → edge 127\.0\.0\.2:5061", reg), reg
+    assert "the SIP edge get_edge_config named: edge.corp.edgeway.test:5061 = 127.0.0.2 (lab DNS)" in reg
+    assert "the edge's certificate names: edge.corp.edgeway.test" in reg
+    hops = ["carol(127.0.0.8) → edge  REGISTER sip:remote.edgeway.test", "edge → core  REGISTER sip:remote.edgeway.test",
+            "core → edge  401 Unauthorized (REGISTER)", "edge → carol(127.0.0.8)  401 Unauthorized (REGISTER)",
+            "carol(127.0.0.8) → edge  REGISTER sip:remote.edgeway.test", "core → edge  200 OK (REGISTER)",
+            "edge → carol(127.0.0.8)  200 OK (REGISTER)"]
+    at = 0
+    for hop in hops:  # in this order
+        at = reg.index(hop, at) + len(hop)
+    assert "core registrar: registered sip:carol@remote.edgeway.test (1 binding) from 127.0.0.2:7001" in reg
+    assert re.search(r"Path \(the edge's flow token for carol's connection\): <sip:[\w.]+@127\.0\.0\.2:5061;"
+                     r"transport=tls;lr>", reg), reg
+
+    call = _step(mra, "call 5: inside → remote client (alice → core → edge → carol)")
+    assert "alice calls sip:carol@remote.edgeway.test: 200 OK" in call, call
+    for hop in ("alice(127.0.0.4) → core  INVITE sip:carol@remote.edgeway.test", "core → edge  INVITE sip:carol@",
+                "edge → carol(127.0.0.8)  INVITE sip:carol@", "carol(127.0.0.8) → edge  200 OK (INVITE)",
+                "core → alice(127.0.0.4)  200 OK (INVITE)", "edge → carol(127.0.0.8)  BYE"):
+        assert hop in call, (hop, call)
+    for row in ("alice → carol", "carol → alice"):  # RTP per leg: sent, via core, via edge, received, loss
+        m = re.search(re.escape(row) + r"\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+) %", call)
+        assert m is not None, (row, call)
+        sent, received, loss = int(m.group(1)), int(m.group(4)), float(m.group(5))
+        assert sent > 20 and received >= 0.8 * sent and loss <= 20.0, (row, call)
+    assert "media legs: alice(127.0.0.4) ⇄ core RTP, core ⇄ edge RTP, edge ⇄ carol(127.0.0.8) RTP" in call
+    assert "signalling OK, media OK" in call
+    assert re.search(r"carol: INVITE arrived on her registration's connection 127\.0\.0\.8:(\d+) ⇄ "
+                     r"127\.0\.0\.2:5061 \(tls\) \(her Contact, port \d+, was never dialled\)", call), call
+    assert "core: search rule 'Registered remote users' → LocalZone" in call
+
+    unreg = _step(mra, "un-registration when carol's phone closes")
+    assert "REGISTER Expires: 0 → 200 OK; the core's registrar has no binding left" in unreg, unreg
+
+
+def test_mra_verdict_needs_every_step() -> None:
+    """Report logic only (no network): the MRA section passes only with all its steps run
+    and passed, and the lab's exit status follows it."""
+    from rich.console import Console
+
+    from edgeway.lab.report import LabReport, MraReport, MraStep
+
+    steps = [MraStep(f"step {i}", True, "ok") for i in range(MraReport.EXPECTED_STEPS)]
+    assert MraReport(steps=steps).passed
+    short = MraReport(steps=steps[:4])
+    assert not short.passed and short.summary() == "MRA 4/9 steps passed"
+    failed = MraReport(steps=steps[:-1] + [MraStep("un-registration", False, "FAILED: 408 Request Timeout")])
+    assert not failed.passed
+    console = Console(record=True, width=200, color_system=None)
+    short.render(console, {})
+    failed.render(console, {})
+    text = console.export_text()
+    assert "5 step(s) not run (an earlier step failed)" in text
+    assert " FAIL  un-registration\n  FAILED: 408 Request Timeout" in text
+    assert LabReport(calls=[], mra=MraReport(steps=steps)).exit_code == 1  # no calls: still a failure
 
 
 def test_hybrid_verdict_needs_srtp_on_the_cloud_leg_and_rtp_inside() -> None:
@@ -114,3 +209,14 @@ def test_hybrid_verdict_needs_srtp_on_the_cloud_leg_and_rtp_inside() -> None:
     assert not build(relay_auth=2).passed
     # a leg nobody reports on
     assert media_legs(["x", "n", "y"], None, None, {}) == [("x", "n", "?"), ("n", "y", "?")]
+
+
+def test_the_remote_user_has_one_account() -> None:
+    """carol's HTTPS (UDS, voicemail) and SIP (registrar digest) credentials are the same
+    account, as on a real call control."""
+    from edgeway.lab.topology import REMOTE_USERS, LabTopology
+    from edgeway.lab.webservice import LAB_USERS
+
+    assert LAB_USERS["carol"] == REMOTE_USERS["carol"]
+    assert LabTopology().host_names["127.0.0.8"] == "carol"
+    assert "127.0.0.8" not in LabTopology(mra=False).host_names

@@ -150,7 +150,8 @@ def test_certificates_carry_the_names(built):
         cert = load_cert(built.edge_cert if node == "edge" else built.core_cert)
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == cn
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert san.get_values_for_type(x509.DNSName) == [cn]
+        # The edge also names the MRA domain as a CollabEdgeDNS SAN (seed 002 §11.2).
+        assert san.get_values_for_type(x509.DNSName) == ([cn, "collab-edge.corp.edgeway.test"] if node == "edge" else [cn])
         assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(ip)]
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}

@@ -707,3 +707,85 @@ def test_tls_client_only_ua_calls_a_tls_server(tmp_path) -> None:
     res = run(main())
     assert res.ok and res.bye_status == 200 and res.rtp_received > 0, res
     assert "bob.corp.edgeway.test" in res.tls_peer_names
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_register_over_tls_refresh_invite_on_the_flow_and_unregister_on_close(tmp_path) -> None:
+    """UserAgent.register against a TLS registrar stand-in (the product's sans-IO
+    Registrar behind a raw TLS server): the digest challenge is answered once, the binding
+    is refreshed before it expires (2 s granted: refreshed after 1 s, with the cached
+    nonce), an INVITE the server sends down the registration's connection is answered on
+    it (the Contact's port is never dialled), and close() removes the binding."""
+    import ssl
+
+    from edgeway.registrar import Registrar
+    from edgeway.sip.message import Response, StreamFramer
+
+    pki = _pki(tmp_path)
+    registrar = Registrar(["remote.test"], users={"carol": "pw"}, realm="remote.test", min_expires_s=1)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen: list = []  # (time, message) the server received
+        conns: list = []
+        answered: asyncio.Event = asyncio.Event()
+
+        async def serve(reader, writer):
+            conns.append(writer)
+            framer = StreamFramer()
+            while data := await reader.read(65536):
+                for m in framer.feed(data):
+                    if not isinstance(m, (Request, Response)):
+                        continue  # keepalives
+                    seen.append((loop.time(), m))
+                    if isinstance(m, Request) and m.method == "REGISTER":
+                        writer.write(registrar.register(m, None, loop.time()).to_bytes())
+                    elif not isinstance(m, Request) and m.status == 200 and m.cseq[1] == "INVITE":
+                        answered.set()
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(pki["bob"]["cert"], pki["bob"]["key"])
+        server = await asyncio.start_server(serve, IP, 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        ua = LabUserAgent("carol", IP, 0, transport="tls", domain="remote.test", rtp_port_base=53000,
+                          tls_ca=pki["bob"]["ca"], tls_server_name="bob.corp.edgeway.test")
+        try:
+            await ua.start()
+            bad = await ua.register("carol", "remote.test", proxy=(IP, port, "tls"), password="wrong", expires=2)
+            res = await ua.register("carol", "remote.test", proxy=(IP, port, "tls"), password="pw", expires=2)
+            t_bound = loop.time()
+            assert res.ok, res
+            await asyncio.sleep(1.5)  # the refresh is due after 1 s
+            refreshed = [m for t, m in seen if isinstance(m, Request) and t > t_bound]
+            sdp = build_sdp("alice", 1, IP, 49994, [(0, "PCMU/8000")])
+            contact = registrar.lookup("sip:carol@remote.test", loop.time())[0].contact
+            invite = (f"INVITE {contact} SIP/2.0\r\nVia: SIP/2.0/TLS {IP}:{port};branch=z9hG4bKreg1\r\n"
+                      f"Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:carol@remote.test>\r\n"
+                      f"Call-ID: reg-call-1\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{IP}:{port};transport=tls>\r\n"
+                      f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n").encode() + sdp
+            conns[-1].write(invite)
+            await asyncio.wait_for(answered.wait(), 3)
+            stats = ua.calls_answered["reg-call-1"]
+            bound_before_close = len(registrar.lookup("sip:carol@remote.test", loop.time()))
+            n_conns = len(ua.connections())
+        finally:
+            await ua.close()
+            await asyncio.sleep(0.1)
+            server.close()
+            for w in conns:
+                w.close()
+        return bad, res, refreshed, stats, bound_before_close, n_conns, seen
+
+    bad, res, refreshed, stats, bound_before_close, n_conns, seen = run(main())
+    assert not bad.ok and bad.status == 401 and "refused our credentials" in bad.error and bad.challenges == 1
+    assert res.challenges == 1 and res.expires == 2 and res.algorithm == "SHA-256"
+    assert [m.headers.get("Expires") for m in refreshed] == ["2"], refreshed  # one refresh, no new challenge
+    assert refreshed[0].headers.get("Authorization") and "nc=00000002" in refreshed[0].headers.get("Authorization")
+    assert stats.transport == "tls" and tuple(stats.sip_local) == res.local and n_conns == 1
+    assert bound_before_close == 1 and registrar.lookup("sip:carol@remote.test", time.monotonic() + 1e6) == []
+    last = [m for _, m in seen if isinstance(m, Request) and m.method == "REGISTER"][-1]
+    assert last.headers.get("Expires") == "0" and last.call_id == refreshed[0].call_id
+    registers = [m for _, m in seen if isinstance(m, Request) and m.method == "REGISTER"]
+    assert len(registers) == 2 + 2 + 1 + 1  # wrong password: 2; bind: 2; refresh: 1; un-register: 1

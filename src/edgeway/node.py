@@ -12,10 +12,15 @@ one explicit inbound chain and stops them all on :meth:`Node.close`::
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
+from pathlib import Path
 
 from .config.models import DnsZone, NodeConfig
 from .diag.control import ControlServer
 from .diag.events import FLUSH_INTERVAL_S, EventLog
+from .diag.history import History
+from .diag.status import EventCounters, StatusServer, StatusSource
 from .media.relay import MediaRelay
 from .proxy.driver import ProxyDriver
 from .routing.zones import classify_by_tls_identity
@@ -40,11 +45,29 @@ class Node:
     """A running node. ``await start()`` binds every listener; ``await close()``
     releases every socket and task it opened."""
 
-    def __init__(self, cfg: NodeConfig, events: EventLog | None = None):
+    def __init__(self, cfg: NodeConfig, events: EventLog | None = None, config_path: str | None = None):
         self.cfg = cfg
+        #: The file the configuration came from (``edgeway reload`` and SIGHUP read it again).
+        self.config_path = config_path
         log = cfg.log
         self.events = events or EventLog(cfg.name, log.file, sip_messages=log.sip_messages, max_bytes=log.max_bytes,
                                          backup_count=log.backup_count, max_events_per_s=log.max_events_per_s)
+        from .diag.events import LEVELS
+
+        self.events.level = LEVELS[log.level]
+        self.events.module_levels = {m: LEVELS[lv] for m, lv in log.modules.items()}
+        #: The last 500 searches and calls (seed 002 §1.7), fed by every emitted event.
+        self.history = History()
+        #: Event counts the Prometheus endpoint needs by cause (diag.status).
+        self.counters = EventCounters()
+        if self.events.observer is None:
+            def observe(event: str, fields: dict) -> None:
+                self.history.record(event, fields)
+                self.counters.record(event, fields)
+
+            self.events.observer = observe
+        #: The status page / JSON / metrics server (``[status] listen``), or None.
+        self.status: StatusServer | None = None
         self.tl = TransportLayer(self.events)
         self.relay: MediaRelay | None = None
         self.proxy: ProxyDriver | None = None
@@ -58,6 +81,9 @@ class Node:
         self.intrusion: IntrusionProtection | None = None
         #: The local control socket (``[control] socket``), or None.
         self.control: ControlServer | None = None
+        #: The STUN/TURN server (:class:`~edgeway.turn.server.TurnServer`) of an edge with
+        #: ``turn.enabled``; its counters are ``turn.stats()``.
+        self.turn = None
 
     async def _resolve(self, uri, default_transport: str, zone: str) -> list[Hop]:
         """RFC 3263 targets of ``uri`` for DNS zone ``zone`` (or the zone a dialog party
@@ -109,6 +135,185 @@ class Node:
                 self.mra.maintenance = on
         return {"maintenance": bool(self.proxy and self.proxy.core.maintenance)}
 
+    #: Sections a reload applies to the running node (issue 11 item 7).
+    LIVE_SECTIONS = ("search_rules", "transforms", "call_policy", "credentials", "tls")
+
+    def reload(self, new: NodeConfig) -> dict:
+        """Apply a changed configuration without dropping calls or the traversal connection
+        (issue 11 item 7). Applied live: search rules, transforms, call policy (the next
+        request routes by them), credentials (the next traversal or tunnel login), TLS
+        certificate, key and CA bundle (the next handshake; connections up keep theirs),
+        ``[sip] domains``. Other changed sections are reported as needing a restart and
+        keep their running values. Refused whole (nothing changes) when ``role`` or
+        ``name`` differ, when a search rule would target a zone the running node does not
+        have, or when the new certificate files cannot be loaded. Returns ``{"applied":
+        [...], "restart_needed": [...], "unchanged": bool}``; raises ValueError when refused."""
+        from .security.tls import reload_identity
+
+        old = self.cfg
+        if (new.role, new.name) != (old.role, old.name):
+            raise ValueError(f"role/name changed ({old.role} {old.name!r} → {new.role} {new.name!r}): restart the node")
+        changed = [k for k in type(old).model_fields if getattr(old, k) != getattr(new, k)]
+        running_zones = {z.name for z in old.zones} | {"LocalZone", "DefaultZone"}
+        missing = sorted({r.target_zone for r in new.search_rules} - running_zones)
+        if missing:
+            raise ValueError(f"search rules target zone(s) {', '.join(missing)} that the running node does not have: "
+                             "add zones with a restart")
+        applied: list[str] = []
+        restart: list[str] = []
+        if "tls" in changed and new.tls.cert_file:
+            t = new.tls
+            reload_identity(t.cert_file, t.key_file, t.ca_file)  # raises before anything changes
+        for k in changed:
+            if k in ("search_rules", "transforms", "call_policy", "tls"):
+                setattr(old, k, getattr(new, k))
+                applied.append(k)
+            elif k == "credentials":
+                old.credentials = new.credentials
+                creds = {c.username: c.password for c in new.credentials}
+                if self.traversal is not None:
+                    self.traversal.credentials = creds
+                if self.mra is not None and hasattr(self.mra, "credentials"):
+                    self.mra.credentials = creds
+                applied.append(k)
+            elif k == "sip" and old.sip.model_copy(update={"domains": new.sip.domains}) == new.sip:
+                old.sip.domains = new.sip.domains
+                applied.append("sip.domains")
+            else:
+                restart.append(k)
+        self.events.emit("config reloaded", applied=applied, restart_needed=restart)
+        return {"applied": applied, "restart_needed": restart, "unchanged": not changed}
+
+    def reload_file(self) -> dict:
+        """Reload from :attr:`config_path` (control command ``reload``, SIGHUP). A file that
+        fails validation is refused whole: the running configuration stays (ValueError
+        naming every problem)."""
+        from .config import ConfigError, load_config
+
+        if self.config_path is None:
+            raise ValueError("the node was not started from a file: nothing to reload")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.events.emit("config reload refused", reason=str(exc)[:2000])
+            raise ValueError(f"{self.config_path}: {exc}") from None
+        try:
+            return self.reload(new)
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            self.events.emit("config reload refused", reason=str(exc)[:2000])
+            raise ValueError(str(exc)) from None
+
+    def _diag_start(self, req: dict) -> dict:
+        """Control command ``diag-start``: ``{"dir": str?, "tcpdump": bool?}`` starts a
+        diagnostic capture (:mod:`edgeway.diag.capture`) into ``dir`` (default: beside the
+        event log, else the system's temporary directory). One at a time."""
+        import tempfile
+        import time as _time
+
+        from .diag.capture import Capture
+
+        if self.proxy is None:
+            raise ValueError("the node is not running")
+        if self.proxy.capture is not None:
+            raise ValueError("a diagnostic capture is already running (edgeway diag stop)")
+        base = req.get("dir") or (os.path.dirname(self.cfg.log.file) if self.cfg.log.file else tempfile.gettempdir())
+        work = Path(base) / f"diag-{self.cfg.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+        s = self.cfg.sip
+        ports = [p for p in (s.udp_port, s.tcp_port, s.tls_port, s.mtls_port if s.mtls_enabled else 0) if p]
+        ports += [z.port for z in self.cfg.zones if z.type in ("traversal_server", "traversal_client")]
+        cap = Capture(self.cfg.name, work, self.cfg.log.file, ports if req.get("tcpdump") else None)
+        cap.start()
+        self.proxy.capture = cap
+        self.events.emit("diag started", dir=str(work), tcpdump=cap.tcpdump_note or None)
+        return {"dir": str(work), "tcpdump": cap.tcpdump_note}
+
+    def _diag_mark(self, req: dict) -> dict:
+        """Control command ``diag-mark``: ``{"text": str}`` puts a mark in the event log and
+        the capture's marks."""
+        text = str(req.get("text", ""))[:500]
+        self.events.emit("diag mark", text=text)
+        if self.proxy is not None and self.proxy.capture is not None:
+            self.proxy.capture.mark(text)
+        return {"marked": text}
+
+    def _diag_stop(self, req: dict) -> dict:
+        """Control command ``diag-stop``: ends the capture; returns ``{"archive": path,
+        "messages": n}``."""
+        cap = self.proxy.capture if self.proxy is not None else None
+        if cap is None:
+            raise ValueError("no diagnostic capture is running (edgeway diag start)")
+        self.proxy.capture = None
+        self.events.emit("diag stopped", messages=cap.messages)
+        self.events.flush()
+        archive = cap.stop()
+        return {"archive": str(archive), "messages": cap.messages}
+
+    def _log_level(self, req: dict) -> dict:
+        """Control command ``log-level``: ``{"module": str, "level": str}`` sets one module's
+        level (``"default"`` as level: back to the node's ``[log] level``); without them it
+        only reports. Returns ``{"level": str, "modules": {module: level}}``."""
+        from .diag.events import LEVELS, MODULES
+
+        names = {v: k for k, v in LEVELS.items()}
+        if "module" in req:
+            module, level = str(req["module"]), str(req.get("level", "")).upper()
+            if module not in MODULES:
+                raise ValueError(f"unknown module {module!r}; known: {', '.join(MODULES)}")
+            if level == "DEFAULT":
+                self.events.module_levels.pop(module, None)
+            elif level in LEVELS:
+                self.events.module_levels[module] = LEVELS[level]
+            else:
+                raise ValueError(f"unknown level {level!r}; one of {', '.join(LEVELS)} or default")
+            self.events.emit("log level changed", module=module, level=level)
+        return {"level": names.get(self.events.level, "DEBUG"),
+                "modules": {m: names[v] for m, v in sorted(self.events.module_levels.items())}}
+
+    async def _locate(self, req: dict) -> dict:
+        """Control command ``locate``: ``{"alias": str, "zone": str, "from": str?}`` → the
+        routing pipeline's steps (:func:`edgeway.proxy.locate.locate_plan`) with what this
+        running node knows of each target: a neighbour's address, a traversal zone's
+        connections, the registrar's bindings, the DNS queries and answers (through the
+        node's own servers). No call is placed."""
+        from .proxy.locate import locate_plan
+        from .registrar import aor_of
+        from .routing.resolver import resolve
+        from .sip.uri import parse_uri
+
+        res = locate_plan(self.cfg, str(req.get("alias", "")), str(req.get("zone", "DefaultZone")), str(req.get("from", "")))
+        core = self.proxy.core if self.proxy is not None else None
+        now = asyncio.get_running_loop().time()
+        for t in res.targets:
+            z = next((z for z in self.cfg.zones if z.name == t.zone), None)
+            if t.zone_type == "neighbour" and z is not None:
+                t.hops = [f"{z.transport}:{z.host}:{z.port}"]
+            elif t.zone_type in ("traversal_client", "traversal_server") and core is not None:
+                flows = [f for f in core.zone_flows.get(t.zone, ()) if f.conn_id in core.conns]
+                t.hops = [f"{f.transport}:{f.remote[0]}:{f.remote[1]}" for f in flows]
+                t.detail.append(f"{len(flows)} traversal connection(s) up" if flows else "zone not connected")
+            elif t.zone_type == "local" and core is not None and core.registrar is not None:
+                try:
+                    bindings = core.registrar.lookup(aor_of(t.ruri), now)
+                except ValueError:
+                    bindings = []
+                t.hops = [b.contact for b in bindings]
+                t.detail.append(f"{len(bindings)} registered binding(s) of {t.ruri}")
+            elif t.zone_type == "dns" and self.resolver is not None and z is not None:
+                uri = parse_uri(t.ruri)
+                trace: list = []
+                override = z.dns_request_domain if z.modify_dns_request else None
+                try:
+                    targets = await resolve(uri.host, uri.port, uri.transport, uri.scheme == "sips", self.resolver,
+                                            default_transport=z.default_transport, srv_override_domain=override,
+                                            trace=trace)
+                except Exception as exc:  # noqa: BLE001 - report, do not fail the command
+                    targets = []
+                    t.detail.append(f"lookup failed: {exc or type(exc).__name__}")
+                t.detail += [f"{n} {rt}: {o}" for n, rt, o in trace]
+                t.hops = [f"{x.transport}:{x.host}:{x.port}" for x in targets]
+            t.found = bool(t.hops)
+        return {"locate": res.as_dict()}
+
     def intrusion_failure(self, category: str, ip: str) -> None:
         """Count one failure of ``category`` from ``ip``; report a resulting ban once."""
         if self.intrusion is None:
@@ -144,8 +349,26 @@ class Node:
                                         "intrusion_protection": self.intrusion is not None},
                 "unblock": lambda req: {"unblocked": bool(self.intrusion and self.intrusion.unblock(str(req.get("address"))))},
                 "maintenance": self._maintenance,
+                "locate": self._locate,
+                "reload": lambda req: self.reload_file(),
+                "log-level": self._log_level,
+                "diag-start": self._diag_start,
+                "diag-mark": self._diag_mark,
+                "diag-stop": self._diag_stop,
+                "history": lambda req: {"searches": self.history.search_list(int(req.get("limit", 500))),
+                                        "calls": self.history.call_list(int(req.get("limit", 500)))},
             })
             await self.control.start()
+        if cfg.status.listen:
+            from .config.models import split_hostport
+
+            host, port = split_hostport(cfg.status.listen, 8090)
+            src = StatusSource(cfg.name, cfg.role, list(cfg.zones), core=self.proxy.core, traversal=self.traversal,
+                               relay=self.relay, tl=self.tl, history=self.history, counters=self.counters, intrusion=self.intrusion,
+                               now=loop.time)
+            st = cfg.status
+            self.status = StatusServer(src, host, port, username=st.username, password=st.password, token=st.token)
+            await self.status.start()
         self._wire_inbound_chain()
         if s.udp_port:
             await self.tl.listen_udp(s.listen_ip, s.udp_port)
@@ -170,6 +393,11 @@ class Node:
         self.traversal.start()
         if cfg.mra.enabled:
             await self._start_mra(client_ssl)
+        if cfg.turn.enabled and cfg.role == "edge":
+            from .turn.server import start_from_config
+
+            # Relay ports come from the media port pool the call relay uses.
+            self.turn = await start_from_config(cfg, self.proxy.media.alloc, self.events)
         self._flush_handle = loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
         self.events.emit("node started", role=cfg.role, listen_ip=s.listen_ip, udp=s.udp_port, tcp=s.tcp_port, tls=s.tls_port)
 
@@ -266,10 +494,14 @@ class Node:
     async def close(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
+        if self.status is not None:
+            await self.status.close()
         if self.control is not None:
             await self.control.close()
         if self.mra is not None:
             await self.mra.close()
+        if self.turn is not None:
+            await self.turn.close()
         if self.traversal:
             await self.traversal.close()
         if self.proxy:

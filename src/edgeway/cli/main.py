@@ -30,14 +30,14 @@ def _load(path: Path, role: str | None):
     return cfg
 
 
-def run_node(cfg) -> None:
-    """Run a node until SIGINT/SIGTERM."""
+def run_node(cfg, config_path: str | None = None) -> None:
+    """Run a node until SIGINT/SIGTERM; SIGHUP reloads ``config_path`` (issue 11 item 7)."""
     from ..node import Node
 
     install_event_loop_policy()
 
     async def main() -> None:
-        node = Node(cfg)
+        node = Node(cfg, config_path=config_path)
         await node.start()
         loop = asyncio.get_running_loop()
         gc_policy = GcPolicy()
@@ -45,6 +45,14 @@ def run_node(cfg) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+
+        def hup() -> None:
+            try:
+                node.reload_file()
+            except ValueError:
+                pass  # refused: the node logged why ("config reload refused")
+
+        loop.add_signal_handler(signal.SIGHUP, hup)
         profile = os.environ.get("EDGEWAY_PROFILE")  # bench/: a cProfile dump of the running node
         if profile:
             import cProfile
@@ -64,13 +72,13 @@ def run_node(cfg) -> None:
 @app.command()
 def edge(config: Path = typer.Option(..., "-c", "--config", help="edge TOML configuration")) -> None:
     """Run an edge node (traversal server, DMZ side)."""
-    run_node(_load(config, "edge"))
+    run_node(_load(config, "edge"), str(config))
 
 
 @app.command()
 def core(config: Path = typer.Option(..., "-c", "--config", help="core TOML configuration")) -> None:
     """Run a core node (traversal client, inside)."""
-    run_node(_load(config, "core"))
+    run_node(_load(config, "core"), str(config))
 
 
 @app.command("check-config")
@@ -87,6 +95,69 @@ def _register_call() -> None:
 
 
 _register_call()
+
+
+def _register_check_pattern() -> None:
+    from .checkpattern import check_pattern_command
+
+    app.command("check-pattern")(check_pattern_command)
+
+
+_register_check_pattern()
+
+
+def _register_doctor() -> None:
+    from .doctor import doctor_command
+
+    app.command("doctor")(doctor_command)
+
+
+_register_doctor()
+
+
+def _register_locate() -> None:
+    from .locate import locate_command
+
+    app.command("locate")(locate_command)
+
+
+_register_locate()
+
+
+def _register_history() -> None:
+    from .history import history_app
+
+    app.add_typer(history_app, name="history")
+
+
+_register_history()
+
+
+def _register_reload() -> None:
+    from .reload import reload_command
+
+    app.command("reload")(reload_command)
+
+
+_register_reload()
+
+
+def _register_log_level() -> None:
+    from .loglevel import log_level_command
+
+    app.command("log-level")(log_level_command)
+
+
+_register_log_level()
+
+
+def _register_diag() -> None:
+    from .diag import diag_app
+
+    app.add_typer(diag_app, name="diag")
+
+
+_register_diag()
 
 
 def _register_domain() -> None:

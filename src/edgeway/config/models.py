@@ -24,6 +24,7 @@ __all__ = [
     "Credential", "NeighbourZone", "TraversalServerZone", "TraversalClientZone", "DnsZone", "ZoneConfig",
     "Transform", "SearchRule", "PolicyRule", "ConfigProblems", "zone_token", "split_hostport",
     "MraConfig", "MraDomain", "UdsServer", "HttpAllowRule", "InternalServer", "DEFAULT_DEPLOYMENT", "TurnServer",
+    "TurnConfig", "TurnUser",
 ]
 
 #: Sentinel value in a problem tuple: the key is absent (printed without "= value").
@@ -237,6 +238,11 @@ class DnsConfig(_Model):
         return [split_hostport(s, 53) for s in self.servers]
 
 
+#: Modules of the event log (issue 11 item 1; :func:`edgeway.diag.events.event_class`).
+LOG_MODULES = ("sip", "tls", "zone", "traversal", "search", "policy", "call", "media", "dns", "http", "security",
+               "registrar", "node")
+
+
 class LogConfig(_Model):
     """Event log (:class:`~edgeway.diag.events.EventLog`): destination (``None`` =
     stderr), level name (normalised to upper case), whether every SIP message is
@@ -263,6 +269,18 @@ class LogConfig(_Model):
     #: of lines); lines over it are counted, not written, and one ``events dropped``
     #: line per type and second says how many. 0 = no cap.
     max_events_per_s: Annotated[int, _between(0, 1_000_000, " (0 = no cap)")] = 200
+    #: Level per module (``sip``, ``tls``, ``zone``, ``traversal``, ``search``, ``policy``,
+    #: ``call``, ``media``, ``dns``, ``http``, ``security``, ``registrar``, ``node``);
+    #: modules not listed use ``level``. Changeable at run time: ``edgeway log-level``.
+    modules: dict[str, Annotated[str, AfterValidator(_log_level)]] = {}
+
+    @field_validator("modules")
+    @classmethod
+    def _known_modules(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(LOG_MODULES))
+        if unknown:
+            raise ValueError(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(LOG_MODULES)}")
+        return v
 
 
 def _cidr(v: str) -> str:
@@ -380,6 +398,28 @@ class ControlConfig(_Model):
     socket path, mode 0600; None = none."""
 
     socket: str | None = None
+
+
+class StatusConfig(_Model):
+    """The node's status page, JSON status API and Prometheus endpoint (issue 11 item 6;
+    :mod:`edgeway.diag.status`). ``listen``: ``"ip:port"`` on the management address (None
+    = off); every request needs HTTP Basic ``username``/``password`` or ``Authorization:
+    Bearer <token>``, so at least one of them must be set."""
+
+    listen: HostPort | None = None
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _protected(self) -> StatusConfig:
+        if self.listen and not ((self.username and self.password) or self.token):
+            raise ConfigProblems([("listen", self.listen, "needs username and password, or token: the status page is "
+                                                          "never served unauthenticated")])
+        if bool(self.username) != bool(self.password):
+            raise ConfigProblems([("password" if self.username else "username", None,
+                                   "username and password go together")])
+        return self
 
 
 class RegistrarUser(_Model):
@@ -895,6 +935,75 @@ class MraConfig(_Model):
         return self
 
 
+class TurnUser(_Model):
+    """One long-term credential of the STUN/TURN server (RFC 8489 §9.2)."""
+
+    username: Text
+    password: Text
+
+
+class TurnConfig(_Model):
+    """STUN (RFC 8489) and TURN (RFC 8656) server of an edge (issue 10 items 2-3;
+    :mod:`edgeway.turn`). Off unless ``enabled``.
+
+    - ``listen_ip``: address the listeners bind (default ``sip.listen_ip``);
+      ``udp_ports``/``tcp_ports``/``tls_ports``: one listener per port (RFC 8656 §4:
+      3478 for UDP/TCP, 5349 for TLS; add 5004 or 443 for media nodes that clients reach
+      only there; ``[]`` = none). TLS uses the node's ``[tls]`` certificate.
+    - ``relay``: serve TURN allocations (off: STUN Binding only). Relayed transport
+      addresses come from the node's media port range (``[media]``).
+    - ``realm``, ``users`` (static long-term credentials) and/or ``shared_secret``
+      (time-limited "TURN REST API" credentials as coturn's ``use-auth-secret``:
+      username ``"<expiry Unix time>:<user>"``, password
+      ``base64(HMAC-SHA1(shared_secret, username))``). TURN needs at least one.
+    - ``stun_requires_auth``: Binding requests must carry MESSAGE-INTEGRITY(-SHA256)
+      with these credentials (401 otherwise). Off: anyone may ask for their mapped address.
+    - ``max_allocations`` (total) and ``max_allocations_per_user``: 486 past them.
+    - ``default_lifetime_s`` / ``max_lifetime_s``: allocation lifetime (RFC 8656 §7.2:
+      600 s default, requests capped at the max), seconds.
+    - ``nonce_lifetime_s``: seconds a NONCE stays valid (438 Stale Nonce after).
+    - ``denied_peer_ips``: CIDRs clients may not relay to (403 to CreatePermission and
+      ChannelBind): by default this-network, loopback, multicast and broadcast; add the
+      inside networks the edge can reach so TURN cannot be used to get behind it.
+    """
+
+    enabled: bool = False
+    listen_ip: IpAddr | None = None
+    udp_ports: list[Port] = [3478]
+    tcp_ports: list[Port] = [3478]
+    tls_ports: list[Port] = [5349]
+    relay: bool = True
+    realm: Text = "edgeway"
+    users: list[TurnUser] = []
+    shared_secret: str | None = None
+    stun_requires_auth: bool = False
+    max_allocations: PosInt = 1000
+    max_allocations_per_user: PosInt = 10
+    default_lifetime_s: PosInt = 600
+    max_lifetime_s: PosInt = 3600
+    nonce_lifetime_s: PosInt = 600
+    denied_peer_ips: list[Annotated[str, AfterValidator(_cidr)]] = [
+        "0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32", "::/128", "::1/128", "ff00::/8"]
+    software: str = "Edgeway"
+
+    @model_validator(mode="after")
+    def _checks(self) -> TurnConfig:
+        problems: list[tuple[str, Any, str]] = []
+        if self.max_lifetime_s < self.default_lifetime_s:
+            problems.append(("max_lifetime_s", self.max_lifetime_s,
+                             f"must be >= default_lifetime_s ({self.default_lifetime_s})"))
+        if self.enabled and (self.relay or self.stun_requires_auth) and not (self.users or self.shared_secret):
+            problems.append(("users", [], "must hold a credential (or set shared_secret) when turn.enabled "
+                                          "with relay or stun_requires_auth"))
+        for key in ("udp_ports", "tcp_ports", "tls_ports"):
+            ports = getattr(self, key)
+            if len(set(ports)) != len(ports):
+                problems.append((key, ports, "must not repeat a port"))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+
+
 # ---- the node ----------------------------------------------------------------------------------
 
 class NodeConfig(_Model):
@@ -912,6 +1021,7 @@ class NodeConfig(_Model):
     flood: FloodConfig = Field(default_factory=FloodConfig)
     intrusion_protection: IntrusionConfig = Field(default_factory=IntrusionConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
     registrar: RegistrarConfig = Field(default_factory=RegistrarConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     credentials: list[Credential] = []
@@ -920,6 +1030,7 @@ class NodeConfig(_Model):
     call_policy: list[PolicyRule] = []
     search_rules: list[SearchRule] = []
     mra: MraConfig = Field(default_factory=MraConfig)
+    turn: TurnConfig = Field(default_factory=TurnConfig)
 
     @property
     def local_domains(self) -> list[str]:
@@ -954,6 +1065,11 @@ class NodeConfig(_Model):
                     problems.append((f"search_rules[{i}].{key}", val,
                                      "must name a configured zone or LocalZone/DefaultZone"))
         problems += self._mra_checks()
+        if self.turn.enabled and self.role != "edge":
+            problems.append(("turn.enabled", True, "is only allowed when role = 'edge' (the STUN/TURN server faces the internet)"))
+        if self.turn.enabled and self.turn.tls_ports and not (self.tls.cert_file and self.tls.key_file):
+            problems.append(("turn.tls_ports", self.turn.tls_ports,
+                             "need tls.cert_file and tls.key_file (or set turn.tls_ports = [])"))
         if problems:
             raise ConfigProblems(problems)
         if self.media.ip is None:

@@ -16,14 +16,18 @@ import contextlib
 import json
 import os
 import socket
+import inspect
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 __all__ = ["ControlServer", "request", "ControlError", "MAX_LINE"]
 
 MAX_LINE = 64 * 1024
 
-Handler = Callable[[dict], dict]
+#: ``(request) -> response``, or a coroutine function answering later (``locate`` looks
+#: names up in DNS).
+Handler = Callable[[dict], Any]
 
 
 class ControlError(RuntimeError):
@@ -48,15 +52,22 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(self.answer(line)).encode() + b"\n")
+                answer = self.answer(line)
+                if inspect.isawaitable(answer):
+                    try:
+                        answer = {"ok": True, **await answer}
+                    except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
+                        answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
             writer.close()
 
-    def answer(self, line: bytes) -> dict:
-        """The response to one request line."""
+    def answer(self, line: bytes) -> Any:
+        """The response to one request line (an awaitable of the handler's dict when the
+        handler is a coroutine function)."""
         try:
             req = json.loads(line)
             cmd = req["cmd"]
@@ -66,7 +77,10 @@ class ControlServer:
         if handler is None:
             return {"ok": False, "error": f"unknown command {cmd!r} (known: {', '.join(sorted(self.handlers))})"}
         try:
-            return {"ok": True, **handler(req)}
+            out = handler(req)
+            if inspect.isawaitable(out):
+                return out
+            return {"ok": True, **out}
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 

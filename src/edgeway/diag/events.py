@@ -29,6 +29,8 @@ import threading
 import time
 from typing import IO, Any
 
+from ..config.models import LOG_MODULES
+
 __all__ = ["EventLog", "NULL_LOG", "FLUSH_INTERVAL_S", "DROP_REPORT_INTERVAL_S", "DROPPED_EVENT"]
 
 
@@ -57,6 +59,43 @@ DROP_REPORT_INTERVAL_S = 1.0
 #: Name of the event that counts the lines the rate cap dropped.
 DROPPED_EVENT = "events dropped"
 _monotonic = time.monotonic
+
+
+#: Log levels by name (the ``logging`` module's numbers).
+LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+_LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
+#: Modules an event belongs to (issue 11 item 1); ``[log] modules`` and ``edgeway log-level``
+#: set a level per module.
+MODULES = LOG_MODULES
+_MODULE_OF = {
+    "sip message": "sip", "bad message": "sip", "message dropped": "sip", "response dropped": "sip",
+    "ack dropped": "sip", "dialog not found": "sip", "send failed": "sip", "load shed": "sip", "flow failed": "sip",
+    "next hop failed": "zone", "next hop timeout": "zone", "connect failed": "zone", "connect refused": "zone",
+    "tls handshake failed": "tls", "tls classified": "tls", "search completed": "search",
+    "call attempted": "call", "call connected": "call", "call rejected": "policy", "call disconnected": "call",
+    "call cleared": "call", "media closed": "media", "media ports exhausted": "media", "sdp rewrite failed": "media",
+    "srtp keyed": "media", "srtp interworking failed": "media", "dns resolved": "dns", "dns failed": "dns",
+    "flood limit": "security", "source blocked": "security", "accept failed": "security",
+    "idle connections closed": "security", "sip authentication failed": "security", "stale data discarded": "traversal",
+    "registered": "registrar",
+}
+_PREFIX_MODULE = (("traversal", "traversal"), ("mra", "http"), ("config", "node"), ("node", "node"),
+                  ("maintenance", "node"), ("internal", "node"), ("events", "node"))
+
+
+def event_class(event: str) -> tuple[str, int]:
+    """``(module, level number)`` of an event name: failures, refusals and drops are
+    WARNING, ``internal error`` ERROR, the rest INFO."""
+    module = _MODULE_OF.get(event)
+    if module is None:
+        module = next((m for prefix, m in _PREFIX_MODULE if event.startswith(prefix)), "node")
+    if event == "internal error":
+        level = 40
+    elif any(w in event for w in ("failed", "refused", "dropped", "blocked", "exhausted", "rejected", "shed", "limit")):
+        level = 30
+    else:
+        level = 20
+    return module, level
 
 
 class EventLog:
@@ -112,6 +151,14 @@ class EventLog:
             self._fh = stream if stream is not None else sys.stderr
             self._own = False
         self.counts: dict[str, int] = {}
+        #: Lowest level written per module (issue 11 item 1); modules not listed use
+        #: :attr:`level`. Events under it are counted (and observed), not written.
+        self.module_levels: dict[str, int] = {}
+        self.level = 0
+        self._classes: dict[str, tuple[str, int]] = {}
+        #: Called with ``(event, fields)`` for every emit, before the rate cap (the node's
+        #: search and call history, :mod:`edgeway.diag.history`); None: nobody.
+        self.observer: Any = None
         self._buffered = bool(path)
         self._flush_at = _monotonic() + FLUSH_INTERVAL_S
         self._max_bytes = max_bytes if path else 0
@@ -146,6 +193,17 @@ class EventLog:
         drop is not encoded.
         """
         line = now = None
+        if self.observer is not None:
+            try:
+                self.observer(event, fields)
+            except Exception:  # noqa: BLE001 - an observer must not break logging
+                pass
+        cls = self._classes.get(event)
+        if cls is None:
+            cls = self._classes[event] = event_class(event)
+        if cls[1] < self.module_levels.get(cls[0], self.level):
+            self._write(event, None, None)
+            return
         if self._fh is not None:
             if self._rate:  # the cap's decision, before the line is built
                 now = _monotonic()
@@ -156,7 +214,8 @@ class EventLog:
                     self._write(event, None, now, True)
                     return
                 self._tat[event] = tat + self._interval
-            rec = {"ts": round(time.time(), 6), "node": self.node, "event": event}
+            rec = {"ts": round(time.time(), 6), "node": self.node, "event": event, "module": cls[0],
+                   "level": _LEVEL_NAMES[cls[1]]}
             rec.update(fields)
             try:
                 line = _encode(rec) + "\n"
@@ -270,6 +329,9 @@ class EventLog:
         if type(self).emit is not EventLog.emit:  # a subclass that records events sees these too
             self.emit("sip message", dir=direction, transport=transport, peer=peer, call_id=call_id, line=line, cseq=cseq)
             return
+        if 20 < self.module_levels.get("sip", self.level):
+            self._write("sip message", None, None)
+            return
         out = now = None
         if self._fh is not None:
             if self._rate:  # the cap's decision, before the line is built
@@ -283,6 +345,7 @@ class EventLog:
                 self._tat["sip message"] = tat + self._interval
             try:
                 out = (f'{{"ts": {time.time():.6f}, "node": {_quote(self.node)}, "event": "sip message", '
+                       f'"module": "sip", "level": "INFO", '
                        f'"dir": {_quote(direction)}, "transport": {_quote(transport)}, "peer": {_quote(peer)}, '
                        f'"call_id": {_quote(call_id)}, "line": {_quote(line)}, '
                        f'"cseq": {_quote(cseq) if cseq is not None else "null"}}}\n')

@@ -1,11 +1,14 @@
 """``edgeway lab``: run the loopback demonstration, or keep a lab up for real clients.
 
-* ``edgeway lab [--workdir DIR] [--media-seconds S] [--no-hybrid]`` builds a
+* ``edgeway lab [--workdir DIR] [--media-seconds S] [--no-hybrid] [--no-mra]`` builds a
   fresh lab in ``DIR`` (default ``./lab-run``), places one call each way
   through the core/edge pair and, unless ``--no-hybrid``, one each way with the
   cloud calling service stand-in (127.0.0.6:5062, mutual TLS, SRTP on the cloud
-  leg, plain RTP inside), prints the report and exits 0 only when every call,
-  its media and (for the hybrid calls) its media encryption were as expected.
+  leg, plain RTP inside); unless ``--no-mra``, a remote client (carol, 127.0.0.8)
+  finds the edge by SRV, makes HTTPS requests through it (get_edge_config, allowed,
+  blocked), registers over TLS through edge and core and is called from inside. It
+  prints the report and exits 0 only when every call, its media, (for the hybrid
+  calls) its media encryption and every MRA step were as expected.
 * ``edgeway lab up [--workdir DIR] [--call-control-transport tcp|tls] [--flood-limit N] [--no-ladder]`` starts DNS,
   edge and core, prints where to point clients, and runs until Ctrl-C / SIGTERM.
   The core reaches call control at 127.0.0.4:5060 over TCP, or with ``tls`` at
@@ -101,15 +104,20 @@ def lab(
                                             help="seconds to wait for the traversal zone"),
     hybrid: bool = typer.Option(True, "--hybrid/--no-hybrid",
                                 help="also place the two hybrid calls with the cloud stand-in"),
+    mra: bool = typer.Option(True, "--mra/--no-mra",
+                             help="also demonstrate mobile and remote access (SRV, HTTPS through the edge, "
+                                  "a remote registration over TLS and a call to it)"),
 ) -> None:
     """Run the demonstration: a call outside → inside and one inside → outside, then a
-    hybrid call cloud → inside and one inside → cloud (mutual TLS, SRTP on the cloud leg)."""
+    hybrid call cloud → inside and one inside → cloud (mutual TLS, SRTP on the cloud leg),
+    then mobile and remote access: a remote client finds the edge, makes HTTPS requests
+    through it, registers over TLS and is called from inside."""
     if ctx.invoked_subcommand is not None:
         return
     console = Console()
     install_event_loop_policy()
     try:
-        report = asyncio.run(_demo(console, workdir, media_seconds, traversal_timeout, hybrid))
+        report = asyncio.run(_demo(console, workdir, media_seconds, traversal_timeout, hybrid, mra))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; lab stopped[/yellow]")
         raise typer.Exit(130)
@@ -118,7 +126,7 @@ def lab(
 
 
 async def _demo(console: Console, workdir: Path, media_seconds: float, traversal_timeout: float,
-                hybrid: bool = True) -> LabReport:
+                hybrid: bool = True, mra: bool = True) -> LabReport:
     say = _progress(console)
     try:
         wd = fresh_workdir(workdir)
@@ -127,7 +135,7 @@ async def _demo(console: Console, workdir: Path, media_seconds: float, traversal
     try:
         async with Lab(wd, progress=say) as lab:
             await lab.wait_traversal(traversal_timeout)
-            return await lab.run_demo(media_seconds, hybrid=hybrid)
+            return await lab.run_demo(media_seconds, hybrid=hybrid, mra=mra)
     except LabError as exc:
         return LabReport(workdir=wd, error=str(exc))
 
@@ -159,6 +167,9 @@ def up(
         False, "--sip-path-headers/--no-sip-path-headers",
         help="the core forwards remote registrations for ucm.edgeway.test to call control with its Path "
              "(seed 002 §2.3) instead of rewriting Contact"),
+    status_token: str | None = typer.Option(
+        None, "--status-token",
+        help="serve each node's status page, /status.json and /metrics on <node ip>:8090, for this bearer token"),
 ) -> None:
     """Start DNS, edge and core and keep them running until Ctrl-C (no calls placed)."""
     console = Console()
@@ -168,6 +179,7 @@ def up(
     topology = LabTopology(call_control_transport=call_control_transport.value,
                            call_control_port=TLS_PORT if tls else SIP_PORT,
                            edge_overrides=dict(flood), core_overrides=dict(flood), sip_path_headers=sip_path_headers,
+                           status_token=status_token,
                            **({} if ladder else {"sip_messages": False, "max_events_per_s": LogConfig().max_events_per_s}))
     try:
         code = asyncio.run(_up(console, workdir, traversal_timeout, topology))

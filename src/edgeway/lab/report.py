@@ -44,7 +44,7 @@ from edgeway.lab.topology import HOST_NAMES
 __all__ = [
     "LadderEntry", "CallReport", "LabReport", "load_events", "parse_events", "events_for_call",
     "node_ladder", "ua_ladder", "parse_ua_line", "normalize_line", "align_ladder", "merge_ladder", "format_ladder",
-    "traversal_history", "tls_classifications", "relay_stats", "media_path", "media_legs",
+    "traversal_history", "tls_classifications", "relay_stats", "media_path", "media_legs", "MraStep", "MraReport",
     "MEDIA_MIN_RATIO", "MAX_LADDER_LINES",
 ]
 
@@ -841,6 +841,65 @@ class CallReport:
 
 
 @dataclass
+class MraStep:
+    """One step of the mobile and remote access demonstration: ``title``, whether it
+    succeeded, its ``result`` in one line (status codes, answers) and ``details`` lines
+    (e.g. a SIP ladder). A step that is a call carries its :class:`CallReport` in
+    ``call`` and is printed as one."""
+
+    title: str
+    ok: bool
+    result: str
+    details: list[str] = field(default_factory=list)
+    call: CallReport | None = None
+
+    def render(self, console: Console, host_names: Mapping[str, str]) -> None:
+        if self.call is not None:
+            self.call.render(console, host_names)
+            if self.call.passed and not self.ok:
+                console.print("  FAILED: see the notes above", style="red", markup=False, highlight=False)
+            return
+        verdict = Text(" PASS ", style="bold white on green") if self.ok else Text(" FAIL ", style="bold white on red")
+        console.print(Text.assemble(verdict, " ", (self.title, "bold")), soft_wrap=True)
+        console.print(f"  {self.result}", markup=False, highlight=False, soft_wrap=True,
+                      style=None if self.ok else "red")
+        for d in self.details:
+            console.print(f"  {d}", markup=False, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class MraReport:
+    """The MRA section of a lab run: the remote client's steps in order (discovery,
+    HTTPS through the edge, registration, the call to it, un-registration)."""
+
+    steps: list[MraStep] = field(default_factory=list)
+    user: str = ""
+    client: str = ""
+
+    #: Steps a complete run has: SRV, get_edge_config, 3 allowed, 1 blocked, registration,
+    #: call, un-registration.
+    EXPECTED_STEPS = 9
+
+    @property
+    def passed(self) -> bool:
+        """Every step succeeded and none was skipped (a failed step stops the ones that need it)."""
+        return len(self.steps) >= self.EXPECTED_STEPS and all(s.ok for s in self.steps)
+
+    def summary(self) -> str:
+        ok = sum(1 for s in self.steps if s.ok)
+        return f"MRA {ok}/{max(len(self.steps), self.EXPECTED_STEPS)} steps passed"
+
+    def render(self, console: Console, host_names: Mapping[str, str]) -> None:
+        who = self.user.partition("@")[0] or "remote user"
+        console.rule(f"Mobile and remote access ({who}, outside at {self.client or '?'})")
+        for step in self.steps:
+            step.render(console, host_names)
+        if len(self.steps) < self.EXPECTED_STEPS:
+            console.print(f"  {self.EXPECTED_STEPS - len(self.steps)} step(s) not run (an earlier step failed)",
+                          style="red", markup=False, highlight=False)
+
+
+@dataclass
 class LabReport:
     """The whole demo run: traversal zone history, one :class:`CallReport` per
     call, and a set-up error when the lab never got as far as calling."""
@@ -853,11 +912,15 @@ class LabReport:
     notes: list[str] = field(default_factory=list)
     host_names: dict[str, str] = field(default_factory=lambda: dict(HOST_NAMES))
     created: float = field(default_factory=time.time)
+    #: The mobile and remote access section (None when the run had none).
+    mra: MraReport | None = None
 
     @property
     def passed(self) -> bool:
-        """True when there was no set-up error, at least one call, and every call passed."""
-        return self.error is None and bool(self.calls) and all(c.passed for c in self.calls)
+        """True when there was no set-up error, at least one call, every call passed, and
+        every MRA step passed (when the run had them)."""
+        return (self.error is None and bool(self.calls) and all(c.passed for c in self.calls)
+                and (self.mra is None or self.mra.passed))
 
     @property
     def exit_code(self) -> int:
@@ -904,6 +967,9 @@ class LabReport:
         for c in self.calls:
             console.print()
             c.render(console, self.host_names)
+        if self.mra is not None:
+            console.print()
+            self.mra.render(console, self.host_names)
         for n in self.notes:
             console.print(f"· {n}", markup=False, highlight=False, soft_wrap=True)
         console.print()
@@ -911,6 +977,8 @@ class LabReport:
             console.print(f"Lab set-up failed: {self.error}", style="red", markup=False, highlight=False, soft_wrap=True)
         passed = sum(1 for c in self.calls if c.passed)
         summary = f"{passed}/{len(self.calls)} calls passed"
+        if self.mra is not None:
+            summary += f", {self.mra.summary()}"
         if self.workdir is not None and self.calls:
             summary += f"; logs in {self.workdir}"
         verdict = Text(" PASS ", style="bold white on green") if self.passed else Text(" FAIL ", style="bold white on red")

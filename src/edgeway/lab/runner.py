@@ -65,6 +65,8 @@ CLOUD_USER = "carol"
 #: Modify DNS request then looks up ``_sips._tcp.callservice.cloud.edgeway.test``
 #: instead of this name.
 CLOUD_CALLEE_DOMAIN = f"lab.{CLOUD_DOMAIN}"
+#: At most this many seconds of RTP in the MRA call (the section adds little to ``make lab``).
+MRA_MEDIA_S = 1.0
 
 
 class LabError(RuntimeError):
@@ -412,7 +414,7 @@ class Lab:
         )
 
     async def run_demo(self, media_seconds: float = 3.0, *, call_timeout_s: float = 15.0,
-                       hybrid: bool = True) -> LabReport:
+                       hybrid: bool = True, mra: bool = True) -> LabReport:
         """Place the demonstration calls and report what happened.
 
         1. bob (outside, 127.0.0.5:5060/udp) calls ``sip:alice@corp.edgeway.test``:
@@ -435,8 +437,14 @@ class Lab:
            ``_sips._tcp.callservice.cloud.edgeway.test``), connects with mutual TLS
            and encrypts the media toward the cloud.
 
-        Each call carries ``media_seconds`` of RTP both ways. Never raises for call
-        failures: they are in the report.
+        Each call carries ``media_seconds`` of RTP both ways.
+
+        With ``mra`` (default; the topology must have MRA on) the mobile and remote access
+        section follows (:mod:`edgeway.lab.mra_demo`): carol's phone outside finds the edge
+        by ``_collab-edge._tls`` SRV through the lab DNS, asks get_edge_config, makes allowed
+        and blocked HTTPS requests through the edge, registers over TLS through edge and
+        core, is called by alice (at most :data:`MRA_MEDIA_S` seconds of RTP) and
+        un-registers. Never raises for call or step failures: they are in the report.
         """
         files = self._require_files()
         host_names = dict(self.topology.host_names)
@@ -445,6 +453,7 @@ class Lab:
         report = LabReport(workdir=self.workdir, host_names=host_names)
         uas = self._demo_phones(hybrid)
         calls: list[dict[str, Any]] = []
+        mra_run = None
         try:
             report.error = await self._start_phones(uas)
             if report.error:
@@ -455,12 +464,28 @@ class Lab:
             if "cloud" in uas:
                 calls.append(await self._call_cloud_in(uas["cloud"], uas["alice"], place))
                 calls.append(await self._call_cloud_out(uas["alice"], uas["cloud"], place))
+            if mra and self.topology.mra:
+                mra_run = await self._mra_demo(uas["alice"], min(media_seconds, MRA_MEDIA_S), call_timeout_s)
         finally:
             await asyncio.gather(*(ua.close() for ua in uas.values()), return_exceptions=True)
         await asyncio.sleep(0.3)  # let the nodes write their last events (media closed)
         self._fill_report(report, calls, host_names)
+        if mra_run is not None:
+            report.mra = mra_run.report(self.events("edge") + self.events("core"), host_names)
         report.notes.append(f"configs, certificates and logs: {files.workdir}")
         return report
+
+    async def _mra_demo(self, alice: Any, media_seconds: float, call_timeout_s: float) -> Any:
+        """The MRA section (:func:`edgeway.lab.mra_demo.run_mra_demo`); a bug in it is a
+        failed step, not a crashed demo."""
+        from edgeway.lab.mra_demo import MraRun, run_mra_demo
+        from edgeway.lab.report import MraStep
+
+        try:
+            return await run_mra_demo(self, alice, media_seconds=media_seconds, call_timeout_s=call_timeout_s,
+                                      progress=self.progress)
+        except Exception as exc:  # noqa: BLE001 - the report says what broke
+            return MraRun(steps=[MraStep("mobile and remote access", False, f"FAILED: internal error: {exc!r}")])
 
     # Steps of run_demo: each call is a dict the report is built from ("title",
     # "caller", "callee", "target", "result", "stats", "wall", "notes", "expect_srtp").
@@ -490,9 +515,10 @@ class Lab:
                       + (f", cloud {CLOUD_IP}:{MTLS_PORT}/tls (mutual TLS, SRTP)" if "cloud" in uas else ""))
         return None
 
-    async def _place(self, caller: Any, callee: Any, target: str, proxy: tuple[str, int, str], from_user: str,
-                     place: dict[str, Any]) -> dict[str, Any]:
-        """One call and the callee's record of it."""
+    async def place_call(self, caller: Any, callee: Any, target: str, proxy: tuple[str, int, str], from_user: str,
+                         place: dict[str, Any]) -> dict[str, Any]:
+        """One call (``place``: keyword arguments of ``caller.call``) and the callee's record
+        of it, as a dict the report is built from."""
         wall = time.time()
         result = await caller.call(target, proxy=proxy, from_user=from_user, **place)
         stats = await self._callee_stats(callee, result)
@@ -515,7 +541,7 @@ class Lab:
                 + (f"; bob uses udp:{usable[0].host}:{usable[0].port}" if usable else ""))
         if usable:
             self.progress(f"call 1: bob → {target} via {usable[0].host}:{usable[0].port}/udp")
-            call = await self._place(bob, alice, target, (usable[0].host, usable[0].port, "udp"), "bob", place)
+            call = await self.place_call(bob, alice, target, (usable[0].host, usable[0].port, "udp"), "bob", place)
         else:
             call = {"caller": "bob", "callee": "alice", "target": target, "result": None, "stats": None,
                     "wall": None, "notes": []}
@@ -529,7 +555,7 @@ class Lab:
         t = self.topology
         target = f"sip:{t.bob}"
         self.progress(f"call 2: alice → {target} via core {t.core_ip}:{t.sip_port}/{t.call_control_transport}")
-        call = await self._place(alice, bob, target, (t.core_ip, t.sip_port, t.call_control_transport), "alice", place)
+        call = await self.place_call(alice, bob, target, (t.core_ip, t.sip_port, t.call_control_transport), "alice", place)
         return {**call, "title": "call 2: inside → outside (alice → bob)"}
 
     async def _call_cloud_in(self, cloud: Any, alice: Any, place: dict[str, Any]) -> dict[str, Any]:
@@ -537,7 +563,7 @@ class Lab:
         t = self.topology
         target = f"sip:{t.alice}"
         self.progress(f"call 3: {CLOUD_USER}@{CLOUD_DOMAIN} (cloud) → {target} via edge {t.edge_ip}:{MTLS_PORT}/tls")
-        call = await self._place(cloud, alice, target, (t.edge_ip, MTLS_PORT, "tls"), CLOUD_USER, place)
+        call = await self.place_call(cloud, alice, target, (t.edge_ip, MTLS_PORT, "tls"), CLOUD_USER, place)
         seen = ", ".join(dict.fromkeys(getattr(call["result"], "tls_peer_names", []) or [])) or "none"
         call["notes"].append(f"cloud: mutual TLS to edge {t.edge_ip}:{MTLS_PORT}, presenting the certificate with SAN "
                              f"{CLOUD_SERVICE_FQDN}; the edge's certificate names: {seen} (required: {t.edge_fqdn})")
@@ -549,7 +575,7 @@ class Lab:
         t = self.topology
         target = f"sip:{CLOUD_USER}@{CLOUD_CALLEE_DOMAIN}"
         self.progress(f"call 4: alice → {target} via core {t.core_ip}:{t.sip_port}/{t.call_control_transport}")
-        call = await self._place(alice, cloud, target, (t.core_ip, t.sip_port, t.call_control_transport), "alice", place)
+        call = await self.place_call(alice, cloud, target, (t.core_ip, t.sip_port, t.call_control_transport), "alice", place)
         stats = call["stats"]
         if stats is not None:
             seen = ", ".join(dict.fromkeys(stats.tls_peer_names)) or "none"

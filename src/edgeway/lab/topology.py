@@ -95,6 +95,8 @@ REMOTE_USERS = {"carol": "carol-lab-secret", "dave": "dave-lab-secret"}
 #: of call control ("SIP registrations on Unified CM", seed 002 §2.2): the core forwards
 #: their REGISTERs to the Call Control zone, Contact rewritten or with Path (§2.3).
 UCM_DOMAIN = "ucm.edgeway.test"
+#: The remote (MRA) client of ``edgeway lab``'s demo: carol's phone, outside, over TLS.
+REMOTE_UA_IP = "127.0.0.8"
 #: Token the lab DNS publishes as TXT ``edgeway-site-verification=<token>`` on the corp
 #: domain, for ``edgeway domain verify`` (seed 000: domain verification).
 VERIFICATION_TOKEN = "edgeway-lab-7f3c2a"
@@ -283,6 +285,10 @@ class LabTopology:
     #: The core's "SIP Path headers" (seed 002 §2.3) for registrations it forwards to
     #: call control (``UCM_DOMAIN``): off = Contact rewritten.
     sip_path_headers: bool = False
+    #: When set, each node serves its status page, JSON and metrics on ``<ip>:status_port``
+    #: for this bearer token, or HTTP Basic ``admin`` with it as password (issue 11 item 6).
+    status_token: str | None = None
+    status_port: int = 8090
     edge_overrides: dict[str, Any] = field(default_factory=dict)
     core_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -315,9 +321,12 @@ class LabTopology:
 
     @property
     def host_names(self) -> dict[str, str]:
-        """IP → lab host name (edge, core, alice, bob, dns)."""
-        return {self.edge_ip: "edge", self.core_ip: "core", self.call_control_ip: "alice",
-                self.partner_ip: "bob", self.dns_ip: "dns"}
+        """IP → lab host name (edge, core, alice, bob, dns; carol, the remote client, with MRA)."""
+        names = {self.edge_ip: "edge", self.core_ip: "core", self.call_control_ip: "alice",
+                 self.partner_ip: "bob", self.dns_ip: "dns"}
+        if self.mra:
+            names[REMOTE_UA_IP] = "carol"
+        return names
 
     @property
     def dns_server(self) -> tuple[str, int]:
@@ -330,7 +339,9 @@ class LabTopology:
         """``nodes`` argument for :func:`~edgeway.security.pki.write_lab_pki`
         (serverAuth + clientAuth: traversal is mutual TLS)."""
         return {
-            "edge": {"common_name": self.edge_fqdn, "dns_sans": [self.edge_fqdn], "ip_sans": [self.edge_ip],
+            # collab-edge.<domain>: the MRA domain as a CollabEdgeDNS SAN (seed 002 §11.2).
+            "edge": {"common_name": self.edge_fqdn, "dns_sans": [self.edge_fqdn, f"collab-edge.{self.domain}"],
+                     "ip_sans": [self.edge_ip],
                      "server": True, "client": True},
             "core": {"common_name": self.core_fqdn, "dns_sans": [self.core_fqdn], "ip_sans": [self.core_ip],
                      "server": True, "client": True},
@@ -397,7 +408,10 @@ class LabTopology:
 
     def _common(self, node: str, workdir: Path, certs: dict[str, Path]) -> dict[str, Any]:
         ip = self.edge_ip if node == "edge" else self.core_ip
-        return {
+        # The status page for a browser (Basic admin:<token>) and for scripts (Bearer <token>).
+        status = {"status": {"listen": f"{ip}:{self.status_port}", "token": self.status_token, "username": "admin",
+                             "password": self.status_token}} if self.status_token else {}
+        return {**status, 
             "role": node,
             "name": node,
             "sip": {"listen_ip": ip, "udp_port": self.sip_port, "tcp_port": self.sip_port,
@@ -422,6 +436,9 @@ class LabTopology:
         (``{"cert", "key", "ca"}``)."""
         data = self._common("edge", workdir, certs)
         data["sip"].update(mtls_enabled=True, mtls_port=MTLS_PORT)
+        # The edge's public name: get_edge_config gives remote clients the SIP route
+        # <sip:edge.<domain>:5061;transport=tls;lr>, which the edge must know as its own.
+        data["sip"]["hostname"] = self.edge_fqdn
         data["credentials"] = [{"username": self.traversal_username, "password": password}]
         data["zones"] = [
             {"type": "traversal_server", "name": TRAVERSAL_ZONE, "port": self.traversal_port,

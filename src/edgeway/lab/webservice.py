@@ -24,8 +24,10 @@ __all__ = ["LabWebService", "LAB_USERS", "UDS_PORT", "TFTP_PORT", "VOICEMAIL_POR
 UDS_PORT = 8443
 TFTP_PORT = 6970
 VOICEMAIL_PORT = 8080
-#: userid → password of the lab's directory.
-LAB_USERS = {"alice": "alice-lab-pw", "bob": "bob-lab-pw"}
+#: userid → password of the lab's directory. carol is the remote (MRA) user of the demo, with
+#: the password the core's registrar knows her by (``topology.REMOTE_USERS``): one account
+#: for her HTTPS requests and her SIP registration, as on a real call control.
+LAB_USERS = {"alice": "alice-lab-pw", "bob": "bob-lab-pw", "carol": "carol-lab-secret"}
 
 
 def _basic_user(request: web.Request) -> str | None:

@@ -534,7 +534,8 @@ class ProxyCore:
             # Request-URI and the Route header stay as they are.
             z = self.zones.get(ingress)
             if z is not None and z.preloaded_routes == "reject":
-                self._out.append(Event("search completed", {"call_id": req.call_id, "alias": routes[0], "rule": None, "zone": None,
+                self._out.append(Event("search completed", {"call_id": req.call_id, "src_zone": ingress, "method": method,
+                                                            "alias": routes[0], "rule": None, "zone": None,
                                                             "found": False, "reason": "Policy Response",
                                                             "detail": "preloaded SIP routes rejected by zone"}))
                 self._out.append(Event("call rejected", {"call_id": req.call_id, "status": 404, "reason": "preloaded SIP routes not accepted"}))
@@ -737,7 +738,8 @@ class ProxyCore:
                 self._respond(ctx, 400, f"Bad Request - {exc}"[:120])
                 return
         if plan is not None and plan.rejection is not None:
-            self._out.append(Event("search completed", {"call_id": req.call_id, "alias": plan.alias, "rule": None, "zone": None,
+            self._out.append(Event("search completed", {"call_id": req.call_id, "src_zone": ctx.ingress, "method": req.method,
+                                                        "alias": plan.alias, "rule": None, "zone": None,
                                                         "found": False, "reason": "Forbidden", "detail": "Policy Response",
                                                         "cpl": plan.policy_trace}))
             self._out.append(Event("call rejected", {"call_id": req.call_id, "status": 403, "reason": "call policy"}))
@@ -834,7 +836,8 @@ class ProxyCore:
     def _lane_hops(self, ctx: ResponseContext, lane: Lane, hops: list[Hop]) -> None:
         cand = lane.cand
         alias, log = ctx.search or ("", [])
-        self._out.append(Event("search completed", {"call_id": ctx.req.call_id, "alias": alias, "rule": cand.rule,
+        self._out.append(Event("search completed", {"call_id": ctx.req.call_id, "src_zone": ctx.ingress, "method": ctx.req.method,
+                                                    "alias": alias, "rule": cand.rule,
                                                     "zone": cand.zone, "found": bool(hops), "log": log}))
         if hops:
             lane.hops = deque(hops)
@@ -1138,7 +1141,8 @@ class ProxyCore:
         req = ctx.req
         if best is None:
             alias, log = ctx.search or ("", [])
-            self._out.append(Event("search completed", {"call_id": req.call_id, "alias": alias, "rule": None, "zone": None,
+            self._out.append(Event("search completed", {"call_id": req.call_id, "src_zone": ctx.ingress, "method": req.method,
+                                                        "alias": alias, "rule": None, "zone": None,
                                                         "found": False, "log": log, "reason": "Policy Response"}))
             if req.method == "INVITE":
                 self._out.append(Event("call rejected", {"call_id": req.call_id, "status": 404, "reason": "no search rule matched"}))

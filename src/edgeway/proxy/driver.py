@@ -172,6 +172,9 @@ class ProxyDriver:
         #: Called with the source address of a request that failed digest
         #: authentication (the node wires it to intrusion protection).
         self.on_auth_failure: Callable[[str], None] = lambda ip: None
+        #: A running diagnostic capture (:class:`edgeway.diag.capture.Capture`): every SIP
+        #: message received and sent, in clear; None when none runs.
+        self.capture: Any = None
         if self.sources.rate:
             tl.udp_drop = self.udp_drop
         self.media = RelaySessions(cfg, relay, events)
@@ -198,6 +201,8 @@ class ProxyDriver:
     # ------------------------------------------------------------ inbound
     def receive(self, msg: Request | Response, src: Source) -> None:
         """A message from the transport (after the traversal link took its own)."""
+        if self.capture is not None:
+            self.capture.message(msg.to_bytes(), (src.ip, src.port), (src.local_ip, src.local_port))
         if self.events.sip_messages:
             self._log("in", msg, src.transport, src.ip, src.port, msg.call_id)
         if type(msg) is Request:
@@ -350,8 +355,11 @@ class ProxyDriver:
     def _send(self, a: Send) -> None:
         msg = a.message
         flow = a.flow
+        data = msg.to_bytes()
+        if self.capture is not None:
+            self.capture.message(data, flow.local, flow.remote)
         try:
-            self.tl.send(flow, msg.to_bytes())
+            self.tl.send(flow, data)
         except (TransportError, OSError) as exc:
             self.events.emit("send failed", call_id=msg.call_id, peer=f"{flow.remote[0]}:{flow.remote[1]}", cause=str(exc))
             return

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from edgeway.config.patterns import LOCALDOMAINS, PATTERN_TYPES, check_pattern, compile_pattern, expand_localdomains
 
 __all__ = [
+    "PatternCheck",
+    "check_alias",
     "LOCALDOMAINS",
     "expand_localdomains",
     "compile_pattern",
@@ -104,3 +107,41 @@ def apply_transforms(alias: str, transforms: Sequence[TransformLike], local_doma
         if out is not None:
             return out
     return alias
+
+
+@dataclass(frozen=True, slots=True)
+class PatternCheck:
+    """Result of :func:`check_alias` (seed 003 §11 "Check pattern", Maintenance > Tools):
+    ``succeeded`` when the pattern is valid and matches the alias; ``result`` the alias after
+    the behaviour (None when it did not match or the pattern is invalid); ``detail`` the
+    operator-facing sentence (why it failed, or what the behaviour did)."""
+
+    succeeded: bool
+    alias: str
+    result: str | None
+    detail: str
+
+
+def check_alias(alias: str, pattern_type: str, pattern: str, behaviour: str = "leave", replace: str = "",
+                local_domains: Iterable[str] = ()) -> PatternCheck:
+    """Test one alias against one pattern offline, as a transform or search rule would apply
+    it (:func:`apply_pattern`; ``%localdomains%`` expands to ``local_domains``). Never raises
+    for str arguments: an invalid pattern or replace string is a failed check naming why."""
+    if pattern_type not in PATTERN_TYPES:
+        return PatternCheck(False, alias, None, f"unknown pattern type {pattern_type!r} (expected one of {', '.join(PATTERN_TYPES)})")
+    if behaviour not in ("leave", "strip", "replace"):
+        return PatternCheck(False, alias, None, f"unknown pattern behaviour {behaviour!r} (expected leave, strip or replace)")
+    try:
+        check_pattern(pattern_type, pattern, behaviour, replace)
+    except ValueError as exc:
+        return PatternCheck(False, alias, None, f"invalid pattern: it {exc}")
+    try:
+        out = apply_pattern(alias, pattern_type, pattern, behaviour, replace, local_domains)
+    except (re.error, IndexError) as exc:
+        return PatternCheck(False, alias, None, f"invalid replace string: {exc}")
+    if out is None:
+        anchor = {"exact": "the whole alias", "regex": "the whole alias", "prefix": "the start of the alias",
+                  "suffix": "the end of the alias"}[pattern_type]
+        return PatternCheck(False, alias, None, f"the {pattern_type} pattern does not match {anchor}")
+    what = "alias left as it is" if behaviour == "leave" else f"alias becomes {out!r}"
+    return PatternCheck(True, alias, out, f"matched; {what}")

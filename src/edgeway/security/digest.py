@@ -1,7 +1,8 @@
-"""SIP digest authentication with SHA-256 (RFC 8760, RFC 7616 §3.4; RFC 3261 §22).
+"""SIP digest authentication with SHA-256 and MD5 (RFC 8760, RFC 7616 §3.4; RFC 3261 §22).
 
 Used by the traversal client (core) to authenticate to the traversal server (edge)
-with a username/password held in the edge's local credential store. Pure functions
+with a username/password held in the edge's local credential store, by the node's
+registrar, and by the user agent's registrations (:mod:`edgeway.ua.register`). Pure functions
 over strings; nonces are made from random bytes passed in by the caller's choice of
 ``secrets`` (default).
 """
@@ -58,16 +59,34 @@ def _response(username: str, password: str, realm: str, method: str, uri: str, n
     return _h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}", algorithm)
 
 
-def authorization(chal: dict[str, str], username: str, password: str, method: str, uri: str, cnonce: str | None = None) -> str:
-    """The ``Authorization`` value answering a parsed challenge (qop=auth, nc=1)."""
-    cnonce = cnonce or secrets.token_hex(8)
-    nc = "00000001"
+def authorization(chal: dict[str, str], username: str, password: str, method: str, uri: str, cnonce: str | None = None,
+                  *, nc: int = 1) -> str:
+    """The ``Authorization`` (or ``Proxy-Authorization``) value answering a parsed challenge.
+
+    The algorithm is the challenge's (``SHA-256`` or ``MD5``; none named means MD5, RFC 3261
+    §22.4 / RFC 7616 §3.3); with ``qop`` offered it answers ``qop=auth`` with nonce count
+    ``nc`` (RFC 7616 §3.4: 1 for a fresh nonce, one more per reuse), without it in the
+    RFC 2069 form. ``opaque`` is echoed. Raises ValueError for an algorithm it cannot
+    compute or a challenge that offers only ``auth-int``."""
+    algorithm = (chal.get("algorithm") or "MD5").upper()
+    if algorithm not in _HASHES:
+        raise ValueError(f"digest algorithm {chal.get('algorithm')!r} is not supported")
+    qops = [q.strip().lower() for q in (chal.get("qop") or "").split(",") if q.strip()]
+    if qops and "auth" not in qops:
+        raise ValueError(f"challenge offers only qop={chal.get('qop')!r}")
     realm, nonce = chal.get("realm", ""), chal.get("nonce", "")
-    resp = _response(username, password, realm, method, uri, nonce, nc, cnonce, "auth")
-    return (
-        f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-        f'response="{resp}", algorithm={ALGORITHM}, qop=auth, nc={nc}, cnonce="{cnonce}"'
-    )
+    value = f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+    if qops:
+        cnonce = cnonce or secrets.token_hex(8)
+        count = f"{nc:08x}"
+        resp = _response(username, password, realm, method, uri, nonce, count, cnonce, "auth", algorithm)
+        value += f'response="{resp}", algorithm={algorithm}, qop=auth, nc={count}, cnonce="{cnonce}"'
+    else:
+        resp = _response(username, password, realm, method, uri, nonce, "", "", "", algorithm)
+        value += f'response="{resp}", algorithm={algorithm}'
+    if "opaque" in chal:
+        value += f', opaque="{chal["opaque"]}"'
+    return value
 
 
 def verify(creds: dict[str, str], password: str, method: str, expected_nonce: str, *,

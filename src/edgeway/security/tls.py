@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from pathlib import Path
 from typing import Any, Mapping, Union
 
@@ -88,7 +89,32 @@ def full_chain_pem(cert_file: str | Path, ca_file: str | Path | None) -> bytes:
     return b"".join(c.public_bytes(Encoding.PEM) for c in chain)
 
 
-def _load_chain(ctx: ssl.SSLContext, cert_file, key_file, ca_file) -> None:
+#: Contexts built with a certificate in this process, for :func:`reload_identity`.
+_WITH_IDENTITY: "weakref.WeakSet[ssl.SSLContext]" = weakref.WeakSet()
+
+
+def reload_identity(cert_file: PathLike, key_file: PathLike | None, ca_file: PathLike | None) -> int:
+    """Load a new certificate chain, key and CA bundle into every context of this process
+    that was built with a certificate (live reload, issue 11 item 7): handshakes from now
+    on present the new certificate and also trust the new CAs; connections already up keep
+    what they negotiated. (A CA can be added this way, not removed: OpenSSL contexts only
+    grow their trust store.) Returns how many contexts were changed. Raises ``ssl.SSLError``
+    / ``OSError`` when the files are unusable — checked on a scratch context first, so a
+    bad file changes nothing."""
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_chain(scratch, cert_file, key_file, ca_file, register=False)
+    if ca_file is not None:
+        scratch.load_verify_locations(cafile=str(ca_file))
+    n = 0
+    for ctx in list(_WITH_IDENTITY):
+        _load_chain(ctx, cert_file, key_file, ca_file, register=False)
+        if ca_file is not None:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        n += 1
+    return n
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_file, key_file, ca_file, *, register: bool = True) -> None:
     """``load_cert_chain`` with the chain completed from the trust store (see
     :func:`full_chain_pem`); ssl only reads chains from files, so a private temporary
     file carries it for the duration of the call."""
@@ -103,6 +129,8 @@ def _load_chain(ctx: ssl.SSLContext, cert_file, key_file, ca_file) -> None:
         ctx.load_cert_chain(path, None if key_file is None else str(key_file))
     finally:
         os.unlink(path)
+    if register:
+        _WITH_IDENTITY.add(ctx)
 
 
 def server_context(

@@ -17,6 +17,13 @@ at both ends of the lab's calls and the caller of ``edgeway call``.
   CANCELs a call ringing past its timeout, ACKs a 2xx end to end through the route set
   (§12.1.2, §13.2.2.4; the transaction ACKs non-2xx finals hop by hop), exchanges RTP and
   RTCP, then sends BYE. :meth:`UserAgent.reinvite` refreshes the session (§14).
+* **Registration** – :meth:`UserAgent.register` binds ``user@domain`` at a registrar
+  through an outbound proxy (RFC 3261 §10.2, sans-IO in :mod:`edgeway.ua.register`):
+  digest challenges (401/407, SHA-256 or MD5) answered once, refreshed before expiry
+  in the background, removed with ``Expires: 0`` by :meth:`UserAgent.unregister` and
+  :meth:`UserAgent.close`. Requests for the registration that arrive on its connection
+  (the edge sends them down the client's flow, not to the Contact address) are
+  answered on that connection like any other.
 * **SRTP** – with ``srtp=True`` it offers ``RTP/SAVP`` with SDES keys and insists on an
   SRTP answer; as callee it rejects plain offers with 488. ``RTP/SAVP`` offers are always
   answered with SDES.
@@ -30,6 +37,7 @@ could be read gets a 400. Times are seconds unless a name says ``_ms``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import secrets
@@ -85,6 +93,15 @@ from .offer import (
     parse_sdp,
     srtp_answer,
 )
+from .register import (
+    DEFAULT_EXPIRES_S,
+    Registered,
+    Registration,
+    RegistrationFailed,
+    RegistrationResult,
+    SendRegister,
+    Unregistered,
+)
 
 __all__ = ["UserAgent"]
 
@@ -95,6 +112,8 @@ USER_AGENT = "Edgeway-UA"
 #: RFC 3261 §17.1.2.2: cap of the 2xx retransmission interval (s).
 T2 = 4.0
 _STREAM = ("tcp", "tls")
+#: Seconds :meth:`UserAgent.close` gives its un-registrations (``Expires: 0``).
+UNREGISTER_ON_CLOSE_S = 2.0
 _UNENC = UNENCRYPTED_SRTCP_SUPPORTED
 
 
@@ -124,6 +143,24 @@ class _Failure:
 
     status: int
     detail: str
+
+
+@dataclass(eq=False)
+class _Reg:
+    """A registration the agent keeps: its state machine, where it goes, what it reports,
+    the connection it was made on and its refresher task."""
+
+    machine: Registration
+    proxy: tuple[str, int, str]
+    t1: float
+    result: RegistrationResult
+    flow: Flow | None = None
+    task: asyncio.Task | None = None
+
+
+def _snapshot(result: RegistrationResult) -> RegistrationResult:
+    """A copy of a registration's report that later rounds leave alone."""
+    return dataclasses.replace(result, ladder=list(result.ladder), tls_peer_names=list(result.tls_peer_names))
 
 
 class _Events(EventLog):
@@ -225,6 +262,7 @@ class UserAgent:
         self._client_ssl: Any = None
         self.table = TransactionTable()
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
+        self._regs: dict[str, _Reg] = {}
         self._call_logs: dict[str, tuple[float, list[str]]] = {}
         self._ended_events: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -280,9 +318,15 @@ class UserAgent:
     async def close(self) -> None:
         """Close every socket, connection, media session, timer and task it opened.
         Pending :meth:`call` coroutines return promptly with an error result; no BYE is
-        sent for dialogs still up."""
+        sent for dialogs still up. Registrations are removed first (``Expires: 0``, at
+        most :data:`UNREGISTER_ON_CLOSE_S` seconds)."""
         if self._closed:
             return
+        if self._regs and self._started:
+            try:
+                await asyncio.wait_for(self.unregister(), UNREGISTER_ON_CLOSE_S)
+            except asyncio.TimeoutError:
+                log.warning("%s: un-registration did not finish within %.1f s", self.name, UNREGISTER_ON_CLOSE_S)
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -563,7 +607,8 @@ class UserAgent:
         t0, lines = self._call_logs.setdefault(req.call_id, (self._now, []))
         conn = self.tl.by_id.get(tx.tu.flow.conn_id)
         stats = CallStats(call_id=req.call_id, from_uri=str(req.from_.uri), to_uri=str(req.to.uri),
-                          peer=self._label(tx.tu.flow), ladder=lines, transport=tx.tu.flow.transport,
+                          peer=self._label(tx.tu.flow), sip_local=tuple(tx.tu.flow.local), ladder=lines,
+                          transport=tx.tu.flow.transport,
                           tls_peer_names=list(conn.peer_names) if conn is not None else [])
         tx.tu.stats = stats
         self.calls_received[req.call_id] = stats
@@ -893,6 +938,128 @@ class UserAgent:
     def _media_closed(self, media: MediaEndpoint) -> None:
         self.media_sessions.discard(media)
         self._ports.release(media.pair)
+
+    # ------------------------------------------------------------------ registration
+    @property
+    def registrations(self) -> dict[str, RegistrationResult]:
+        """Address-of-record → the latest report of each registration this UA holds."""
+        return {aor: reg.result for aor, reg in self._regs.items()}
+
+    async def register(self, user: str, domain: str, *, proxy: tuple[str, int, str], password: str,
+                       username: str | None = None, expires: int = DEFAULT_EXPIRES_S,
+                       timer_t1: float = 0.5) -> RegistrationResult:
+        """Register ``sip:<user>@<domain>`` at its registrar through the outbound proxy
+        ``proxy`` = ``(host, port, transport)`` (RFC 3261 §10.2; preloaded Route, Contact
+        of this UA, ``Supported: path``), answering a digest challenge with ``username``
+        (default ``user``) and ``password``. Returns once the first round ended: bound
+        (``ok``) or why not (a snapshot; :attr:`registrations` has the live state). While bound the UA refreshes the binding before it expires
+        (:func:`~edgeway.ua.register.refresh_after`); :meth:`unregister` and
+        :meth:`close` remove it. The registration's requests and the requests sent to it
+        use the connection it was made on. Never raises for network problems; raises
+        ValueError for a transport it does not speak, RuntimeError when not started."""
+        host, pport, ptrans = proxy[0], proxy[1], proxy[2].lower()
+        if ptrans not in self._transports:
+            raise ValueError(f"{self.name} does not speak {ptrans!r} (it uses {sorted(self._transports)})")
+        if not self._started or self._closed:
+            raise RuntimeError(f"{self.name} is not running")
+        aor = f"sip:{user}@{domain}"
+        old = self._regs.pop(aor, None)
+        if old is not None and old.task is not None:
+            old.task.cancel()
+        contact = self._contact(user, ptrans)[1:-1]
+        route = f"<sip:{hostport(host, pport)};transport={ptrans};lr>"
+        machine = Registration(aor, contact, password=password, username=username, expires=expires, route=[route],
+                               user_agent=f"{USER_AGENT}/{self.name}")
+        t0, lines = self._call_logs.setdefault(machine.call_id, (self._now, []))
+        reg = _Reg(machine, (host, pport, ptrans), timer_t1,
+                   RegistrationResult(aor=aor, contact=contact, call_id=machine.call_id, transport=ptrans,
+                                      ladder=lines))
+        self._regs[aor] = reg
+        outcome = await self._reg_round(reg, machine.register(self._now))
+        reg.result.duration_ms = (self._now - t0) * 1000
+        if isinstance(outcome, Registered):
+            reg.task = self._spawn(self._refresher(reg))
+        return _snapshot(reg.result)
+
+    async def unregister(self, aor: str | None = None) -> dict[str, RegistrationResult]:
+        """Remove the binding of ``aor`` (default: every registration) with ``Expires: 0``
+        (RFC 3261 §10.2.2) and stop refreshing it; each one's final report."""
+        out = {}
+        for key in [aor] if aor is not None else list(self._regs):
+            reg = self._regs.pop(key, None)
+            if reg is None:
+                continue
+            if reg.task is not None and reg.task is not asyncio.current_task():
+                reg.task.cancel()
+                await asyncio.wait([reg.task], timeout=1.0)
+            action = reg.machine.unregister(self._now)
+            if action is not None:
+                await self._reg_round(reg, action)
+            out[key] = _snapshot(reg.result)
+        return out
+
+    async def _refresher(self, reg: _Reg) -> None:
+        """Refresh ``reg`` at its refresh time until it is removed or a round fails."""
+        while True:
+            deadline = reg.machine.next_deadline()
+            if deadline is None:
+                return
+            await asyncio.sleep(max(0.0, deadline - self._now))
+            action = reg.machine.due(self._now)
+            if action is not None:
+                outcome = await self._reg_round(reg, action)
+                if isinstance(outcome, RegistrationFailed):
+                    log.warning("%s: refreshing %s failed: %s", self.name, reg.result.aor, outcome.detail)
+                    return
+
+    async def _reg_round(self, reg: _Reg, action: Any) -> Any:
+        """Run one registration round (each REGISTER in a client transaction on the
+        registration's connection) until the machine says Registered, Unregistered or
+        RegistrationFailed; ``reg.result`` is updated. Raises nothing but CancelledError."""
+        m, res = reg.machine, reg.result
+        host, port, transport = reg.proxy
+        last: Response | None = None
+        while isinstance(action, SendRegister):
+            req = action.request
+            try:
+                flow = await self._flow_to(host, port, transport, fallback=reg.flow)
+            except (OSError, asyncio.TimeoutError) as exc:
+                action = m.failed(503, f"transport error reaching {hostport(host, port)}/{transport}: {exc}")
+                break
+            if reg.flow is None or reg.flow.conn_id != flow.conn_id:
+                reg.flow = flow
+                conn = self.tl.by_id.get(flow.conn_id)
+                res.local, res.remote = flow.local, flow.remote
+                res.tls_peer_names = list(conn.peer_names) if conn is not None else []
+            req.headers.add("Via", self._via(flow.transport), first=True)
+            try:
+                tx = self._client_tx(req, flow, reg.t1)
+                final, _ = await self._final(tx, self._now + 64 * reg.t1 + 1.0)
+            except _Closed:
+                action = m.failed(503, "UA closed during the registration")
+                break
+            if isinstance(final, Response):
+                last = final
+                action = m.receive(final, self._now)
+                if action is None:
+                    action = m.failed(500, f"unexpected response {final.status} {final.reason}")
+            elif isinstance(final, _Failure):
+                action = m.failed(final.status, f"{'timeout (Timer F)' if final.status == 408 else 'transport error'}:"
+                                                f" {final.detail}")
+            else:
+                action = m.failed(408, f"no final response to REGISTER within {64 * reg.t1 + 1.0:.1f} s")
+        if last is not None:
+            res.status, res.reason = last.status, last.reason
+        res.challenges, res.algorithm = m.challenges, m.algorithm
+        if isinstance(action, Registered):
+            res.ok, res.error, res.expires, res.path = True, None, action.expires, action.path
+        elif isinstance(action, Unregistered):
+            res.ok, res.expires = False, 0
+        elif isinstance(action, RegistrationFailed):
+            res.ok, res.error = False, action.detail
+            if last is None:
+                res.status, res.reason = action.status, action.reason
+        return action
 
     # ------------------------------------------------------------------ UAC
     async def call(self, target_uri: str, *, proxy: tuple[str, int, str], from_user: str,

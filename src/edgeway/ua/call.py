@@ -104,14 +104,17 @@ class CallStats(MediaCounters):
     ``ua.calls_answered``) so the lab report can print packets per leg.
 
     Packet counters are final once ``ended`` is True (they are refreshed when the
-    call ends and by :meth:`~edgeway.ua.agent.UserAgent.refresh_stats`). Media fields:
-    :class:`MediaCounters`.
+    call ends and by :meth:`~edgeway.ua.agent.UserAgent.refresh_stats`). ``sip_local``
+    is our end of the flow the INVITE came on (with ``peer`` the far end): a registered
+    client checks with it that the INVITE came down its registration's connection.
+    Media fields: :class:`MediaCounters`.
     """
 
     call_id: str
     from_uri: str = ""
     to_uri: str = ""
     peer: str = ""
+    sip_local: tuple[str, int] | None = None
     status: int | None = None
     answered: bool = False
     ended: bool = False
