@@ -143,3 +143,20 @@ def test_hold_flow_keepalive_interval_on_udp():
     assert rep.sent == len(proto.times) >= 4 and rep.answered == rep.sent and rep.error is None
     gaps = [b - a for a, b in zip(proto.times, proto.times[1:])]
     assert gaps and max(gaps) < 0.25
+
+
+def test_cli_exit_1_and_says_so_when_nothing_answers(tmp_path):
+    import subprocess
+    import sys
+
+    from support.probe_peers import free_port
+
+    port = str(free_port(HOST))
+    src = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")
+    res = subprocess.run([sys.executable, "-m", "edgeway", "probe", HOST, "--udp-port", port, "--tcp-port", port,
+                          "--tls-port", port, "--timeout", "0.3", "--samples", "1", "--cache", str(tmp_path / "c.json")],
+                         env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "no media node reachable over any transport" in res.stdout
+    assert f"{HOST} tcp: failed: tcp connect: connection refused" in res.stdout

@@ -5,7 +5,7 @@
   STUN header (magic cookie, §5), Binding method, the same transaction ID (§6.3), success or
   error class; it returns the XOR-MAPPED-ADDRESS (§14.2) of a success.
 * :class:`UdpTransaction` is the client transaction over UDP (§6.2.1): retransmit at RTO,
-  2·RTO, 4·RTO … (RTO 500 ms, Rc = 7 requests, Rm = 16), bounded by a probe timeout so a
+  2·RTO, 4·RTO … (RTO 500 ms, the RFC's floor; Rc = 7 requests, Rm = 16), bounded by a probe timeout so a
   probe run stays short. Time is passed in (seconds, monotonic); no sockets.
 * :class:`StreamFramer` cuts STUN messages out of a TCP/TLS byte stream (§6.2.2: over TCP and
   TLS STUN messages are sent back to back on the stream, no extra framing; the length comes
@@ -31,7 +31,8 @@ MAX_MESSAGE = 2048
 """Largest STUN message accepted on a stream, octets. A Binding response is well under 200 octets;
 RFC 8489 §6.2.1 caps UDP messages at the path MTU (576 octets for IPv4 when unknown)."""
 RTO = 0.5
-"""Initial retransmission timeout, seconds (RFC 8489 §6.2.1: "SHOULD be 500 ms" on fixed lines)."""
+"""Initial retransmission timeout, seconds (RFC 8489 §6.2.1: configurable, "greater than or equal
+to 500 ms"; we take the floor so a probe run stays short)."""
 RC = 7
 """Requests sent per UDP transaction at most (RFC 8489 §6.2.1 default Rc)."""
 RM = 16
