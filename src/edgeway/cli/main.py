@@ -201,3 +201,12 @@ def _register_allowlist() -> None:
 
 
 _register_allowlist()
+
+
+def _register_probe() -> None:
+    from .probe import probe_command
+
+    app.command("probe")(probe_command)
+
+
+_register_probe()
