@@ -29,7 +29,12 @@ def test_edgeway_lab_passes(tmp_path: Path) -> None:
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     out = proc.stdout
-    assert "4/4 calls passed, MRA 9/9 steps passed" in out
+    assert "4/4 calls passed, MRA 9/9 steps passed, media probe 2/2 passed" in out
+    # Media node discovery (issue 10 item 5): media-b does not listen on UDP; the probe says so.
+    probe = out[out.index("Media node discovery (edgeway probe)"):]
+    assert "best: node media-a over udp" in probe, probe
+    assert "media-b  udp  :5004  not reachable: port unreachable (ICMP)" in probe, probe
+    assert "best: node media-b over tcp" in probe and "fell back from udp (port unreachable (ICMP))" in probe, probe
     for hop in ("bob(127.0.0.5) → edge", "edge → core", "core → alice(127.0.0.4)", "edge → bob(127.0.0.5)"):
         assert hop in out, hop
 

@@ -868,6 +868,26 @@ class MraStep:
 
 
 @dataclass
+class MediaProbeReport:
+    """The media node discovery section of a lab run (``edgeway probe`` of the lab's media
+    nodes, issue 10 item 5): one step per probe with its headline and per-transport rows."""
+
+    steps: list[MraStep] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return len(self.steps) >= 2 and all(s.ok for s in self.steps)
+
+    def summary(self) -> str:
+        return f"media probe {sum(1 for s in self.steps if s.ok)}/{max(len(self.steps), 2)} passed"
+
+    def render(self, console: Console, host_names: Mapping[str, str]) -> None:
+        console.rule("Media node discovery (edgeway probe)")
+        for step in self.steps:
+            step.render(console, host_names)
+
+
+@dataclass
 class MraReport:
     """The MRA section of a lab run: the remote client's steps in order (discovery,
     HTTPS through the edge, registration, the call to it, un-registration)."""
@@ -914,13 +934,15 @@ class LabReport:
     created: float = field(default_factory=time.time)
     #: The mobile and remote access section (None when the run had none).
     mra: MraReport | None = None
+    #: The media node discovery section (None when the run had none).
+    media: MediaProbeReport | None = None
 
     @property
     def passed(self) -> bool:
         """True when there was no set-up error, at least one call, every call passed, and
         every MRA step passed (when the run had them)."""
         return (self.error is None and bool(self.calls) and all(c.passed for c in self.calls)
-                and (self.mra is None or self.mra.passed))
+                and (self.mra is None or self.mra.passed) and (self.media is None or self.media.passed))
 
     @property
     def exit_code(self) -> int:
@@ -970,6 +992,9 @@ class LabReport:
         if self.mra is not None:
             console.print()
             self.mra.render(console, self.host_names)
+        if self.media is not None:
+            console.print()
+            self.media.render(console, self.host_names)
         for n in self.notes:
             console.print(f"· {n}", markup=False, highlight=False, soft_wrap=True)
         console.print()
@@ -979,6 +1004,8 @@ class LabReport:
         summary = f"{passed}/{len(self.calls)} calls passed"
         if self.mra is not None:
             summary += f", {self.mra.summary()}"
+        if self.media is not None:
+            summary += f", {self.media.summary()}"
         if self.workdir is not None and self.calls:
             summary += f"; logs in {self.workdir}"
         verdict = Text(" PASS ", style="bold white on green") if self.passed else Text(" FAIL ", style="bold white on red")

@@ -156,6 +156,8 @@ class Lab:
                 self._check_ports()
                 for node in NODES:
                     await self.start_node(node)
+                for node in self.files.media_configs:
+                    await self.start_node(node)
         except BaseException:
             await self.close()
             raise
@@ -237,8 +239,9 @@ class Lab:
             LabError: the process exited within the first 0.3 s (its stderr is quoted).
         """
         files = self._require_files()
-        if node not in NODES:
-            raise ValueError(f"unknown node {node!r}; expected one of {NODES}")
+        media = node in files.media_configs
+        if node not in NODES and not media:
+            raise ValueError(f"unknown node {node!r}; expected one of {NODES} or a media node")
         old = self.procs.get(node)
         if old is not None and old.poll() is None:
             raise LabError(f"{node} is already running (pid {old.pid})")
@@ -248,7 +251,7 @@ class Lab:
         self._outputs[node] = [out, err]
         self.started_at[node] = time.time()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeway", node, "-c", str(files.config(node))],
+            [sys.executable, "-m", "edgeway", "media" if media else node, "-c", str(files.config(node))],
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=str(self.workdir),
             env=self._env(), start_new_session=True,
         )
@@ -256,7 +259,9 @@ class Lab:
         await asyncio.sleep(0.3)
         if proc.poll() is not None:
             raise LabError(f"{node} exited at once with status {proc.returncode}\n" + self.diagnostics(node))
-        ip = self.topology.edge_ip if node == "edge" else self.topology.core_ip
+        from edgeway.lab.topology import MEDIA_NODES
+
+        ip = MEDIA_NODES[node][0] if media else self.topology.edge_ip if node == "edge" else self.topology.core_ip
         self.progress(f"{node} started on {ip} (pid {proc.pid})")
         return proc.pid
 
@@ -472,6 +477,10 @@ class Lab:
         self._fill_report(report, calls, host_names)
         if mra_run is not None:
             report.mra = mra_run.report(self.events("edge") + self.events("core"), host_names)
+        if files.media_configs:
+            from edgeway.lab.probe_demo import run_probe_demo
+
+            report.media = await run_probe_demo(files.ca)
         report.notes.append(f"configs, certificates and logs: {files.workdir}")
         return report
 

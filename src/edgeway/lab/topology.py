@@ -57,6 +57,12 @@ INSIDE_DNS_IP = "127.0.0.11"
 SIP_PORT = 5060
 #: SIP TLS port of the nodes.
 TLS_PORT = 5061
+#: The lab's media nodes (issue 10 item 5; seed 004): name → (address, UDP served). media-b
+#: does not listen on UDP, so ``edgeway probe`` falls back to TCP for it. STUN over UDP
+#: and TCP on 5004; TLS on 5349 (seed 004 uses 443, which needs privileges).
+MEDIA_NODES: dict[str, tuple[str, bool]] = {"media-a": ("127.0.0.12", True), "media-b": ("127.0.0.13", False)}
+MEDIA_NODE_PORT = 5004
+MEDIA_NODE_TLS_PORT = 5349
 #: The edge's STUN/TURN ports (RFC 8656 §4: 3478 UDP/TCP, 5349 TLS).
 TURN_PORT = 3478
 TURN_TLS_PORT = 5349
@@ -220,10 +226,12 @@ class LabFiles:
     edge_events: Path
     core_events: Path
     password: str
+    #: Media node name → its configuration (``role = "media"``).
+    media_configs: dict[str, Path] = field(default_factory=dict)
 
     def config(self, node: str) -> Path:
         """Configuration path of ``"edge"`` or ``"core"``."""
-        return {"edge": self.edge_config, "core": self.core_config}[node]
+        return {"edge": self.edge_config, "core": self.core_config, **self.media_configs}[node]
 
     def events(self, node: str) -> Path:
         """Event-log path of ``"edge"`` or ``"core"``."""
@@ -288,6 +296,8 @@ class LabTopology:
     #: The core's "SIP Path headers" (seed 002 §2.3) for registrations it forwards to
     #: call control (``UCM_DOMAIN``): off = Contact rewritten.
     sip_path_headers: bool = False
+    #: Start the media nodes of :data:`MEDIA_NODES` (``edgeway lab`` probes them).
+    media_nodes: bool = True
     #: When set, each node serves its status page, JSON and metrics on ``<ip>:status_port``
     #: for this bearer token, or HTTP Basic ``admin`` with it as password (issue 11 item 6).
     status_token: str | None = None
@@ -351,6 +361,8 @@ class LabTopology:
             # The cloud SBC stand-in: CN first, then SANs as seed 003 §3.2's cloud cert.
             "cloud": {"common_name": CLOUD_SBC_FQDN, "dns_sans": [CLOUD_SBC_FQDN, CLOUD_SERVICE_FQDN],
                       "ip_sans": [CLOUD_IP], "server": True, "client": True},
+            **{name: {"common_name": f"{name}.{self.domain}", "ip_sans": [ip], "server": True, "client": False}
+               for name, (ip, _udp) in (MEDIA_NODES.items() if self.media_nodes else ())},
         }
 
     def zone_text(self) -> str:
@@ -430,6 +442,20 @@ class LabTopology:
             # ``edgeway blocked list -c lab-run/edge.toml`` (a Unix socket path has at most
             # 107 bytes: a deep work directory goes without).
             **({"control": {"socket": str(ctl)}} if len(str(ctl := workdir.resolve() / f"{node}.ctl")) < 100 else {}),
+        }
+
+    def media_config_data(self, name: str, workdir: Path, certs: dict[str, Path]) -> dict[str, Any]:
+        """A media node's configuration (``role = "media"``: STUN, TURN and relay only)."""
+        ip, udp = MEDIA_NODES[name]
+        return {
+            "role": "media", "name": name,
+            "sip": {"listen_ip": ip, "udp_port": 0, "tcp_port": 0, "tls_port": 0},
+            "tls": {"cert_file": str(certs["cert"]), "key_file": str(certs["key"]), "ca_file": str(certs["ca"])},
+            "media": {"port_min": 50000, "port_max": 50999},
+            "log": {"file": str(workdir / f"{name}.events.jsonl"), "level": self.log_level},
+            "turn": {"enabled": True, "udp_ports": [MEDIA_NODE_PORT] if udp else [], "tcp_ports": [MEDIA_NODE_PORT],
+                     "tls_ports": [MEDIA_NODE_TLS_PORT], "realm": self.domain, "denied_peer_ips": [],
+                     "users": [{"username": u, "password": p} for u, p in REMOTE_USERS.items()]},
         }
 
     def edge_config_data(self, workdir: Path, certs: dict[str, Path], password: str) -> dict[str, Any]:
@@ -562,6 +588,13 @@ class LabTopology:
         for p in (wd / "edge.toml", wd / "core.toml"):
             p.chmod(0o600)  # they hold the traversal password
         (wd / "dns.zone").write_text(self.zone_text(), encoding="utf-8")
+        media_configs = {}
+        for name in (MEDIA_NODES if self.media_nodes else ()):
+            data = self.media_config_data(name, wd, pki[name])
+            parse_config(data, str(wd / f"{name}.toml"))
+            media_configs[name] = wd / f"{name}.toml"
+            media_configs[name].write_text(header + dump_toml(data), encoding="utf-8")
+            Path(data["log"]["file"]).unlink(missing_ok=True)
         logs = {}
         for node, data in (("edge", edge), ("core", core)):
             logs[node] = Path(data.get("log", {}).get("file") or wd / f"{node}.events.jsonl")
@@ -583,6 +616,7 @@ class LabTopology:
             edge_events=logs["edge"],
             core_events=logs["core"],
             password=password,
+            media_configs=media_configs,
         )
 
     def node_config(self, files: LabFiles, node: str) -> NodeConfig:
