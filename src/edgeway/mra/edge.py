@@ -360,6 +360,17 @@ class EdgeMra:
                 resp.headers.add(k, v)
         # Neither the inside service's software nor ours is named outside (topology hiding).
         resp.headers["Server"] = SERVER
+        try:
+            return await self._relay_body(request, link, ex, head, resp)
+        except ConnectionError as exc:  # the client went away while we wrote to it
+            self.events.emit("mra request failed", status=head.status, method=request.method, client=request.remote,
+                             path=request.raw_path[:200], cause=f"client went away: {exc}")
+            link.finish(ex, reset=True)
+            return resp
+
+    async def _relay_body(self, request: web.BaseRequest, link: EdgeTunnelLink, ex: Exchange, head: ResponseReceived,
+                          resp: web.StreamResponse) -> web.StreamResponse:
+        m = self.mra
         await resp.prepare(request)
         total = 0
         while True:
