@@ -103,6 +103,7 @@ def _variant(lab: LabUp, node: str, name: str, change) -> Path:
 
 def test_doctor_on_the_lab(lab: LabUp) -> None:
     code, core = _doctor(lab.workdir / "core.toml")
+    assert [f["level"] for f in core if f["check"] == "zone"] == ["ok"], core  # the running node's traversal zone
     peers = [f for f in core if f["check"] == "peer"]
     assert len(peers) == 2 and all(f["level"] == "ok" for f in peers), peers  # traversal 7001, MRA tunnel 2222
     assert any(f["check"] == "dns" and f["level"] == "ok" and "_cisco-uds._tcp" in f["cause"] for f in core)

@@ -20,7 +20,7 @@ from .config.models import DnsZone, NodeConfig
 from .diag.control import ControlServer
 from .diag.events import FLUSH_INTERVAL_S, EventLog
 from .diag.history import History
-from .diag.status import EventCounters, StatusServer, StatusSource
+from .diag.status import EventCounters, StatusServer, StatusSource, snapshot
 from .media.relay import MediaRelay
 from .proxy.driver import ProxyDriver
 from .routing.zones import classify_by_tls_identity
@@ -355,6 +355,7 @@ class Node:
                 "diag-start": self._diag_start,
                 "diag-mark": self._diag_mark,
                 "diag-stop": self._diag_stop,
+                "status": lambda req: snapshot(self._status_source()),
                 "history": lambda req: {"searches": self.history.search_list(int(req.get("limit", 500))),
                                         "calls": self.history.call_list(int(req.get("limit", 500)))},
             })
@@ -363,9 +364,7 @@ class Node:
             from .config.models import split_hostport
 
             host, port = split_hostport(cfg.status.listen, 8090)
-            src = StatusSource(cfg.name, cfg.role, list(cfg.zones), core=self.proxy.core, traversal=self.traversal,
-                               relay=self.relay, tl=self.tl, history=self.history, counters=self.counters, intrusion=self.intrusion,
-                               now=loop.time)
+            src = self._status_source()
             st = cfg.status
             self.status = StatusServer(src, host, port, username=st.username, password=st.password, token=st.token)
             await self.status.start()
@@ -403,6 +402,13 @@ class Node:
             self.turn = await start_from_config(cfg, self.proxy.media.alloc, self.events)
         self._flush_handle = loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
         self.events.emit("node started", role=cfg.role, listen_ip=s.listen_ip, udp=s.udp_port, tcp=s.tcp_port, tls=s.tls_port)
+
+    def _status_source(self) -> StatusSource:
+        """What the status page, ``/status.json`` and the ``status`` control command read."""
+        return StatusSource(self.cfg.name, self.cfg.role, list(self.cfg.zones),
+                            core=self.proxy.core if self.proxy is not None else None, traversal=self.traversal,
+                            relay=self.relay, tl=self.tl, history=self.history, counters=self.counters,
+                            intrusion=self.intrusion, now=asyncio.get_running_loop().time)
 
     async def _start_media_node(self) -> None:
         """A media node (``role = "media"``, issue 10 item 5; seed 004's media nodes): the

@@ -389,6 +389,34 @@ async def check_peer(host: str, port: int, what: str, ctx: ssl.SSLContext | None
                                   f"{', '.join(dict.fromkeys(names + ips))}")]
 
 
+def _running_state(cfg: NodeConfig) -> list[Finding]:
+    """The running node's own view, through its control socket when it has one: each
+    traversal zone active or down (seed 002 §21 row 20: "502 Next Hop Connection Failed"
+    when the tunnel to C is down)."""
+    from .control import ControlError, request
+
+    if not cfg.control.socket:
+        return []
+    try:
+        resp = request(cfg.control.socket, "status", timeout_s=NET_TIMEOUT_S)
+    except ControlError:
+        return [Finding("node", "warn", f"the node is not running (no answer on {cfg.control.socket})",
+                        f"start it: edgeway {cfg.role} -c <file>")]
+    if not resp.get("ok"):
+        return []
+    out = []
+    for z in resp.get("zones", []):
+        if z.get("type") not in ("traversal_client", "traversal_server"):
+            continue
+        if z.get("state") == "active":
+            out.append(Finding("zone", "ok", f"traversal zone {z['name']!r} is active ({', '.join(z.get('connections') or [])})"))
+        else:
+            out.append(Finding("zone", "fail", f"traversal zone {z['name']!r} is {z.get('state')}",
+                               "check the peer findings below, the credentials and the TLS verify subject name; "
+                               "the zone's events say why it dropped (edgeway history, the event log)"))
+    return out
+
+
 async def run_doctor(cfg: NodeConfig, *, port_range_file: str = "/proc/sys/net/ipv4/ip_local_port_range",
                      reserved_file: str = "/proc/sys/net/ipv4/ip_local_reserved_ports") -> list[Finding]:
     """Every check that applies to node ``cfg``, in report order."""
@@ -430,6 +458,7 @@ async def run_doctor(cfg: NodeConfig, *, port_range_file: str = "/proc/sys/net/i
                 else:
                     out.append(await check_dns(servers, f"_cisco-uds._tcp.{dom}", "SRV", must_exist=True,
                                                why="inside clients find call control's UDS by it (seed 002 §12.2)"))
+    out += _running_state(cfg)
     if cfg.role == "core":
         ctx = client_context(t.cert_file, t.key_file, t.ca_file, min_version=t.min_version) if t.cert_file else None
         for z in traversal:
