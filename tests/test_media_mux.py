@@ -50,7 +50,34 @@ def test_demux_table_newer_registration_wins_and_stale_unregister_is_harmless():
     # the stale session closing later must not remove its successor's entry
     assert not t.unregister(("10.0.0.3", 40000), stale)
     assert t.lookup(("10.0.0.3", 40000)) is fresh
-    assert t.stats() == {"calls": 1, "unknown_source": 0, "recv_errors": 0, "replaced": 1}
+    assert t.stats() == {"calls": 1, "unknown_source": 0, "recv_errors": 0, "replaced": 1, "held": 0, "replayed": 0}
+
+
+def test_demux_table_holds_early_datagrams_bounded_and_not_after_the_call():
+    from edgeway.media.mux import HOLD_PER_SOURCE, HOLD_S, HOLD_SOURCES
+
+    t = DemuxTable()
+    k = ("10.0.0.3", 40000)
+    for i in range(HOLD_PER_SOURCE + 3):
+        assert t.hold(k, b"%d" % i, 1.0) == (i < HOLD_PER_SOURCE)
+    assert t.take_held(k, 1.5) == [b"%d" % i for i in range(HOLD_PER_SOURCE)]
+    assert t.take_held(k, 1.5) == [] and t.replayed == HOLD_PER_SOURCE
+    # too old: dropped at take time
+    t.hold(k, b"old", 1.0)
+    assert t.take_held(k, 1.0 + HOLD_S + 0.1) == []
+    # at most HOLD_SOURCES sources; room again once the old ones expire
+    for i in range(HOLD_SOURCES):
+        assert t.hold(("10.0.1.1", 1000 + i), b"x", 10.0)
+    assert not t.hold(("10.0.2.2", 1), b"x", 10.1)
+    assert t.holding == HOLD_SOURCES
+    assert t.hold(("10.0.2.2", 1), b"x", 10.0 + HOLD_S + 1)
+    assert t.holding == 1
+    # a key whose call ended is not held (late datagrams never reach the next call)
+    leg = object()
+    t.register(k, leg)
+    assert t.unregister(k, leg, 20.0)
+    assert not t.hold(k, b"late", 20.5)
+    assert t.hold(k, b"early-again", 20.0 + HOLD_S + 0.5)
 
 
 def test_mux_key_canonicalises_the_sdp_address():
@@ -334,6 +361,49 @@ def test_mux_side_with_srtp_both_ways():
                 st = s.stats()
                 assert st["b_to_a"]["srtp_auth_failures"] == 1 and st["dropped"] == 1
                 assert st["b_to_a"]["rtp_packets"] == st["a_to_b"]["rtcp_packets"] == 1
+            finally:
+                relay.close()
+
+        run(main)
+
+
+def test_early_datagrams_from_the_core_reach_the_call_once_its_sdp_arrives():
+    """The core's probe and first media can beat its answer to the edge: they are held
+    and replayed to the call whose SDP names their source, not to another call, and a
+    finished call's late datagrams are not held for the next one."""
+    with udp_sockets(PARTY_X) as udp:
+        x_rtp, x2_rtp = udp(), udp()
+        c_rtp, c2_rtp = udp(CORE_DMZ), udp(CORE_DMZ)
+
+        async def main():
+            relay, ext, mux = _edge(asyncio.get_running_loop())
+            try:
+                s = relay.open_session(ext, None, b_latch_only=True, b_mux=mux)
+                s2 = relay.open_session(ext, None, b_latch_only=True, b_mux=mux)
+                ex, ei = s.local("a"), s.local("b")
+                s.set_remote("a", PARTY_X, addr_of(x_rtp)[1])
+                s2.set_remote("a", PARTY_X, addr_of(x2_rtp)[1])
+                s2.set_remote("b", CORE_DMZ, addr_of(c2_rtp)[1])
+                c_rtp.sendto(LATCH_PROBE, (ei.ip, ei.rtp_port))
+                c_rtp.sendto(b"early-media", (ei.ip, ei.rtp_port))
+                await nothing_on(x_rtp, x2_rtp, wait=0.05)
+                assert mux.rtp_table.held == 2
+                s.set_remote("b", CORE_DMZ, addr_of(c_rtp)[1])  # the answer arrives
+                assert (await recv(x_rtp))[0] == b"early-media"
+                st = s.stats()
+                assert st["b"]["latched_rtp"] == addr_of(c_rtp) and st["b_to_a"]["probes_received"] == 1
+                # latched by the held probe: the outside party's media goes to the core at once
+                x_rtp.sendto(b"reply", (ex.ip, ex.rtp_port))
+                assert await recv(c_rtp) == (b"reply", (ei.ip, ei.rtp_port))
+                await nothing_on(x2_rtp, wait=0.02)
+                s.close()
+                c_rtp.sendto(b"late", (ei.ip, ei.rtp_port))
+                await asyncio.sleep(0.05)
+                s3 = relay.open_session(ext, None, b_latch_only=True, b_mux=mux)
+                s3.set_remote("a", PARTY_X, addr_of(x2_rtp)[1])
+                s3.set_remote("b", CORE_DMZ, addr_of(c_rtp)[1])  # the core reused the port
+                await nothing_on(x_rtp, x2_rtp, wait=0.05)
+                assert s3.stats()["b_to_a"]["rtp_packets"] == 0
             finally:
                 relay.close()
 

@@ -25,7 +25,21 @@ The reader itself (one ``recvfrom_into`` and **one dict lookup** per datagram,
 registered with ``loop.add_reader``) lives in :mod:`edgeway.media.relay` beside
 the per-call reader, because it drives the relay's legs.
 
-Units: ports are ``int``; counters count datagrams.
+**Early datagrams.**  When the core answers a call, it starts its relay (latch probes,
+then the callee's media) as soon as it has rewritten the answer, and the answer
+reaches the edge over TLS a little later: the first datagrams can arrive before the
+edge knows the core's address.  A dedicated per-call port would take them; on the
+mux socket they are unknown.  So the table *holds* a few recent datagrams per
+unknown source (:data:`HOLD_PER_SOURCE` from at most :data:`HOLD_SOURCES` sources,
+for :data:`HOLD_S` seconds) and hands them to the leg when the core's SDP registers
+exactly that source (:meth:`DemuxTable.take_held`); everything else is dropped when
+it ages out.  A held datagram thus reaches a call only under the same condition as
+any later one (its source is the call's core address named by the authenticated
+traversal signalling), never "some" call; the hold is bounded, so a flood of
+unknown sources costs one dict lookup and a length check per datagram.
+
+Units: ports are ``int``; counters count datagrams; times are seconds
+(``time.monotonic()``, passed in: the table reads no clock).
 """
 
 from __future__ import annotations
@@ -34,10 +48,20 @@ import ipaddress
 import socket
 from typing import Any
 
-__all__ = ["DemuxTable", "MuxPair", "MAX_MUX_PAIRS", "mux_key"]
+__all__ = ["DemuxTable", "MuxPair", "MAX_MUX_PAIRS", "HOLD_S", "HOLD_PER_SOURCE", "HOLD_SOURCES", "mux_key"]
 
 #: Pairs a "large" edge listens on (seed 002 §7.2: the first 6 pairs of the range).
 MAX_MUX_PAIRS = 6
+
+#: Seconds an early datagram from a not-yet-known source is kept: the answer's trip
+#: core → edge over the traversal connection plus its processing (a few ms in the
+#: lab; a WAN RTT and a loaded edge stay far below this).
+HOLD_S = 2.0
+#: Datagrams kept per unknown source (a latch probe and ~140 ms of 20 ms RTP).
+HOLD_PER_SOURCE = 8
+#: Unknown sources held at once per socket (bounds memory under a flood:
+#: 256 × 8 × 1.5 KB ≈ 3 MB at most, ~100 KB for voice-sized datagrams).
+HOLD_SOURCES = 256
 
 Key = tuple[str, int]
 
@@ -69,13 +93,70 @@ class DemuxTable:
         replaced: registrations that took a key from another leg.
     """
 
-    __slots__ = ("map", "unknown", "recv_errors", "replaced")
+    __slots__ = ("map", "unknown", "recv_errors", "replaced", "held", "replayed", "_held", "_gone", "_expire_at")
 
     def __init__(self) -> None:
         self.map: dict[Key, Any] = {}
         self.unknown = 0
         self.recv_errors = 0
         self.replaced = 0
+        self.held = 0
+        self.replayed = 0
+        #: key -> [(arrival time, datagram)] of unknown sources, oldest source first.
+        self._held: dict[Key, list[tuple[float, bytes]]] = {}
+        #: key -> when it was unregistered: a finished call's late datagrams are not
+        #: held (they would otherwise reach the next call given that core port).
+        self._gone: dict[Key, float] = {}
+        self._expire_at = 0.0
+
+    def hold(self, key: Key, data: bytes, now: float) -> bool:
+        """Keep an early datagram from unknown source ``key``; False when the bounds
+        are reached (the datagram is then only counted as unknown)."""
+        held = self._held
+        q = held.get(key)
+        if q is None:
+            gone = self._gone.get(key)
+            if gone is not None:
+                if now - gone <= HOLD_S:
+                    return False
+                del self._gone[key]
+            if len(held) >= HOLD_SOURCES:
+                if now < self._expire_at:
+                    return False
+                self.expire(now)
+                if len(held) >= HOLD_SOURCES:
+                    return False
+            q = held[key] = []
+        elif len(q) >= HOLD_PER_SOURCE:
+            return False
+        q.append((now, data))
+        self.held += 1
+        return True
+
+    def expire(self, now: float) -> None:
+        """Forget held datagrams older than :data:`HOLD_S` (run when the hold is full,
+        at most every ``HOLD_S / 4`` seconds)."""
+        limit = now - HOLD_S
+        for key in [k for k, q in self._held.items() if q[-1][0] < limit]:
+            del self._held[key]
+        for key in [k for k, t in self._gone.items() if t < limit]:
+            del self._gone[key]
+        self._expire_at = now + HOLD_S / 4
+
+    def take_held(self, key: Key, now: float) -> list[bytes]:
+        """The datagrams held for ``key`` that are at most :data:`HOLD_S` old, in
+        arrival order (they are removed from the hold)."""
+        q = self._held.pop(key, None)
+        if not q:
+            return []
+        out = [d for t, d in q if now - t <= HOLD_S]
+        self.replayed += len(out)
+        return out
+
+    @property
+    def holding(self) -> int:
+        """Unknown sources with held datagrams now."""
+        return len(self._held)
 
     def __len__(self) -> int:
         return len(self.map)
@@ -98,16 +179,22 @@ class DemuxTable:
         self.map[key] = leg
         return old
 
-    def unregister(self, key: Key, leg: Any) -> bool:
-        """Remove ``key`` if it names ``leg``; True if removed."""
+    def unregister(self, key: Key, leg: Any, now: float | None = None) -> bool:
+        """Remove ``key`` if it names ``leg``; True if removed.  With ``now``, datagrams
+        from ``key`` are not held for the next :data:`HOLD_S` seconds (the call
+        ended: what it still sends is late, not early)."""
         if self.map.get(key) is leg:
             del self.map[key]
+            if now is not None:
+                if len(self._gone) >= 4 * HOLD_SOURCES:
+                    self.expire(now)
+                self._gone[key] = now
             return True
         return False
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.map), "unknown_source": self.unknown, "recv_errors": self.recv_errors,
-                "replaced": self.replaced}
+                "replaced": self.replaced, "held": self.held, "replayed": self.replayed}
 
 
 class MuxPair:

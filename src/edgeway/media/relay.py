@@ -58,6 +58,7 @@ import functools
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -355,6 +356,31 @@ class _Leg:
             self.srtp_errors += srtperr
 
 
+    def mux_one(self, buf: bytearray, mv: memoryview, n: int, src: Addr) -> None:
+        """One datagram for this leg from its mux socket, outside the reader (a held
+        early datagram replayed when the leg's key is registered); as the reader."""
+        if self.rx is not None or self.tx is not None:
+            self.mux_srtp(buf, mv, n, src)
+            return
+        if self.latched is None:
+            self.latched = src
+            self.update_dest()
+        if n == _PROBE_LEN and buf[:n] == LATCH_PROBE:
+            self.probes += 1
+            return
+        peer = self.peer
+        dest = peer.dest
+        if dest is None:
+            self.drop_nodest += 1
+            return
+        try:
+            peer.sock.sendto(mv[:n], dest)
+        except OSError:
+            self.send_errors += 1
+            return
+        self.packets += 1
+        self.bytes += n
+
     def mux_srtp(self, buf: bytearray, mv: memoryview, n: int, src: Addr) -> None:
         """One datagram for this leg from a mux socket when SRTP is on either end
         (:meth:`on_readable_srtp` for a single datagram; ``buf`` has the SRTP slack).
@@ -442,6 +468,7 @@ class _MuxReader:
             leg = get(src[:2] if v6 else src)
             if leg is None:
                 unknown += 1
+                self._hold(src, n)
                 continue
             if leg.rx is not None or leg.tx is not None:
                 leg.mux_srtp(buf, mv, n, src)
@@ -467,6 +494,11 @@ class _MuxReader:
         if unknown or recverr:
             self.table.unknown += unknown
             self.table.recv_errors += recverr
+
+    def _hold(self, src: Addr, n: int) -> None:
+        """An unknown source's datagram: keep it briefly (see
+        :meth:`~edgeway.media.mux.DemuxTable.hold`); cold path."""
+        self.table.hold((src[0], src[1]), self.buf[:n], time.monotonic())
 
 
 def _leg_totals(s: RelaySession) -> tuple[int, int, int]:
@@ -650,20 +682,31 @@ class RelaySession:
         rtp_leg.update_dest()
         rtcp_leg.update_dest()
 
-    @staticmethod
-    def _mux_rekey(leg: _Leg, key: tuple[str, int] | None) -> None:
-        """Point ``leg``'s demux entry at ``key`` (None: no entry)."""
+    def _mux_rekey(self, leg: _Leg, key: tuple[str, int] | None) -> None:
+        """Point ``leg``'s demux entry at ``key`` (None: no entry), then hand it what
+        that source sent before it was known (held early datagrams)."""
         table = leg.mux
         if table is None or key == leg.mux_key:
             return
         if leg.mux_key is not None:
-            table.unregister(leg.mux_key, leg)
+            table.unregister(leg.mux_key, leg, time.monotonic())
         leg.mux_key = key
         leg.latched = None  # a latch from the old key must not survive it
-        if key is not None:
-            old = table.register(key, leg)
-            if old is not None:  # a stale session had it: it no longer receives
-                old.mux_key = None
+        if key is None:
+            return
+        old = table.register(key, leg)
+        if old is not None:  # a stale session had it: it no longer receives
+            old.mux_key = None
+        held = table.take_held(key, time.monotonic())
+        if held:
+            leg.update_dest()
+            leg.peer.update_dest()
+            buf, mv = self._relay._srtp_buffer()
+            src = leg.sdp if leg.sdp is not None and leg.sdp[:2] == key else key
+            for data in held:
+                n = len(data)
+                buf[:n] = data
+                leg.mux_one(buf, mv, n, src)
 
     def reset_latch(self, side: Side) -> None:
         """Forget ``side``'s latched addresses; the next datagram latches again.
@@ -902,7 +945,7 @@ class RelaySession:
         self._readers.clear()
         for leg in (self._a_rtp, self._a_rtcp, self._b_rtp, self._b_rtcp):
             if leg.mux is not None and leg.mux_key is not None:
-                leg.mux.unregister(leg.mux_key, leg)
+                leg.mux.unregister(leg.mux_key, leg, time.monotonic())
                 leg.mux_key = None
             leg.rx = leg.tx = None
             leg.peer = None  # the legs point at each other: break the cycle
