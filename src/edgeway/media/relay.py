@@ -158,6 +158,7 @@ class _Leg:
         "srtp_errors",
         "mux",
         "mux_key",
+        "peer_sendto",
     )
 
     def __init__(
@@ -198,6 +199,8 @@ class _Leg:
         #: key in it (the far end's SDP address), else None.
         self.mux: DemuxTable | None = None
         self.mux_key: tuple[str, int] | None = None
+        #: ``peer.sock.sendto`` (the mux reader's per-datagram send; set by the session).
+        self.peer_sendto: Callable[..., int] | None = None
 
     def update_dest(self) -> None:
         if self.latched is not None:
@@ -456,6 +459,7 @@ class _MuxReader:
         buf = self.buf
         mv = self.mv
         v6 = self.v6
+        probe_len = _PROBE_LEN
         unknown = recverr = 0
         for _ in range(self.max_batch):
             try:
@@ -470,22 +474,21 @@ class _MuxReader:
                 unknown += 1
                 self._hold(src, n)
                 continue
-            if leg.rx is not None or leg.tx is not None:
+            if leg.sbuf is not None:  # SRTP is or was on (mux_srtp also serves plain)
                 leg.mux_srtp(buf, mv, n, src)
                 continue
             if leg.latched is None:
                 leg.latched = src
                 leg.update_dest()
-            if n == _PROBE_LEN and buf[:n] == LATCH_PROBE:
+            if n == probe_len and buf[:n] == LATCH_PROBE:
                 leg.probes += 1
                 continue
-            peer = leg.peer
-            dest = peer.dest
+            dest = leg.peer.dest
             if dest is None:
                 leg.drop_nodest += 1
                 continue
             try:
-                peer.sock.sendto(mv[:n], dest)
+                leg.peer_sendto(mv[:n], dest)
             except OSError:
                 leg.send_errors += 1
                 continue
@@ -579,6 +582,8 @@ class RelaySession:
                 self._mux[side] = None
         self._a_rtp.peer, self._b_rtp.peer = self._b_rtp, self._a_rtp
         self._a_rtcp.peer, self._b_rtcp.peer = self._b_rtcp, self._a_rtcp
+        for leg in (self._a_rtp, self._a_rtcp, self._b_rtp, self._b_rtcp):
+            leg.peer_sendto = leg.peer.sock.sendto
         self._legs = {
             "a": (self._a_rtp, self._a_rtcp),
             "b": (self._b_rtp, self._b_rtcp),
@@ -949,6 +954,7 @@ class RelaySession:
                 leg.mux_key = None
             leg.rx = leg.tx = None
             leg.peer = None  # the legs point at each other: break the cycle
+            leg.peer_sendto = None
         for side in ("a", "b"):
             mux = self._mux[side]
             if mux is not None:
