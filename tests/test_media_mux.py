@@ -408,3 +408,83 @@ def test_early_datagrams_from_the_core_reach_the_call_once_its_sdp_arrives():
                 relay.close()
 
         run(main)
+
+
+def test_edge_driver_spreads_streams_over_the_mux_pairs(tmp_path):
+    """A large edge (6 pairs; 3 here) binds its mux pairs at the start of the range, the
+    per-call range starts after them, and each traversal stream goes on the least-loaded
+    pair; a core binds none."""
+    from edgeway.config import parse_config
+    from edgeway.diag.events import EventLog
+    from edgeway.proxy.actions import AllocateMedia
+    from edgeway.proxy.driver import RelaySessions
+
+    lo, hi = port_range(12)
+
+    def cfg(role):
+        return parse_config({"role": role, "name": role, "sip": {"listen_ip": EDGE_INT},
+                             "media": {"port_min": lo, "port_max": hi, "mux_pairs": 3}})
+
+    async def main():
+        relay = MediaRelay(asyncio.get_running_loop())
+        events = EventLog("edge", str(tmp_path / "e.jsonl"))
+        try:
+            rs = RelaySessions(cfg("edge"), relay, events)
+            assert [m.rtp_port for m in rs.muxes] == [lo, lo + 2, lo + 4]
+            assert (rs.alloc.port_min, rs.alloc.port_max) == (lo + 6, hi)
+            seen = []
+            for key in range(6):
+                ports = rs.allocate(AllocateMedia(key, key, (0,), False, True, f"c{key}", False, True))
+                a_port, b_port = ports[0]
+                assert a_port >= lo + 6 and b_port in (lo, lo + 2, lo + 4)
+                seen.append(b_port)
+            assert sorted(seen) == sorted([lo, lo + 2, lo + 4] * 2)
+            assert [m.sessions for m in rs.muxes] == [2, 2, 2]
+            rs.release(0, "c0", "bye")
+            assert sorted(m.sessions for m in rs.muxes) == [1, 2, 2]
+            rs.close()
+            assert [m.sessions for m in rs.muxes] == [0, 0, 0]
+        finally:
+            relay.close()
+        relay2 = MediaRelay(asyncio.get_running_loop())
+        try:
+            core = RelaySessions(cfg("core"), relay2, events)
+            assert core.muxes == [] and (core.alloc.port_min, core.alloc.port_max) == (lo, hi)
+        finally:
+            relay2.close()
+            events.close()
+
+    run(main)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_mux():
+    with udp_sockets("::1") as udp:
+        x_rtp, c_rtp = udp(), udp()
+
+        async def main():
+            relay = MediaRelay(asyncio.get_running_loop())
+            try:
+                mux = MuxPair("::1", port_range(1)[0])
+                s = relay.open_session(PortAllocator("::1", *port_range(2)), None, b_latch_only=True, b_mux=mux)
+                ex, ei = s.local("a"), s.local("b")
+                s.set_remote("a", "::1", addr_of(x_rtp)[1])
+                s.set_remote("b", "0:0::1", addr_of(c_rtp)[1])  # any spelling of the address
+                c_rtp.sendto(b"v6", (ei.ip, ei.rtp_port))
+                assert (await recv(x_rtp))[0] == b"v6"
+                x_rtp.sendto(b"back", (ex.ip, ex.rtp_port))
+                got, src = await recv(c_rtp)
+                assert got == b"back" and src[:2] == ("::1", ei.rtp_port)
+            finally:
+                relay.close()
+
+        run(main)
