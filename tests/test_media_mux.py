@@ -442,10 +442,23 @@ def test_edge_driver_spreads_streams_over_the_mux_pairs(tmp_path):
             assert [m.sessions for m in rs.muxes] == [2, 2, 2]
             rs.release(0, "c0", "bye")
             assert sorted(m.sessions for m in rs.muxes) == [1, 2, 2]
+            # datagrams from a source no call named: dropped, reported once per period
+            with udp_sockets(STRANGER) as udp:
+                stranger = udp()
+                for _ in range(3):
+                    stranger.sendto(b"scan", (EDGE_INT, lo + 2))
+                await asyncio.sleep(0.05)
+            rs.report_mux()
+            rs.report_mux()
             rs.close()
             assert [m.sessions for m in rs.muxes] == [0, 0, 0]
         finally:
             relay.close()
+        events.flush()
+        import json
+        lines = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
+        unknown = [e for e in lines if e["event"] == "media mux unknown source"]
+        assert len(unknown) == 1 and unknown[0]["port"] == lo + 2 and unknown[0]["dropped"] == 3, unknown
         relay2 = MediaRelay(asyncio.get_running_loop())
         try:
             core = RelaySessions(cfg("core"), relay2, events)

@@ -44,6 +44,10 @@ from .media import PROBE_COUNT, PROBE_INTERVAL_S
 
 __all__ = ["ProxyDriver", "RelaySessions", "MAX_QUEUED_INVITES", "INVITE_QUEUE_MAX_AGE_S", "connect_allowed"]
 
+#: Seconds between two checks of the mux pairs' unknown-source drops (one ``media mux
+#: unknown source`` event per period that had any: a flood costs one event per period).
+MUX_REPORT_S = 10.0
+
 #: New INVITEs waiting to be processed beyond which further ones get 503.
 MAX_QUEUED_INVITES = 400
 #: Seconds a new INVITE may wait in the queue before it gets 503 (the caller's Timer A
@@ -111,10 +115,28 @@ class RelaySessions:
                 relay.attach_mux(p)
             events.emit("media mux", ip=ip, ports=[(p.rtp_port, p.rtcp_port) for p in self.muxes],
                         relay_range=list(m.relay_range(True)))
+        self._mux_seen = [0] * len(self.muxes)
+        self._mux_handle = relay.loop.call_later(MUX_REPORT_S, self._mux_tick) if self.muxes else None
         self.alloc = PortAllocator(ip, *m.relay_range(mux))
         relay.warm(self.alloc)  # bound pairs ready before the first call (the relay keeps the pool)
         self.calls: dict[int, dict[int, RelaySession]] = {}
         self.call_ids: dict[int, str] = {}
+
+    def report_mux(self) -> None:
+        """Emit ``media mux unknown source`` for each mux pair that dropped datagrams
+        from sources no call's SDP named since the last report (never relayed: a
+        misrouted core, NAT between core and edge, or a scan/injection attempt)."""
+        for i, p in enumerate(self.muxes):
+            rtp, rtcp = p.rtp_table, p.rtcp_table
+            total = rtp.unknown + rtcp.unknown
+            if total != self._mux_seen[i]:
+                self.events.emit("media mux unknown source", ip=p.ip, port=p.rtp_port, dropped=total - self._mux_seen[i],
+                                 dropped_total=total, rtp=rtp.unknown, rtcp=rtcp.unknown, held_then_replayed=rtp.replayed + rtcp.replayed)
+                self._mux_seen[i] = total
+
+    def _mux_tick(self) -> None:
+        self.report_mux()
+        self._mux_handle = self.relay.loop.call_later(MUX_REPORT_S, self._mux_tick)
 
     def _mux(self, wanted: bool) -> MuxPair | None:
         """The least-loaded mux pair for a new stream (None: not wanted or none)."""
@@ -174,6 +196,10 @@ class RelaySessions:
         return len(self.calls)
 
     def close(self) -> None:
+        if self._mux_handle is not None:
+            self._mux_handle.cancel()
+            self._mux_handle = None
+            self.report_mux()
         for key in list(self.calls):
             self.release(key, self.call_ids.get(key, ""), "shutdown")
 
