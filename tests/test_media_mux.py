@@ -13,8 +13,8 @@ import socket
 import time
 
 import pytest
-
 from udputil import LOOP_KINDS, addr_of, nothing_on, port_range, recv, run, udp_sockets
+
 from edgeway.media import LATCH_PROBE, DemuxTable, MediaRelay, MuxPair, PortAllocator
 from edgeway.media.mux import mux_key
 

@@ -234,8 +234,8 @@ class MediaConfig(_Model):
             probs.append(("mux_ports", ports, "must not repeat a port"))
         for i, p in enumerate(ports):
             if self.port_min <= p + 1 and p <= self.port_max:
-                probs.append((f"mux_ports[{i}]", p, f"must lie outside the media range {self.port_min}-{self.port_max} "
-                                                     "(leave mux_ports empty to use the first pairs of the range)"))
+                probs.append((f"mux_ports[{i}]", p, (f"must lie outside the media range {self.port_min}-{self.port_max} "
+                                                      "(leave mux_ports empty to use the first pairs of the range)")))
         if ports and "mux_pairs" in self.model_fields_set and self.mux_pairs != len(ports):
             probs.append(("mux_pairs", self.mux_pairs, f"must match the {len(ports)} pair(s) of mux_ports"))
         if self.traversal_mux and not ports and self.port_max - self.port_min + 1 < 2 * self.mux_pairs + 2:

@@ -48,7 +48,7 @@ import ipaddress
 import socket
 from typing import Any
 
-__all__ = ["DemuxTable", "MuxPair", "MAX_MUX_PAIRS", "HOLD_S", "HOLD_PER_SOURCE", "HOLD_SOURCES", "mux_key"]
+__all__ = ["HOLD_PER_SOURCE", "HOLD_S", "HOLD_SOURCES", "MAX_MUX_PAIRS", "DemuxTable", "MuxPair", "mux_key"]
 
 #: Pairs a "large" edge listens on (seed 002 §7.2: the first 6 pairs of the range).
 MAX_MUX_PAIRS = 6
@@ -93,7 +93,7 @@ class DemuxTable:
         replaced: registrations that took a key from another leg.
     """
 
-    __slots__ = ("map", "unknown", "recv_errors", "replaced", "held", "replayed", "_held", "_gone", "_expire_at")
+    __slots__ = ("_expire_at", "_gone", "_held", "held", "map", "recv_errors", "replaced", "replayed", "unknown")
 
     def __init__(self) -> None:
         self.map: dict[Key, Any] = {}

@@ -399,7 +399,7 @@ class _Leg:
         if rx is not None:
             try:
                 n = rx.apply_rtcp(buf, n) if rtcp else rx.apply_rtp(buf, n)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - SrtpError, or anything unexpected
                 kind = getattr(exc, "kind", "error")
                 if kind == "auth":
                     self.srtp_auth += 1
@@ -420,7 +420,7 @@ class _Leg:
         if tx is not None:
             try:
                 n = tx.apply_rtcp(buf, n) if rtcp else tx.apply_rtp(buf, n)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - as on_readable_srtp
                 if getattr(exc, "kind", "error") == "replay":
                     self.srtp_replay += 1
                 else:
@@ -443,7 +443,7 @@ class _MuxReader:
     latches or reaches any call).  Counters of a leg are updated per datagram here
     (a wake-up mixes many calls)."""
 
-    __slots__ = ("sock", "table", "buf", "mv", "max_batch", "v6")
+    __slots__ = ("buf", "max_batch", "mv", "sock", "table", "v6")
 
     def __init__(self, sock: socket.socket, table: DemuxTable, buf: bytearray, mv: memoryview, max_batch: int) -> None:
         self.sock = sock
@@ -1280,7 +1280,7 @@ class MediaRelay:
             for fd in fds:
                 try:
                     self.loop.remove_reader(fd)
-                except Exception:  # loop already closed
+                except Exception:  # noqa: BLE001, S110 - loop already closed
                     pass
             mux.close()
         self._muxes.clear()
