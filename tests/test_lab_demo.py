@@ -71,7 +71,7 @@ def _check_traversal_mux(workdir: Path) -> None:
     mux = [e for e in edge if e["event"] == "media mux"]
     assert mux and mux[0]["ports"] == [[36000, 36001]] and mux[0]["relay_range"] == [36002, 59999], mux
     closed = {node: [e["stats"] for e in evs if e["event"] == "media closed"] for node, evs in (("edge", edge), ("core", core))}
-    assert len(closed["edge"]) == len(closed["core"]) == 4
+    assert len(closed["edge"]) == len(closed["core"]) >= 4  # every call the lab places crosses both
     for st in closed["edge"]:
         sides = {s: st[s] for s in ("a", "b")}
         muxed = [s for s, info in sides.items() if info["mux"]]
