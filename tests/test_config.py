@@ -254,6 +254,9 @@ def with_(path: str, value, base=None) -> dict:
     ("media.port_min", 80, "media.port_min", "must be between 1024 and 65535"),
     ("media.port_max", 36000, "media.port_max", "must be greater than port_min (36000)"),
     ("media.inactivity_timeout_s", 0, "media.inactivity_timeout_s", "must be greater than 0"),
+    ("media.mux_pairs", 7, "media.mux_pairs", "must be between 1 and 6 (1 = small/medium, 6 = large)"),
+    ("media.mux_ports", [2777], "media.mux_ports[0]", "must be even"),
+    ("media.mux_ports", [36010], "media.mux_ports[0]", "must lie outside the media range 36000-59999"),
     ("dns.servers", ["dns.example"], "dns.servers[0]", "must be an IPv4 or IPv6 address"),
     ("dns.servers", ["192.0.2.1:99999"], "dns.servers[0]", "port must be between 1 and 65535"),
     ("log.level", "chatty", "log.level", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
@@ -537,3 +540,22 @@ def test_mra_one_server_may_be_listed_several_times_in_one_deployment():
                              {"type": "tftp", "host": "UCM", "deployment": "East"}],
         "uds_servers": [{"address": "ucm:8443", "deployment": "East"}]}}).mra
     assert m.uds_addresses_of("East") == [("ucm", 8443)]
+
+
+def test_traversal_mux_ports_and_relay_range():
+    """Seed 002 §7.2: one mux pair at the start of the range by default (external range
+    36002-59999), six for a large system (36012-59999), or configured demultiplexing
+    ports outside the range (the range is then not shortened)."""
+    m = parse_config(edge_dict(), "t.toml").media
+    assert m.traversal_mux and m.mux_rtp_ports() == [36000] and m.relay_range(True) == (36002, 59999)
+    assert m.relay_range(False) == (36000, 59999)
+    large = parse_config(with_("media", {"port_min": 36000, "port_max": 59999, "mux_pairs": 6}), "t.toml").media
+    assert large.mux_rtp_ports() == list(range(36000, 36012, 2)) and large.relay_range(True) == (36012, 59999)
+    demux = parse_config(with_("media", {"mux_ports": [2776]}), "t.toml").media
+    assert demux.mux_rtp_ports() == [2776] and demux.relay_range(True) == (36000, 59999)
+    probs = problems(with_("media", {"mux_ports": [2776, 2778], "mux_pairs": 1}))
+    assert probs == [("media.mux_pairs", 1, "must match the 2 pair(s) of mux_ports")]
+    probs = problems(with_("media", {"port_min": 40000, "port_max": 40003, "mux_pairs": 2}))
+    assert probs[0][0] == "media.port_max" and "no media pair after" in probs[0][2]
+    off = parse_config(with_("media", {"port_min": 40000, "port_max": 40003, "mux_pairs": 2, "traversal_mux": False}), "t.toml")
+    assert off.media.relay_range(False) == (40000, 40003)

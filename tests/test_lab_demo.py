@@ -63,6 +63,39 @@ def test_edgeway_lab_passes(tmp_path: Path) -> None:
     assert "encryption OK" in outbound
     _check_mra_section(out)
     assert elapsed < 60
+    _check_traversal_mux(tmp_path / "lab")
+
+
+def _check_traversal_mux(workdir: Path) -> None:
+    """Seed 002 §7.2: every call's edge leg toward the core is on the one mux pair
+    (127.0.0.2:36000/36001), the per-call range starts after it, and RTP and RTCP
+    crossed both relays both ways with nothing dropped."""
+    import json
+
+    def events(node: str) -> list[dict]:
+        return [json.loads(line) for line in (workdir / f"{node}.events.jsonl").read_text().splitlines() if line]
+
+    edge, core = events("edge"), events("core")
+    mux = [e for e in edge if e["event"] == "media mux"]
+    assert mux and mux[0]["ports"] == [[36000, 36001]] and mux[0]["relay_range"] == [36002, 59999], mux
+    closed = {node: [e["stats"] for e in evs if e["event"] == "media closed"] for node, evs in (("edge", edge), ("core", core))}
+    assert len(closed["edge"]) == len(closed["core"]) >= 4  # every call the lab places crosses both
+    for st in closed["edge"]:
+        sides = {s: st[s] for s in ("a", "b")}
+        muxed = [s for s, info in sides.items() if info["mux"]]
+        assert len(muxed) == 1, st
+        inside, outside = sides[muxed[0]], sides["b" if muxed[0] == "a" else "a"]
+        assert tuple(inside["local"]) == ("127.0.0.2", 36000, 36001) and inside["latched_rtp"][0] == "127.0.0.3"
+        assert outside["local"][1] >= 36002
+    for node, sessions in closed.items():
+        for st in sessions:
+            assert st["dropped"] == 0, (node, st)
+            for d in ("a_to_b", "b_to_a"):
+                assert st[d]["rtp_packets"] >= 49 and st[d]["rtcp_packets"] >= 1, (node, d, st)
+    # the core sent every call's traversal media to the edge's mux port
+    for st in closed["core"]:
+        toward_edge = [st[s] for s in ("a", "b") if (st[s]["sdp_rtp"] or [None])[0] == "127.0.0.2"]
+        assert [s["sdp_rtp"][1] for s in toward_edge] == [36000], st
 
 
 def _step(mra: str, title: str) -> str:

@@ -838,3 +838,23 @@ def test_maintenance_mode_refuses_new_calls_and_registrations_only() -> None:
     assert 200 in statuses(core.receive(answer(fwd, 200), udp_in(CALLEE), 2.0))
     core.maintenance = False
     forwarded(core.receive(request(), udp_in(), 3.0))
+
+
+def test_edge_asks_for_the_mux_pair_on_the_traversal_side_only() -> None:
+    """Seed 002 §7.2: the edge's relay side facing the traversal zone goes on the shared
+    mux pair (its port is then the same for every call); the outside side and every
+    side on a core keep a pair of their own."""
+    sdp = (f"v=0\r\no=a 1 1 IN IP4 {CALLER[0]}\r\ns=-\r\nc=IN IP4 {CALLER[0]}\r\nt=0 0\r\n"
+           "m=audio 40000 RTP/AVP 8\r\n").encode()
+    edge = _edge()
+    edge.zone_changed("Traversal", [TRAV], 0.0)
+    out = edge.receive(request(ruri="sip:alice@corp.test", body=sdp), udp_in(), 0.0, None)
+    [alloc] = [a for a in out if isinstance(a, AllocateMedia)]
+    assert (alloc.mux_a, alloc.mux_b, alloc.latch_a, alloc.latch_b) == (False, True, False, True)
+    out = edge.media_ready(alloc.alloc_id, {0: (36002, 36000)}, "", 0.01)
+    fwd, flow = forwarded(out)
+    assert flow == TRAV and "m=audio 36000 " in fwd.body.decode()  # the core sends to the mux port
+    core = ProxyCore(config(zones=[neighbour("P", CALLEE)], rules=[rule("P")]))
+    out = core.receive(request(body=sdp), udp_in(), 0.0)
+    [alloc] = [a for a in out if isinstance(a, AllocateMedia)]
+    assert not alloc.mux_a and not alloc.mux_b

@@ -528,7 +528,7 @@ class Node:
         if self.proxy:
             await self.proxy.close()
         await self.tl.close()
-        if self.relay:
+        if self.relay is not None:  # not "if self.relay": a relay with no session is falsy (__len__)
             self.relay.close()
         self.events.emit("node stopped")
         self.events.close()  # the node owns its event log, whoever opened it

@@ -199,19 +199,65 @@ class MediaConfig(_Model):
     """Media relay: bind/advertised IP, UDP port range (inclusive; RTP on the
     even port, RTCP on the next odd one) and the idle timeout in seconds.
     When ``ip`` is not set, NodeConfig fills ``ip`` from ``sip.listen_ip`` and
-    ``advertise_ip`` from ``sip.advertise_ip``."""
+    ``advertise_ip`` from ``sip.advertise_ip``.
+
+    Multiplexed traversal media (seed 002 §7.2, §13.1; used by the **edge** only, a
+    core ignores it): with ``traversal_mux`` on, the edge's relay side facing a
+    traversal zone is, for every call, on one shared RTP/RTCP pair and the calls
+    are told apart by the core's source address, so the inside firewall opens 2
+    UDP ports toward the DMZ (12 with ``mux_pairs = 6``, Cisco's "large" system)
+    instead of the whole range. ``mux_ports`` empty: the first ``mux_pairs`` pairs
+    of the range (36000/36001 by default; 36000–36011 for 6) and the external
+    range starts after them (36002–59999 / 36012–59999). ``mux_ports`` set (RTP
+    ports, even, e.g. ``[2776]`` for Cisco's "configured demultiplexing ports"
+    2776/2777): those pairs, which must lie outside the range, and the range is
+    not shortened. Changing these needs a restart (the sockets are bound at start).
+    """
 
     ip: IpAddr | None = None
     advertise_ip: IpAddr | None = None
     port_min: Annotated[int, _between(1024, 65535), _rule(lambda v: v % 2 == 0, "must be even")] = 36000
     port_max: Annotated[int, _between(1024, 65535)] = 59999
     inactivity_timeout_s: PosFloat = 60.0
+    traversal_mux: bool = True
+    mux_pairs: Annotated[int, _between(1, 6, " (1 = small/medium, 6 = large)")] = 1
+    mux_ports: list[Annotated[int, _between(1024, 65534), _rule(lambda v: v % 2 == 0, "must be even (the RTP port; RTCP is the next one)")]] = []
 
     @model_validator(mode="after")
     def _range(self) -> MediaConfig:
         if self.port_min >= self.port_max:
             raise ConfigProblems([("port_max", self.port_max, f"must be greater than port_min ({self.port_min})")])
+        probs = []
+        ports = self.mux_ports
+        if len(ports) > 6:
+            probs.append(("mux_ports", ports, "must name at most 6 pairs"))
+        if len(set(ports)) != len(ports):
+            probs.append(("mux_ports", ports, "must not repeat a port"))
+        for i, p in enumerate(ports):
+            if self.port_min <= p + 1 and p <= self.port_max:
+                probs.append((f"mux_ports[{i}]", p, (f"must lie outside the media range {self.port_min}-{self.port_max} "
+                                                      "(leave mux_ports empty to use the first pairs of the range)")))
+        if ports and "mux_pairs" in self.model_fields_set and self.mux_pairs != len(ports):
+            probs.append(("mux_pairs", self.mux_pairs, f"must match the {len(ports)} pair(s) of mux_ports"))
+        if self.traversal_mux and not ports and self.port_max - self.port_min + 1 < 2 * self.mux_pairs + 2:
+            probs.append(("port_max", self.port_max,
+                          f"leaves no media pair after the {self.mux_pairs} multiplexed pair(s) at port_min"))
+        if probs:
+            raise ConfigProblems(probs)
         return self
+
+    def mux_rtp_ports(self) -> list[int]:
+        """The RTP ports of the multiplexed traversal pairs (RTCP is each + 1)."""
+        if self.mux_ports:
+            return list(self.mux_ports)
+        return [self.port_min + 2 * i for i in range(self.mux_pairs)]
+
+    def relay_range(self, mux: bool) -> tuple[int, int]:
+        """``(port_min, port_max)`` of the per-call relay ports: the range without the
+        multiplexed pairs taken from its start when ``mux`` is in use."""
+        if mux and not self.mux_ports:
+            return self.port_min + 2 * self.mux_pairs, self.port_max
+        return self.port_min, self.port_max
 
     @property
     def public_ip(self) -> str | None:

@@ -58,9 +58,11 @@ import functools
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from .mux import DemuxTable, MuxPair, mux_key
 from .ports import PortAllocator, PortPair
 
 if TYPE_CHECKING:  # the relay never imports pylibsrtp itself
@@ -71,6 +73,7 @@ __all__ = [
     "LATCH_PROBE",
     "Endpoint",
     "MediaRelay",
+    "MuxPair",
     "RelaySession",
 ]
 
@@ -153,6 +156,9 @@ class _Leg:
         "srtp_auth",
         "srtp_replay",
         "srtp_errors",
+        "mux",
+        "mux_key",
+        "peer_sendto",
     )
 
     def __init__(
@@ -189,6 +195,12 @@ class _Leg:
         self.srtp_auth = 0
         self.srtp_replay = 0
         self.srtp_errors = 0
+        #: On a shared (multiplexed) socket: the socket's demux table and this leg's
+        #: key in it (the far end's SDP address), else None.
+        self.mux: DemuxTable | None = None
+        self.mux_key: tuple[str, int] | None = None
+        #: ``peer.sock.sendto`` (the mux reader's per-datagram send; set by the session).
+        self.peer_sendto: Callable[..., int] | None = None
 
     def update_dest(self) -> None:
         if self.latched is not None:
@@ -347,6 +359,151 @@ class _Leg:
             self.srtp_errors += srtperr
 
 
+    def mux_one(self, buf: bytearray, mv: memoryview, n: int, src: Addr) -> None:
+        """One datagram for this leg from its mux socket, outside the reader (a held
+        early datagram replayed when the leg's key is registered); as the reader."""
+        if self.rx is not None or self.tx is not None:
+            self.mux_srtp(buf, mv, n, src)
+            return
+        if self.latched is None:
+            self.latched = src
+            self.update_dest()
+        if n == _PROBE_LEN and buf[:n] == LATCH_PROBE:
+            self.probes += 1
+            return
+        peer = self.peer
+        dest = peer.dest
+        if dest is None:
+            self.drop_nodest += 1
+            return
+        try:
+            peer.sock.sendto(mv[:n], dest)
+        except OSError:
+            self.send_errors += 1
+            return
+        self.packets += 1
+        self.bytes += n
+
+    def mux_srtp(self, buf: bytearray, mv: memoryview, n: int, src: Addr) -> None:
+        """One datagram for this leg from a mux socket when SRTP is on either end
+        (:meth:`on_readable_srtp` for a single datagram; ``buf`` has the SRTP slack).
+        The source is already known to be this leg's (the demux key)."""
+        if n == _PROBE_LEN and buf[:n] == LATCH_PROBE:
+            if self.latched is None:
+                self.latched = src
+                self.update_dest()
+            self.probes += 1
+            return
+        rtcp = self.is_rtcp or (n > 1 and 192 <= buf[1] <= 223)
+        rx = self.rx
+        if rx is not None:
+            try:
+                n = rx.apply_rtcp(buf, n) if rtcp else rx.apply_rtp(buf, n)
+            except Exception as exc:  # noqa: BLE001 - SrtpError, or anything unexpected
+                kind = getattr(exc, "kind", "error")
+                if kind == "auth":
+                    self.srtp_auth += 1
+                elif kind == "replay":
+                    self.srtp_replay += 1
+                else:
+                    self.srtp_errors += 1
+                return
+        if self.latched is None:
+            self.latched = src
+            self.update_dest()
+        peer = self.peer
+        dest = peer.dest
+        if dest is None:
+            self.drop_nodest += 1
+            return
+        tx = self.tx
+        if tx is not None:
+            try:
+                n = tx.apply_rtcp(buf, n) if rtcp else tx.apply_rtp(buf, n)
+            except Exception as exc:  # noqa: BLE001 - as on_readable_srtp
+                if getattr(exc, "kind", "error") == "replay":
+                    self.srtp_replay += 1
+                else:
+                    self.srtp_errors += 1
+                return
+        try:
+            peer.sock.sendto(mv[:n], dest)
+        except OSError:
+            self.send_errors += 1
+            return
+        self.packets += 1
+        self.bytes += n
+
+
+class _MuxReader:
+    """The reader of one mux socket: each datagram goes to the leg its source
+    address names in the socket's :class:`~edgeway.media.mux.DemuxTable` (one dict
+    lookup), then is forwarded exactly as :meth:`_Leg.on_readable` would; a source
+    that is in no call's entry is dropped and counted on the table (it never
+    latches or reaches any call).  Counters of a leg are updated per datagram here
+    (a wake-up mixes many calls)."""
+
+    __slots__ = ("buf", "max_batch", "mv", "sock", "table", "v6")
+
+    def __init__(self, sock: socket.socket, table: DemuxTable, buf: bytearray, mv: memoryview, max_batch: int) -> None:
+        self.sock = sock
+        self.table = table
+        self.buf = buf
+        self.mv = mv
+        self.max_batch = max_batch
+        self.v6 = sock.family == socket.AF_INET6
+
+    def on_readable(self) -> None:
+        recv_into = self.sock.recvfrom_into
+        get = self.table.map.get
+        buf = self.buf
+        mv = self.mv
+        v6 = self.v6
+        probe_len = _PROBE_LEN
+        unknown = recverr = 0
+        for _ in range(self.max_batch):
+            try:
+                n, src = recv_into(buf, _BUF_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                recverr += 1
+                continue
+            leg = get(src[:2] if v6 else src)
+            if leg is None:
+                unknown += 1
+                self._hold(src, n)
+                continue
+            if leg.sbuf is not None:  # SRTP is or was on (mux_srtp also serves plain)
+                leg.mux_srtp(buf, mv, n, src)
+                continue
+            if leg.latched is None:
+                leg.latched = src
+                leg.update_dest()
+            if n == probe_len and buf[:n] == LATCH_PROBE:
+                leg.probes += 1
+                continue
+            dest = leg.peer.dest
+            if dest is None:
+                leg.drop_nodest += 1
+                continue
+            try:
+                leg.peer_sendto(mv[:n], dest)
+            except OSError:
+                leg.send_errors += 1
+                continue
+            leg.packets += 1
+            leg.bytes += n
+        if unknown or recverr:
+            self.table.unknown += unknown
+            self.table.recv_errors += recverr
+
+    def _hold(self, src: Addr, n: int) -> None:
+        """An unknown source's datagram: keep it briefly (see
+        :meth:`~edgeway.media.mux.DemuxTable.hold`); cold path."""
+        self.table.hold((src[0], src[1]), self.buf[:n], time.monotonic())
+
+
 def _leg_totals(s: RelaySession) -> tuple[int, int, int]:
     """``(packets, bytes, dropped)`` over a session's four legs (as :meth:`RelaySession.stats`
     counts them, without building the stats dict)."""
@@ -390,10 +547,10 @@ class RelaySession:
         self,
         relay: MediaRelay,
         sid: int,
-        a_alloc: PortAllocator,
-        a_pair: PortPair,
-        b_alloc: PortAllocator,
-        b_pair: PortPair,
+        a_alloc: PortAllocator | None,
+        a_pair: PortPair | MuxPair,
+        b_alloc: PortAllocator | None,
+        b_pair: PortPair | MuxPair,
         *,
         a_latch_only: bool,
         b_latch_only: bool,
@@ -414,8 +571,19 @@ class RelaySession:
         self._a_rtcp = _Leg(a_pair.rtcp_sock, buf, mv, mb, a_latch_only, is_rtcp=True)
         self._b_rtp = _Leg(b_pair.rtp_sock, buf, mv, mb, b_latch_only)
         self._b_rtcp = _Leg(b_pair.rtcp_sock, buf, mv, mb, b_latch_only, is_rtcp=True)
+        #: The mux pair of each side on a shared socket pair (no reader of its own).
+        self._mux: dict[str, MuxPair | None] = {}
+        for side, pair, rtp, rtcp in (("a", a_pair, self._a_rtp, self._a_rtcp), ("b", b_pair, self._b_rtp, self._b_rtcp)):
+            if isinstance(pair, MuxPair):
+                self._mux[side] = pair
+                rtp.mux, rtcp.mux = pair.rtp_table, pair.rtcp_table
+                pair.sessions += 1
+            else:
+                self._mux[side] = None
         self._a_rtp.peer, self._b_rtp.peer = self._b_rtp, self._a_rtp
         self._a_rtcp.peer, self._b_rtcp.peer = self._b_rtcp, self._a_rtcp
+        for leg in (self._a_rtp, self._a_rtcp, self._b_rtp, self._b_rtcp):
+            leg.peer_sendto = leg.peer.sock.sendto
         self._legs = {
             "a": (self._a_rtp, self._a_rtcp),
             "b": (self._b_rtp, self._b_rtcp),
@@ -432,6 +600,8 @@ class RelaySession:
 
     def _start(self) -> None:
         for leg in (self._a_rtp, self._a_rtcp, self._b_rtp, self._b_rtcp):
+            if leg.mux is not None:
+                continue  # read by the mux socket's reader
             self._loop.add_reader(leg.fd, leg.on_readable)
             self._readers.append(leg.fd)
 
@@ -449,6 +619,10 @@ class RelaySession:
         """The relay's own address on ``side`` (what to put in SDP toward that side)."""
         pair = self._pairs[_check_side(side)]
         return Endpoint(pair.ip, pair.rtp_port, pair.rtcp_port)
+
+    def mux(self, side: Side) -> MuxPair | None:
+        """The shared socket pair ``side`` is on, or None (a port pair of its own)."""
+        return self._mux[_check_side(side)]
 
     def latch_only(self, side: Side) -> bool:
         """Whether ``side`` only ever receives from its latched address."""
@@ -473,6 +647,12 @@ class RelaySession:
         address (RFC 4961 symmetric RTP); see :meth:`reset_latch`.  Until
         either is known, datagrams toward ``side`` are dropped and counted.
         No-op on a closed session.
+
+        On a side that shares a mux socket pair (see :meth:`MediaRelay.open_session`)
+        this address is also the side's key in the demux tables: only datagrams
+        from exactly ``ip``:``rtp_port`` (RTP) and ``ip``:``rtcp_port`` (RTCP)
+        reach this session, and a new address replaces the old key and forgets
+        the old latch.
         """
         side = _check_side(side)
         if self.closed:
@@ -501,8 +681,37 @@ class RelaySession:
                     raise ValueError(f"remote {host}:{rtp_port} is this session's own port")
             rtp_leg.sdp = (host, rtp_port)
             rtcp_leg.sdp = (host, rtcp_port) if rtcp_port else None
+        if rtp_leg.mux is not None:
+            for leg in (rtp_leg, rtcp_leg):
+                self._mux_rekey(leg, None if leg.sdp is None else mux_key(leg.sdp[0], leg.sdp[1]))
         rtp_leg.update_dest()
         rtcp_leg.update_dest()
+
+    def _mux_rekey(self, leg: _Leg, key: tuple[str, int] | None) -> None:
+        """Point ``leg``'s demux entry at ``key`` (None: no entry), then hand it what
+        that source sent before it was known (held early datagrams)."""
+        table = leg.mux
+        if table is None or key == leg.mux_key:
+            return
+        if leg.mux_key is not None:
+            table.unregister(leg.mux_key, leg, time.monotonic())
+        leg.mux_key = key
+        leg.latched = None  # a latch from the old key must not survive it
+        if key is None:
+            return
+        old = table.register(key, leg)
+        if old is not None:  # a stale session had it: it no longer receives
+            old.mux_key = None
+        held = table.take_held(key, time.monotonic())
+        if held:
+            leg.update_dest()
+            leg.peer.update_dest()
+            buf, mv = self._relay._srtp_buffer()
+            src = leg.sdp if leg.sdp is not None and leg.sdp[:2] == key else key
+            for data in held:
+                n = len(data)
+                buf[:n] = data
+                leg.mux_one(buf, mv, n, src)
 
     def reset_latch(self, side: Side) -> None:
         """Forget ``side``'s latched addresses; the next datagram latches again.
@@ -673,6 +882,7 @@ class RelaySession:
         rtp, rtcp = self._legs[side]
         return {
             "local": tuple(self.local(side)),
+            "mux": self._mux[side] is not None,
             "latch_only": rtp.latch_only,
             "sdp_rtp": _host_port(rtp.sdp),
             "sdp_rtcp": _host_port(rtcp.sdp),
@@ -739,10 +949,20 @@ class RelaySession:
                 pass
         self._readers.clear()
         for leg in (self._a_rtp, self._a_rtcp, self._b_rtp, self._b_rtcp):
+            if leg.mux is not None and leg.mux_key is not None:
+                leg.mux.unregister(leg.mux_key, leg, time.monotonic())
+                leg.mux_key = None
             leg.rx = leg.tx = None
             leg.peer = None  # the legs point at each other: break the cycle
+            leg.peer_sendto = None
         for side in ("a", "b"):
-            self._allocs[side].release(self._pairs[side])
+            mux = self._mux[side]
+            if mux is not None:
+                mux.sessions -= 1
+                continue
+            alloc = self._allocs[side]
+            if alloc is not None:
+                alloc.release(self._pairs[side])  # type: ignore[arg-type]
         self._relay._forget(self)
         for cb in (self.on_closed, self._relay.on_closed):
             if cb is None:
@@ -809,6 +1029,7 @@ class MediaRelay:
         self._sbuf: bytearray | None = None  # SRTP buffer, made on first use
         self._smv: memoryview | None = None
         self._sessions: dict[int, RelaySession] = {}
+        self._muxes: dict[MuxPair, list[int]] = {}  # attached mux pairs -> their reader fds
         self._next_id = 1
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._closed = False
@@ -832,12 +1053,14 @@ class MediaRelay:
 
     def open_session(
         self,
-        a_alloc: PortAllocator,
-        b_alloc: PortAllocator,
+        a_alloc: PortAllocator | None,
+        b_alloc: PortAllocator | None,
         *,
         a_latch_only: bool = False,
         b_latch_only: bool = False,
         label: str = "",
+        a_mux: MuxPair | None = None,
+        b_mux: MuxPair | None = None,
     ) -> RelaySession:
         """Allocate a port pair on each allocator and start relaying between them.
 
@@ -852,6 +1075,12 @@ class MediaRelay:
                 latched from a received datagram (ignore A's SDP address).
             b_latch_only: the same for side B.
             label: free-form label for logs and stats.
+            a_mux: put side A on this shared socket pair instead of a pair of its
+                own (``a_alloc`` is then unused and may be None); see
+                :meth:`attach_mux`.  Such a side receives only from the address
+                given by :meth:`RelaySession.set_remote` (its demux key) and
+                sends out of the shared sockets.
+            b_mux: the same for side B.
 
         Raises:
             PortsExhausted: no pair free on one of the allocators, or out of
@@ -859,16 +1088,50 @@ class MediaRelay:
         """
         if self._closed:
             raise RuntimeError("MediaRelay is closed")
+        if a_mux is not None or b_mux is not None:
+            return self._open_mux_session(a_alloc, b_alloc, a_mux, b_mux, a_latch_only, b_latch_only, label)
         allocators = self._allocators
         if a_alloc not in allocators or b_alloc not in allocators:
-            self._adopt(a_alloc)
-            self._adopt(b_alloc)
-        a_pair = a_alloc.allocate_pair()
+            self._adopt(a_alloc)  # type: ignore[arg-type]
+            self._adopt(b_alloc)  # type: ignore[arg-type]
+        a_pair = a_alloc.allocate_pair()  # type: ignore[union-attr]
         try:
-            b_pair = b_alloc.allocate_pair()
+            b_pair = b_alloc.allocate_pair()  # type: ignore[union-attr]
         except BaseException:
-            a_alloc.release(a_pair)
+            a_alloc.release(a_pair)  # type: ignore[union-attr]
             raise
+        return self._start_session(a_alloc, a_pair, b_alloc, b_pair, a_latch_only, b_latch_only, label)
+
+    def _open_mux_session(
+        self, a_alloc: PortAllocator | None, b_alloc: PortAllocator | None, a_mux: MuxPair | None,
+        b_mux: MuxPair | None, a_latch_only: bool, b_latch_only: bool, label: str,
+    ) -> RelaySession:
+        """:meth:`open_session` with one or both sides on a mux pair."""
+        pairs: list[PortPair | MuxPair] = []
+        taken: list[tuple[PortAllocator, PortPair]] = []
+        try:
+            for alloc, mux in ((a_alloc, a_mux), (b_alloc, b_mux)):
+                if mux is not None:
+                    self.attach_mux(mux)
+                    pairs.append(mux)
+                    continue
+                if alloc is None:
+                    raise ValueError("a side without a mux pair needs an allocator")
+                self._adopt(alloc)
+                pair = alloc.allocate_pair()
+                taken.append((alloc, pair))
+                pairs.append(pair)
+        except BaseException:
+            for alloc, pair in taken:
+                alloc.release(pair)
+            raise
+        return self._start_session(a_alloc if a_mux is None else None, pairs[0],
+                                   b_alloc if b_mux is None else None, pairs[1], a_latch_only, b_latch_only, label)
+
+    def _start_session(
+        self, a_alloc: PortAllocator | None, a_pair: PortPair | MuxPair, b_alloc: PortAllocator | None,
+        b_pair: PortPair | MuxPair, a_latch_only: bool, b_latch_only: bool, label: str,
+    ) -> RelaySession:
         sid = self._next_id
         self._next_id += 1
         session = RelaySession(
@@ -884,6 +1147,34 @@ class MediaRelay:
         if self._sweep_handle is None and self._sweep_interval > 0:
             self._sweep_handle = self.loop.call_later(self._sweep_interval, self._sweep)
         return session
+
+    def attach_mux(self, mux: MuxPair) -> None:
+        """Start reading ``mux``'s two sockets (idempotent); the relay closes it
+        with itself.  Sessions put a side on it with ``open_session(..., a_mux=)``
+        / ``b_mux=``.
+
+        Raises:
+            RuntimeError: the relay is closed.
+            ValueError: ``mux`` is closed.
+        """
+        if mux in self._muxes:
+            return
+        if self._closed:
+            raise RuntimeError("MediaRelay is closed")
+        if mux.closed:
+            raise ValueError(f"{mux!r} is closed")
+        buf, mv = self._srtp_buffer()  # with SRTP slack: a mux leg may carry SRTP
+        readers = []
+        for sock, table in ((mux.rtp_sock, mux.rtp_table), (mux.rtcp_sock, mux.rtcp_table)):
+            r = _MuxReader(sock, table, buf, mv, self.max_batch)
+            self.loop.add_reader(sock.fileno(), r.on_readable)
+            readers.append(sock.fileno())
+        self._muxes[mux] = readers
+
+    @property
+    def muxes(self) -> list[MuxPair]:
+        """The mux pairs this relay reads."""
+        return list(self._muxes)
 
     def _adopt(self, alloc: PortAllocator) -> None:
         """Remember ``alloc`` (its pool is closed with the relay) and give it
@@ -961,13 +1252,17 @@ class MediaRelay:
             bytes_ += b
             dropped += d
         t = self._closed_totals
-        return {
+        out: dict[str, Any] = {
             "open_sessions": len(self._sessions),
             "closed_sessions": t["sessions"],
             "packets": packets + t["packets"],
             "bytes": bytes_ + t["bytes"],
             "dropped": dropped + t["dropped"],
         }
+        if self._muxes:
+            out["mux"] = [m.stats() for m in self._muxes]
+            out["mux_unknown_source"] = sum(m.rtp_table.unknown + m.rtcp_table.unknown for m in self._muxes)
+        return out
 
     def close(self) -> None:
         """Close every session (reason ``"shutdown"``), stop the sweep and close
@@ -981,3 +1276,11 @@ class MediaRelay:
         for alloc in self._allocators:
             alloc.close()
         self._allocators.clear()
+        for mux, fds in self._muxes.items():
+            for fd in fds:
+                try:
+                    self.loop.remove_reader(fd)
+                except Exception:  # noqa: BLE001, S110 - loop already closed
+                    pass
+            mux.close()
+        self._muxes.clear()

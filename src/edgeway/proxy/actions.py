@@ -57,7 +57,10 @@ class AllocateMedia:
     """Open relay port pairs for call ``call_key``: for each ``m=`` index in ``streams``
     one pair on side a and one on side b (``latch_a``/``latch_b``: that side waits for
     the far end's first packet). Report ``core.media_ready(alloc_id, {index: (a_rtp_port,
-    b_rtp_port)} or None, cause, now)``. ``label`` names the sessions in events."""
+    b_rtp_port)} or None, cause, now)``. ``label`` names the sessions in events.
+    ``mux_a``/``mux_b``: that side goes on the node's shared multiplexed traversal pair
+    (the edge toward the core, seed 002 §7.2) instead of a pair of its own; its port is
+    then the mux pair's, the same for every call."""
 
     alloc_id: int
     call_key: int
@@ -65,6 +68,8 @@ class AllocateMedia:
     latch_a: bool
     latch_b: bool
     label: str
+    mux_a: bool = False
+    mux_b: bool = False
 
 
 @dataclass(frozen=True, slots=True)

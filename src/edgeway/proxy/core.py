@@ -986,8 +986,10 @@ class ProxyCore:
         if missing:
             aid = next(self._ids)
             self._pending[aid] = (cont, call, msg, desc)
-            self._out.append(AllocateMedia(aid, call.key, tuple(missing), self.planner.latch_only(call.a_zone),
-                                           self.planner.latch_only(call.b_zone), call.call_id))
+            pl = self.planner
+            self._out.append(AllocateMedia(aid, call.key, tuple(missing), pl.latch_only(call.a_zone),
+                                           pl.latch_only(call.b_zone), call.call_id,
+                                           pl.mux(call.a_zone), pl.mux(call.b_zone)))
             return
         self._out += self.planner.rewrite(call.media, msg, desc)
         cont(msg)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..config.models import NodeConfig
 from ..diag.events import EventLog
+from ..media.mux import MuxPair
 from ..media.ports import PortAllocator, PortsExhausted
 from ..media.relay import MediaRelay, RelaySession
 from ..media.srtp import UNENCRYPTED_SRTCP_SUPPORTED, SrtpContext, SrtpError
@@ -42,6 +43,10 @@ from .core import DEFAULT_ZONE, STATELESS_TAG, ProxyCore
 from .media import PROBE_COUNT, PROBE_INTERVAL_S
 
 __all__ = ["ProxyDriver", "RelaySessions", "MAX_QUEUED_INVITES", "INVITE_QUEUE_MAX_AGE_S", "connect_allowed"]
+
+#: Seconds between two checks of the mux pairs' unknown-source drops (one ``media mux
+#: unknown source`` event per period that had any: a flood costs one event per period).
+MUX_REPORT_S = 10.0
 
 #: New INVITEs waiting to be processed beyond which further ones get 503.
 MAX_QUEUED_INVITES = 400
@@ -82,6 +87,10 @@ def connect_allowed(cfg: NodeConfig, hop: Hop) -> bool:
     return False
 
 
+def _mux_load(p: MuxPair) -> int:
+    return p.sessions
+
+
 class RelaySessions:
     """The relay sessions of each call, by the core's call key (the media side of the
     driver): allocation, remote addresses, latch probes, SRTP keys, release."""
@@ -90,10 +99,50 @@ class RelaySessions:
         m = cfg.media
         self.relay = relay
         self.events = events
-        self.alloc = PortAllocator(m.ip or cfg.sip.listen_ip, m.port_min, m.port_max)
+        ip = m.ip or cfg.sip.listen_ip
+        mux = cfg.role == "edge" and m.traversal_mux
+        #: The edge's multiplexed traversal pairs (seed 002 §7.2), bound at start.
+        self.muxes: list[MuxPair] = []
+        if mux:
+            try:
+                for port in m.mux_rtp_ports():
+                    self.muxes.append(MuxPair(ip, port))
+            except OSError as exc:
+                for p in self.muxes:
+                    p.close()
+                raise OSError(exc.errno, f"media.traversal_mux: cannot bind {ip}:{port}/{port + 1}: {exc.strerror}") from exc
+            for p in self.muxes:
+                relay.attach_mux(p)
+            events.emit("media mux", ip=ip, ports=[(p.rtp_port, p.rtcp_port) for p in self.muxes],
+                        relay_range=list(m.relay_range(True)))
+        self._mux_seen = [0] * len(self.muxes)
+        self._mux_handle = relay.loop.call_later(MUX_REPORT_S, self._mux_tick) if self.muxes else None
+        self.alloc = PortAllocator(ip, *m.relay_range(mux))
         relay.warm(self.alloc)  # bound pairs ready before the first call (the relay keeps the pool)
         self.calls: dict[int, dict[int, RelaySession]] = {}
         self.call_ids: dict[int, str] = {}
+
+    def report_mux(self) -> None:
+        """Emit ``media mux unknown source`` for each mux pair that dropped datagrams
+        from sources no call's SDP named since the last report (never relayed: a
+        misrouted core, NAT between core and edge, or a scan/injection attempt)."""
+        for i, p in enumerate(self.muxes):
+            rtp, rtcp = p.rtp_table, p.rtcp_table
+            total = rtp.unknown + rtcp.unknown
+            if total != self._mux_seen[i]:
+                self.events.emit("media mux unknown source", ip=p.ip, port=p.rtp_port, dropped=total - self._mux_seen[i],
+                                 dropped_total=total, rtp=rtp.unknown, rtcp=rtcp.unknown, held_then_replayed=rtp.replayed + rtcp.replayed)
+                self._mux_seen[i] = total
+
+    def _mux_tick(self) -> None:
+        self.report_mux()
+        self._mux_handle = self.relay.loop.call_later(MUX_REPORT_S, self._mux_tick)
+
+    def _mux(self, wanted: bool) -> MuxPair | None:
+        """The least-loaded mux pair for a new stream (None: not wanted or none)."""
+        if not wanted or not self.muxes:
+            return None
+        return min(self.muxes, key=_mux_load)
 
     def allocate(self, a: AllocateMedia) -> dict[int, tuple[int, int]]:
         """Open one session per stream; raises PortsExhausted/OSError (nothing leaked)."""
@@ -104,7 +153,7 @@ class RelaySessions:
         try:
             for i in a.streams:
                 s = self.relay.open_session(self.alloc, self.alloc, a_latch_only=a.latch_a, b_latch_only=a.latch_b,
-                                            label=f"{a.label}/{i}")
+                                            label=f"{a.label}/{i}", a_mux=self._mux(a.mux_a), b_mux=self._mux(a.mux_b))
                 opened.append(s)
                 streams[i] = s
                 out[i] = (s.local("a").rtp_port, s.local("b").rtp_port)
@@ -147,6 +196,10 @@ class RelaySessions:
         return len(self.calls)
 
     def close(self) -> None:
+        if self._mux_handle is not None:
+            self._mux_handle.cancel()
+            self._mux_handle = None
+            self.report_mux()
         for key in list(self.calls):
             self.release(key, self.call_ids.get(key, ""), "shutdown")
 

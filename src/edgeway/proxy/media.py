@@ -18,7 +18,11 @@ the body and returns the relay instructions (:class:`~edgeway.proxy.actions.Medi
 Traversal rule (DESIGN.md §1): on the edge the side facing a traversal zone is
 *latch-only* (it never sends toward the core before the core's first packet); on the
 core the side facing a traversal zone sends latch probes as soon as the edge's address
-is known, so the inside firewall needs no inbound hole.
+is known, so the inside firewall needs no inbound hole. With ``media.traversal_mux``
+(seed 002 §7.2) the edge's side facing a traversal zone is on one shared RTP/RTCP pair
+for every call (:meth:`MediaPlanner.mux`), demultiplexed by the core's relay address
+that the core's SDP names; the core needs no change (each of its calls sends from its
+own port, so the 5-tuples differ).
 
 SRTP ↔ RTP interworking (seed 003 §2.3, §8): when the zones' media encryption modes
 differ the planner rewrites ``m=`` lines between RTP/SAVP with SDES (RFC 4568) and
@@ -100,6 +104,7 @@ class MediaPlanner:
         self.zone_types = {z.name: z.type for z in cfg.zones}
         self.zone_modes = {z.name: z.media_encryption for z in cfg.zones}
         self.role = cfg.role
+        self.traversal_mux = cfg.role == "edge" and m.traversal_mux
         self.unencrypted_srtcp = unencrypted_srtcp
 
     # -- sides --------------------------------------------------------------------
@@ -110,6 +115,14 @@ class MediaPlanner:
         """True when the relay side facing ``zone`` must wait for the far end's first
         packet (the edge's side facing a traversal zone)."""
         return self.role == "edge" and self.is_traversal(zone)
+
+    def mux(self, zone: str) -> bool:
+        """True when the relay side facing ``zone`` goes on the shared multiplexed
+        traversal pair (seed 002 §7.2): the edge's side facing a traversal zone, with
+        ``media.traversal_mux`` on. Its SDP port is then the mux pair's for every
+        call, so the core sends all traversal media to one pair; nothing else in the
+        rewriting changes."""
+        return self.traversal_mux and self.is_traversal(zone)
 
     def mode(self, zone: str) -> str:
         """Media encryption mode of a zone: off / on / force / auto (built-ins: auto)."""
