@@ -43,6 +43,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _samples import analyse  # noqa: E402
 
 SERVER_IP = "127.0.31.1"
 CLIENT_IP = "127.0.31.7"
@@ -166,15 +168,6 @@ def load_proc(server, direction: str, n_alloc: int, packets: int, max_s: float, 
         _request(c, server, 4, {"LIFETIME": 0}, nonce)
     for s in clients + peers:
         s.close()
-
-
-def analyse(samples):
-    prog = [i for i in range(1, len(samples)) if samples[i][2] != samples[i - 1][2]]
-    if not prog:
-        return 0, float("nan"), float("nan")
-    a, b = samples[prog[0] - 1], samples[prog[-1]]
-    n = b[2] - a[2]
-    return n, n / (b[0] - a[0]), (b[1] - a[1]) / n * 1e6
 
 
 def main() -> int:

@@ -33,6 +33,16 @@ def test_media_range_against_the_ephemeral_range() -> None:
     assert check_port_ranges((36000, 59999), None).level == "warn"
 
 
+def test_clock_skew_verdicts() -> None:
+    from edgeway.diag.doctor import clock_finding
+
+    assert clock_finding("edge:8443", 0.4).level == "ok"
+    warn = clock_finding("edge:8443", -12)
+    assert warn.level == "warn" and "12 s behind edge:8443" in warn.cause
+    fail = clock_finding("edge:8443", 3600)
+    assert fail.level == "fail" and "row 16" in fail.fix
+
+
 def test_host_name_with_an_underscore() -> None:
     bad = check_hostname("edge_1.corp.example")
     assert bad is not None and bad.level == "fail" and "'_'" in bad.cause  # seed 002 §21 row 8
@@ -106,6 +116,7 @@ def test_doctor_on_the_lab(lab: LabUp) -> None:
     assert [f["level"] for f in core if f["check"] == "zone"] == ["ok"], core  # the running node's traversal zone
     peers = [f for f in core if f["check"] == "peer"]
     assert len(peers) == 2 and all(f["level"] == "ok" for f in peers), peers  # traversal 7001, MRA tunnel 2222
+    assert [f["level"] for f in core if f["check"] == "clock"] == ["ok"], core  # the edge's HTTPS Date
     assert any(f["check"] == "dns" and f["level"] == "ok" and "_cisco-uds._tcp" in f["cause"] for f in core)
     _, edge = _doctor(lab.workdir / "edge.toml")
     dns = {f["cause"].split(":")[0]: f["level"] for f in edge if f["check"] == "dns"}

@@ -34,17 +34,20 @@ def _socket(config: Path | None, socket_path: Path | None) -> Path:
     return Path(cfg.control.socket)
 
 
-def _ask(path: Path, cmd: str, **fields) -> dict:
+def _ask(path: Path, cmd: str, *, timeout_s: float = 5.0, refused: str = "the node refused",
+         refused_exit: int = 2, **fields) -> dict:
+    """Send control command ``cmd``; on no answer exit 2, on a refusal print ``refused:
+    <why>`` and exit ``refused_exit``."""
     from ..diag.control import ControlError, request
 
     try:
-        resp = request(path, cmd, **fields)
+        resp = request(path, cmd, timeout_s=timeout_s, **fields)
     except ControlError as exc:
         typer.echo(f"{exc} (is the node running?)", err=True)
         raise typer.Exit(2)
     if not resp.get("ok"):
-        typer.echo(f"the node refused: {resp.get('error')}", err=True)
-        raise typer.Exit(2)
+        typer.echo(f"{refused}: {resp.get('error')}", err=True)
+        raise typer.Exit(refused_exit)
     return resp
 
 

@@ -21,6 +21,16 @@ _LIMIT = typer.Option(20, "--limit", "-n", min=1, max=500, help="how many, newes
 _JSON = typer.Option(False, "--json", help="print JSON")
 
 
+def _items(config: Path | None, socket_path: Path | None, limit: int, kind: str, as_json: bool) -> list[dict] | None:
+    """The node's ``kind`` history (newest first); printed as JSON (and None returned) with
+    ``as_json``."""
+    items = _ask(_socket(config, socket_path), "history", limit=limit)[kind]
+    if as_json:
+        typer.echo(json.dumps(items, indent=1))
+        return None
+    return items
+
+
 def _when(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1000):03d}" if ts else "-"
 
@@ -30,9 +40,8 @@ def searches(config: Path | None = _CONFIG, socket_path: Path | None = _SOCKET, 
              as_json: bool = _JSON) -> None:
     """Each search: source zone, alias, every rule considered and its result, the target
     and the final reason."""
-    items = _ask(_socket(config, socket_path), "history", limit=limit)["searches"]
-    if as_json:
-        typer.echo(json.dumps(items, indent=1))
+    items = _items(config, socket_path, limit, "searches", as_json)
+    if items is None:
         return
     con = Console(highlight=False, soft_wrap=True)
     for s in items:
@@ -50,9 +59,8 @@ def searches(config: Path | None = _CONFIG, socket_path: Path | None = _SOCKET, 
 def calls(config: Path | None = _CONFIG, socket_path: Path | None = _SOCKET, limit: int = _LIMIT,
           as_json: bool = _JSON) -> None:
     """Each call: source, aliases, zones, outcome, end reason, media counters per direction."""
-    items = _ask(_socket(config, socket_path), "history", limit=limit)["calls"]
-    if as_json:
-        typer.echo(json.dumps(items, indent=1))
+    items = _items(config, socket_path, limit, "calls", as_json)
+    if items is None:
         return
     con = Console(highlight=False, soft_wrap=True)
     for c in items:

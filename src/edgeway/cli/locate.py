@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .blocked import _CONFIG, _SOCKET, _socket
+from .blocked import _CONFIG, _SOCKET, _ask, _socket
 
 
 def locate_command(
@@ -26,17 +26,7 @@ def locate_command(
 ) -> None:
     """Route ALIAS from ZONE on a running node and print each step; exit 0 when a target
     was found, 1 when none, 2 when the node cannot be asked."""
-    from ..diag.control import ControlError, request
-
-    path = _socket(config, socket_path)
-    try:
-        resp = request(path, "locate", timeout_s=30.0, alias=alias, zone=zone, **{"from": source})
-    except ControlError as exc:
-        typer.echo(f"{exc} (is the node running?)", err=True)
-        raise typer.Exit(2) from None
-    if not resp.get("ok"):
-        typer.echo(f"the node refused: {resp.get('error')}", err=True)
-        raise typer.Exit(2)
+    resp = _ask(_socket(config, socket_path), "locate", timeout_s=30.0, alias=alias, zone=zone, **{"from": source})
     res = resp["locate"]
     if as_json:
         typer.echo(json.dumps(res, indent=1))

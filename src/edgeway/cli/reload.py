@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .blocked import _CONFIG, _SOCKET, _socket
+from .blocked import _CONFIG, _SOCKET, _ask, _socket
 
 
 def _raw_socket(config: Path | None) -> Path | None:
@@ -29,17 +29,9 @@ def _raw_socket(config: Path | None) -> Path | None:
 def reload_command(config: Path | None = _CONFIG, socket_path: Path | None = _SOCKET) -> None:
     """Apply the node's changed configuration file; print what was applied and what needs
     a restart. Exit 0 when applied, 1 when refused, 2 when the node cannot be asked."""
-    from ..diag.control import ControlError, request
-
     path = socket_path or _raw_socket(config) or _socket(config, socket_path)
-    try:
-        resp = request(path, "reload", timeout_s=30.0)
-    except ControlError as exc:
-        typer.echo(f"{exc} (is the node running?)", err=True)
-        raise typer.Exit(2) from None
-    if not resp.get("ok"):
-        typer.echo(f"reload refused, the running configuration stays: {resp.get('error')}", err=True)
-        raise typer.Exit(1)
+    resp = _ask(path, "reload", timeout_s=30.0, refused="reload refused, the running configuration stays",
+                refused_exit=1)
     if resp.get("unchanged"):
         typer.echo("no change")
         return

@@ -389,6 +389,47 @@ async def check_peer(host: str, port: int, what: str, ctx: ssl.SSLContext | None
                                   f"{', '.join(dict.fromkeys(names + ips))}")]
 
 
+#: Clock offset (s) from a peer that is a warning, and one that fails (seed 002 §21 row 16:
+#: nodes off NTP answer 403 to every request).
+CLOCK_WARN_S = 5.0
+CLOCK_FAIL_S = 60.0
+
+
+def clock_finding(peer: str, skew_s: float) -> Finding:
+    """The verdict on our clock being ``skew_s`` seconds ahead of ``peer``'s (negative: behind)."""
+    words = f"this node's clock is {abs(skew_s):.0f} s {'ahead of' if skew_s > 0 else 'behind'} {peer}"
+    if abs(skew_s) >= CLOCK_FAIL_S:
+        return Finding("clock", "fail", words, "synchronise both nodes to NTP (seed 002 §21 row 16: 403 for every "
+                                               "request, tokens and certificates judged at the wrong time)")
+    if abs(skew_s) >= CLOCK_WARN_S:
+        return Finding("clock", "warn", words, "synchronise both nodes to NTP")
+    return Finding("clock", "ok", f"clock within {CLOCK_WARN_S:g} s of {peer}")
+
+
+async def check_clock(host: str, port: int, ctx: ssl.SSLContext) -> Finding | None:
+    """Our clock against the ``Date`` of an HTTPS answer from ``host``:``port`` (the edge's
+    MRA listener; 1 s resolution); None when no dated answer comes back."""
+    import email.utils
+
+    try:
+        r, w = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), NET_TIMEOUT_S)
+        w.write(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        head = await asyncio.wait_for(r.read(4096), NET_TIMEOUT_S)
+        w.close()
+    except (OSError, ssl.SSLError, asyncio.TimeoutError):
+        return None
+    now = _dt.datetime.now(_dt.timezone.utc)
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "date":
+            try:
+                then = email.utils.parsedate_to_datetime(value.strip())
+            except (TypeError, ValueError):
+                return None
+            return clock_finding(f"{host}:{port}", (now - then).total_seconds())
+    return None
+
+
 def _running_state(cfg: NodeConfig) -> list[Finding]:
     """The running node's own view, through its control socket when it has one: each
     traversal zone active or down (seed 002 §21 row 20: "502 Next Hop Connection Failed"
@@ -466,6 +507,10 @@ async def run_doctor(cfg: NodeConfig, *, port_range_file: str = "/proc/sys/net/i
                 out += await check_peer(host, port, f"traversal zone {z.name!r} peer", ctx,
                                         fix_port=f"open TCP {port} from this core to the edge in the inside firewall, "
                                                  "and check the edge runs its traversal server zone on that port")
+                if cfg.mra.enabled and ctx is not None:
+                    clock = await check_clock(host, cfg.mra.https_port, ctx)
+                    if clock is not None:
+                        out.append(clock)
                 if cfg.mra.enabled:
                     mport = cfg.mra.tunnel_port
                     out += await check_peer(host, mport, "MRA tunnel", ctx,

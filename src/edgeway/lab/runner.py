@@ -166,23 +166,23 @@ class Lab:
         t = self.topology
         zones = [ZONE_APEX] if all(d.endswith("." + ZONE_APEX) for d in (t.domain, t.partner_domain)) \
             else [t.domain, t.partner_domain]
-        self.dns = LabDnsServer(t.dns_records(), host=t.dns_ip, port=t.dns_port, zones=zones)
-        try:
-            await self.dns.start()
-        except OSError as exc:
-            self.dns = None
-            raise LabError(f"cannot start the lab DNS server on {t.dns_ip}:{t.dns_port} (udp+tcp): {exc.strerror or exc}"
-                           " — is another lab running?") from None
+        self.dns = await self._dns_view(t.dns_records(), t.dns_ip, t.dns_port, zones, "the lab DNS server")
         # Split DNS: the inside view adds _cisco-uds._tcp (seed 002 §12.2); the core uses it.
-        self.inside_dns = LabDnsServer(t.inside_dns_records(), host=t.inside_dns_ip, port=self.dns.port, zones=zones)
-        try:
-            await self.inside_dns.start()
-        except OSError as exc:
-            self.inside_dns = None
-            raise LabError(f"cannot start the lab's inside DNS view on {t.inside_dns_ip}:{self.dns.port} (udp+tcp): "
-                           f"{exc.strerror or exc} — is another lab running?") from None
+        self.inside_dns = await self._dns_view(t.inside_dns_records(), t.inside_dns_ip, self.dns.port, zones,
+                                               "the lab's inside DNS view")
         self.progress(f"lab DNS server answering for {', '.join(zones)} on {t.dns_ip}:{self.dns.port} (udp+tcp), "
                       f"inside view on {t.inside_dns_ip}:{self.inside_dns.port}")
+
+    @staticmethod
+    async def _dns_view(records: list, ip: str, port: int, zones: list[str], what: str) -> LabDnsServer:
+        """A started :class:`LabDnsServer`; LabError naming ``what`` when it cannot bind."""
+        server = LabDnsServer(records, host=ip, port=port, zones=zones)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise LabError(f"cannot start {what} on {ip}:{port} (udp+tcp): {exc.strerror or exc}"
+                           " — is another lab running?") from None
+        return server
 
     async def _start_web(self) -> None:
         """The internal web services stand-in behind the core (:mod:`edgeway.lab.webservice`)."""
