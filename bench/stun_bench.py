@@ -28,7 +28,6 @@ Bounded: each run stops after ``--max-run-s`` s and the client after ``--request
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing as mp
 import os
 import socket
@@ -38,7 +37,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _samples import analyse  # noqa: E402
+from _samples import analyse, run_loop, serve_samples  # noqa: E402
 
 SERVER = ("127.0.31.1", 0)
 CLIENT_IP = "127.0.31.5"
@@ -74,31 +73,11 @@ def server_proc(conn, path: str, loop_kind: str) -> None:
     async def main():
         srv = TurnServer(responder)
         addr = await srv.listen_udp(*SERVER)
-        samples: list[tuple[float, float, int]] = []
-        loop = asyncio.get_running_loop()
-
-        def tick():
-            samples.append((time.monotonic(), time.process_time(), responder.requests))
-            loop.call_later(0.01, tick)
-
         conn.send(addr)
-        tick()
-        while True:
-            cmd = await loop.run_in_executor(None, conn.recv)
-            if cmd == "reset":
-                samples.clear()
-                conn.send("ok")
-            elif cmd == "report":
-                conn.send(list(samples))
-            else:
-                break
+        await serve_samples(conn, lambda: responder.requests)
         await srv.close()
 
-    if loop_kind == "uvloop":
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    run_loop(main, loop_kind)
 
 
 def client_proc(addr, n: int, max_s: float, q) -> None:

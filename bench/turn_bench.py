@@ -33,7 +33,6 @@ Bounded: each run stops after ``--max-run-s`` s or ``--packets`` datagrams.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing as mp
 import os
 import socket
@@ -44,7 +43,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _samples import analyse  # noqa: E402
+from _samples import analyse, run_loop, serve_samples  # noqa: E402
 
 SERVER_IP = "127.0.31.1"
 CLIENT_IP = "127.0.31.7"
@@ -68,32 +67,16 @@ def server_proc(conn, loop_kind: str) -> None:
         core = TurnCore(Auth(REALM, {USER: PASSWORD}), max_allocations_per_user=1000, denied_peers=())
         srv = TurnServer(core.binding, core, PortAllocator(SERVER_IP, 43000, 43999))
         addr = await srv.listen_udp(SERVER_IP, 0)
-        samples: list = []
-        loop = asyncio.get_running_loop()
-
-        def tick():
-            st = core.stats()
-            samples.append((time.monotonic(), time.process_time(), st["to_peer_packets"] + st["to_client_packets"]))
-            loop.call_later(0.01, tick)
-
         conn.send(addr)
-        tick()
-        while True:
-            cmd = await loop.run_in_executor(None, conn.recv)
-            if cmd == "reset":
-                samples.clear()
-                conn.send("ok")
-            elif cmd == "report":
-                conn.send((list(samples), core.stats()))
-            else:
-                break
+
+        def relayed() -> int:
+            st = core.stats()
+            return st["to_peer_packets"] + st["to_client_packets"]
+
+        await serve_samples(conn, relayed, core.stats)
         await srv.close()
 
-    if loop_kind == "uvloop":
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    run_loop(main, loop_kind)
 
 
 def _request(sock, server, method, attrs, nonce=None, raw=()):

@@ -4,9 +4,7 @@ legitimate caller and callee, the attacker on 127.0.1.x. Loopback only."""
 
 from __future__ import annotations
 
-import statistics
 import sys
-import threading
 from pathlib import Path
 
 import pytest

@@ -11,7 +11,7 @@ from edgeway.sip.message import Request, Response, parse_message
 
 def register(contacts: list[str], *, user: str = "alice", expires: str | None = None, call_id: str = "reg1@ua",
              cseq: int = 1, auth: str | None = None, extra: list[str] = ()) -> Request:
-    lines = [f"REGISTER sip:corp.test SIP/2.0", f"Via: SIP/2.0/TLS 192.0.2.9:5061;branch=z9hG4bK{secrets.token_hex(6)}",
+    lines = ["REGISTER sip:corp.test SIP/2.0", f"Via: SIP/2.0/TLS 192.0.2.9:5061;branch=z9hG4bK{secrets.token_hex(6)}",
              "Max-Forwards: 70", f"From: <sip:{user}@corp.test>;tag=f1", f"To: <sip:{user}@corp.test>",
              f"Call-ID: {call_id}", f"CSeq: {cseq} REGISTER", *[f"Contact: {c}" for c in contacts], *extra]
     if expires is not None:

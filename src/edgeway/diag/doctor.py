@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..config.models import NodeConfig, split_hostport
+from ..config.models import NodeConfig
 from ..security.tls import client_context, describe_handshake_error, peer_identities, subject_name_matches
 
 __all__ = ["Finding", "check_port_ranges", "read_port_range", "read_reserved_ports", "check_certificate",
