@@ -71,6 +71,19 @@ def test_search_rule_and_certificate_reloaded_live(lab: LabUp) -> None:
     r = json.loads(_edgeway("locate", "ann@newpartner.test", "--from", "Call Control", "--json", "-c", str(core_toml)).stdout)
     assert r["targets"][0]["rule"] == "New partners" and r["found"], r
 
+    # A neighbour zone added with a rule toward it: both apply live.
+    def add_zone(d):
+        d["zones"].append({"type": "neighbour", "name": "Partner B", "host": "127.0.0.29", "port": 5060,
+                           "transport": "udp"})
+        d["search_rules"].append({"name": "To partner B", "priority": 17, "pattern_type": "suffix",
+                                  "pattern": "@partnerb.test", "target_zone": "Partner B", "progress": "stop"})
+    _edit(core_toml, add_zone)
+    out = _edgeway("reload", "-c", str(core_toml))
+    assert out.returncode == 0 and "applied: zones, search_rules" in out.stdout, out
+    r = json.loads(_edgeway("locate", "bo@partnerb.test", "--from", "Call Control", "--json", "-c", str(core_toml)).stdout)
+    assert (r["targets"][0]["zone"], r["targets"][0]["zone_type"], r["targets"][0]["hops"]) == \
+        ("Partner B", "neighbour", ["udp:127.0.0.29:5060"]), r
+
     # A configuration that fails validation is refused whole; the running one stays.
     good = core_toml.read_text()
 

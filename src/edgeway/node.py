@@ -140,7 +140,8 @@ class Node:
 
     def reload(self, new: NodeConfig) -> dict:
         """Apply a changed configuration without dropping calls or the traversal connection
-        (issue 11 item 7). Applied live: search rules, transforms, call policy (the next
+        (issue 11 item 7). Applied live: neighbour and DNS zones (added, removed or
+        changed; a traversal zone change needs a restart), search rules, transforms, call policy (the next
         request routes by them), credentials (the next traversal or tunnel login), TLS
         certificate, key and CA bundle (the next handshake; connections up keep theirs),
         ``[sip] domains``. Other changed sections are reported as needing a restart and
@@ -154,17 +155,30 @@ class Node:
         if (new.role, new.name) != (old.role, old.name):
             raise ValueError(f"role/name changed ({old.role} {old.name!r} → {new.role} {new.name!r}): restart the node")
         changed = [k for k in type(old).model_fields if getattr(old, k) != getattr(new, k)]
-        running_zones = {z.name for z in old.zones} | {"LocalZone", "DefaultZone"}
+
+        def traversal(cfg: NodeConfig) -> list:
+            return [z for z in cfg.zones if z.type in ("traversal_client", "traversal_server")]
+
+        # Neighbour and DNS zones apply live; a traversal zone change needs a restart.
+        zones_live = "zones" in changed and traversal(old) == traversal(new)
+        running_zones = {z.name for z in (new if zones_live else old).zones} | {"LocalZone", "DefaultZone"}
         missing = sorted({r.target_zone for r in new.search_rules} - running_zones)
         if missing:
             raise ValueError(f"search rules target zone(s) {', '.join(missing)} that the running node does not have: "
-                             "add zones with a restart")
+                             "add them in the same file (neighbour and DNS zones apply live)")
         applied: list[str] = []
         restart: list[str] = []
         if "tls" in changed and new.tls.cert_file:
             t = new.tls
             reload_identity(t.cert_file, t.key_file, t.ca_file)  # raises before anything changes
+        if zones_live:
+            old.zones = new.zones
+            if self.proxy is not None:
+                self.proxy.core.reload_zones()
+            applied.append("zones")
         for k in changed:
+            if k == "zones" and zones_live:
+                continue
             if k in ("search_rules", "transforms", "call_policy", "tls"):
                 setattr(old, k, getattr(new, k))
                 applied.append(k)

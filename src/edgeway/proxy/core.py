@@ -415,6 +415,16 @@ class ProxyCore:
         """The zone a request arrived from (DESIGN.md §2) when its flow is not bound."""
         return self._source_zones.get(flow.remote[0], DEFAULT_ZONE)
 
+    def reload_zones(self) -> None:
+        """The configuration's zones changed (live reload, issue 11 item 7; traversal zones
+        unchanged): rebuild the zone table, the neighbour source addresses and the media
+        planner's zone modes from ``cfg.zones``. Calls under way keep their flows."""
+        zones = self.cfg.zones
+        self.zones = {z.name: z for z in zones}
+        self._source_zones = {z.host: z.name for z in reversed(zones) if z.type == "neighbour" and z.match_source}
+        self.planner.zone_types = {z.name: z.type for z in zones}
+        self.planner.zone_modes = {z.name: z.media_encryption for z in zones}
+
     def classify_source(self, ip: str) -> str:
         """The zone requests from address ``ip`` on an unbound flow belong to: the
         neighbour zone that matches its source, else DefaultZone."""
